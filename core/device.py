@@ -1,0 +1,59 @@
+"""Which device training runs on, and how it is set up (CUDA with bf16 and channels_last, else all CPU cores)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    kind: str  # "cuda" or "cpu"
+    name: str
+    memory_gb: float | None
+    count: int
+    note: str
+
+    @property
+    def label(self) -> str:
+        if self.kind == "cuda":
+            return f"GPU: {self.name} ({self.memory_gb:.0f} GiB)" + (f" x{self.count}" if self.count > 1 else "")
+        return f"CPU: {self.name}"
+
+
+def device_info() -> DeviceInfo:
+    """Describe the device training will use. Imports torch lazily so pages stay light."""
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        bf16 = torch.cuda.is_bf16_supported()
+        return DeviceInfo(
+            kind="cuda",
+            name=props.name,
+            memory_gb=props.total_memory / 2**30,
+            count=torch.cuda.device_count(),
+            note="bf16 autocast, channels_last, cuDNN benchmark" if bf16 else "fp32, channels_last, cuDNN benchmark",
+        )
+    cores = os.cpu_count() or 1
+    return DeviceInfo(
+        kind="cpu",
+        name=f"{cores} cores",
+        memory_gb=None,
+        count=0,
+        note=(
+            "No GPU found: training runs on the CPU with all cores (channels_last, fp32). "
+            "Transfer templates (EfficientNet-Lite0) train in minutes; deep templates from scratch are slow."
+        ),
+    )
+
+
+def torch_device():
+    """The ``torch.device`` to train on, with the CPU's thread count set to all cores."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return torch.device("cpu")

@@ -1,0 +1,32 @@
+"""Where the studio keeps its data: ``DEEPTRAIN_HOME`` (default ``data/`` under the project root)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_USER = "local"  # the acting user until the team server adds sign-in
+
+
+def home() -> Path:
+    """The data directory, created on first use. Read from the environment each call so tests can redirect it."""
+    root = Path(os.environ.get("DEEPTRAIN_HOME") or PROJECT_ROOT / "data").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def subdir(name: str) -> Path:
+    """A named folder under the data directory (blobs, thumbs, models, jobs, indexes, weights, cache, staging)."""
+    path = home() / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_dir() -> Path:
+    """The ``shared/`` folder beside the project (specification, datasets)."""
+    return PROJECT_ROOT.parent / "shared"
+
+
+def caltech101_dir() -> Path:
+    return shared_dir() / "datasets" / "caltech101"

@@ -1,0 +1,147 @@
+"""Every table of the studio, in one place. Times are UNIX seconds (float); JSON columns hold dicts or lists."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# --- datasets (owned by core.store.datasets) ---
+datasets = sa.Table(
+    "datasets", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False, default=1),  # bumped whenever content changes
+    sa.Column("source", sa.String),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("owner", "name"),
+)
+
+# One row per stored file: content-addressed by sha256 of the decoded, oriented, RGB image as stored.
+blobs = sa.Table(
+    "blobs", metadata,
+    sa.Column("hash", sa.String, primary_key=True),
+    sa.Column("ext", sa.String, nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("grayscale", sa.Boolean, nullable=False, default=False),
+    sa.Column("nbytes", sa.Integer, nullable=False),
+)
+
+items = sa.Table(
+    "items", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("blob", sa.String, sa.ForeignKey("blobs.hash"), nullable=False),
+    sa.Column("source_path", sa.String),  # path inside the source (archive member, folder-relative path)
+    sa.Column("split", sa.String, nullable=False, default="train"),  # train | val | test
+    sa.Column("video", sa.String),  # source video for frames
+    sa.Column("video_time", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+concepts = sa.Table(
+    "concepts", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.UniqueConstraint("dataset_id", "name"),
+)
+
+labels = sa.Table(
+    "labels", metadata,
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("concept_id", sa.Integer, sa.ForeignKey("concepts.id", ondelete="CASCADE"), primary_key=True),
+)
+
+boxes = sa.Table(
+    "boxes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("concept_id", sa.Integer, sa.ForeignKey("concepts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("x", sa.Float, nullable=False),  # left, pixels of the stored image
+    sa.Column("y", sa.Float, nullable=False),  # top
+    sa.Column("w", sa.Float, nullable=False),
+    sa.Column("h", sa.Float, nullable=False),
+)
+
+import_reports = sa.Table(
+    "import_reports", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("report", sa.JSON, nullable=False),
+)
+
+# --- models (owned by core.store.models) ---
+models = sa.Table(
+    "models", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),  # classifier | embedder | detector
+    sa.Column("template", sa.String, nullable=False),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id", ondelete="SET NULL")),
+    sa.Column("dataset_version", sa.Integer),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("concepts", sa.JSON, nullable=False),  # ordered list of concept names = output order
+    sa.Column("preprocess", sa.JSON, nullable=False),
+    sa.Column("metrics", sa.JSON),  # final metrics
+    sa.Column("path", sa.String, nullable=False),  # folder with weights and checkpoints
+    sa.Column("train_seconds", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("owner", "name"),
+)
+
+epoch_metrics = sa.Table(
+    "epoch_metrics", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("run", sa.String, nullable=False, index=True),  # the training run id (job id as text, or a model folder)
+    sa.Column("epoch", sa.Integer, nullable=False),
+    sa.Column("metrics", sa.JSON, nullable=False),
+    sa.UniqueConstraint("run", "epoch"),
+)
+
+# --- jobs (owned by core.store.jobs) ---
+jobs = sa.Table(
+    "jobs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("type", sa.String, nullable=False, default="train"),  # train | index
+    sa.Column("state", sa.String, nullable=False, index=True),
+    # queued | starting | running | succeeded | failed | cancelled | interrupted
+    sa.Column("config", sa.JSON, nullable=False),
+    sa.Column("model_id", sa.Integer, sa.ForeignKey("models.id", ondelete="SET NULL")),
+    sa.Column("index_id", sa.Integer),
+    sa.Column("pid", sa.Integer),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
+    sa.Column("progress", sa.JSON),
+    sa.Column("error", sa.String),
+    sa.Column("traceback", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("heartbeat_at", sa.Float),
+)
+
+# --- visual search indexes (owned by core.store.indexes) ---
+indexes = sa.Table(
+    "indexes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("dataset_version", sa.Integer),
+    sa.Column("model", sa.String, nullable=False),  # "general" or "model:<id>"
+    sa.Column("dim", sa.Integer, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False, default=0),
+    sa.Column("index_type", sa.String, nullable=False),
+    sa.Column("params", sa.JSON),
+    sa.Column("path", sa.String, nullable=False),
+    sa.Column("build_seconds", sa.Float),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.UniqueConstraint("owner", "name"),
+)
