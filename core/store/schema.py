@@ -125,6 +125,15 @@ jobs = sa.Table(
     sa.Column("started_at", sa.Float),
     sa.Column("finished_at", sa.Float),
     sa.Column("heartbeat_at", sa.Float),
+    sa.Column("parent_id", sa.Integer),  # the job an "Extend" started from
+    sa.Column("resume", sa.Boolean, nullable=False, default=False),  # next run continues from the checkpoint
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),  # worker starts so far
+    sa.Column("claim", sa.String),  # token of the pump that moved it from queued to starting
+    sa.Column("host", sa.String),  # machine the worker runs on (pid checks are only valid there)
+    sa.Column("slot", sa.Integer),  # GPU slot given to the worker (CUDA_VISIBLE_DEVICES), 0 on CPU
+    sa.Column("result", sa.JSON),  # the runner's result (model_id or index_id, final metrics)
+    sa.Column("history", sa.JSON),  # per-epoch metrics seen by the worker, one entry per epoch
+    sa.Column("series", sa.JSON),  # downsampled per-step points (epoch as float, loss, lr) for live curves
 )
 
 # --- visual search indexes (owned by core.store.indexes) ---
