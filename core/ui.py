@@ -33,3 +33,31 @@ def current_user() -> str:
     from core.paths import DEFAULT_USER
 
     return st.session_state.setdefault("user", DEFAULT_USER)
+
+
+def home_overview() -> None:
+    """The home page's overview: datasets, models and the job queue at a glance (each shown once its area exists)."""
+    from core.paths import DEFAULT_USER
+
+    owner = st.session_state.get("user", DEFAULT_USER)
+    st.subheader("At a glance")
+    cols = st.columns(3)
+    try:
+        from core.store import datasets as _ds
+
+        cols[0].metric("Datasets", len(_ds.list_datasets(owner)))
+    except ImportError:
+        cols[0].metric("Datasets", 0)
+    try:
+        from core.store import models as _models
+
+        cols[1].metric("Models", len(_models.list_models(owner)))
+    except ImportError:
+        cols[1].metric("Models", 0)
+    try:
+        from core import jobs as _jobs
+
+        summary = _jobs.queue_summary()
+        cols[2].metric("Jobs running / queued", f"{summary.get('running', 0)} / {summary.get('queued', 0)}")
+    except (ImportError, AttributeError):
+        cols[2].metric("Jobs running / queued", "0 / 0")
