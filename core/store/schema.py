@@ -92,6 +92,8 @@ models = sa.Table(
     sa.Column("metrics", sa.JSON),  # final metrics
     sa.Column("path", sa.String, nullable=False),  # folder with weights and checkpoints
     sa.Column("train_seconds", sa.Float),
+    sa.Column("run", sa.String),  # the training run whose per-epoch metrics are in epoch_metrics
+    sa.Column("base_model_id", sa.Integer),  # the frozen base (a trained embedder) of a transfer classifier, if any
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("owner", "name"),
 )
