@@ -1,0 +1,367 @@
+"""Evaluation figures computed from arrays: classifiers, embedders and detectors.
+
+Pure functions on numpy arrays (no database, no model), so every figure can be checked against a direct computation.
+Classifier figures come from scikit-learn; retrieval neighbours from ``sklearn.neighbors``; detector AP is a
+COCO-style computation (101-point interpolated precision, IoU thresholds .50:.05:.95) on ``torchvision.ops.box_iou``
+because torchmetrics' mAP needs pycocotools, which this project does not install.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn import metrics as skm
+
+MAX_CURVE_POINTS = 200  # points kept per PR/ROC curve in the cached JSON; the curves' shapes survive
+MAP_POINTS = 2000  # most items drawn on the 2-D embedding map
+
+
+def multi_hot(labels: Sequence[Sequence[str]], concepts: Sequence[str]) -> np.ndarray:
+    """Items' label lists as an (N, C) 0/1 matrix in ``concepts`` order; labels outside ``concepts`` are dropped."""
+    index = {c: i for i, c in enumerate(concepts)}
+    y = np.zeros((len(labels), len(concepts)), dtype=np.int8)
+    for row, item_labels in enumerate(labels):
+        for name in item_labels:
+            if name in index:
+                y[row, index[name]] = 1
+    return y
+
+
+def _thin(*arrays: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[list[float]]:
+    """Keep at most ``limit`` evenly spread points (always the first and last) of parallel curve arrays."""
+    n = len(arrays[0])
+    if n <= limit:
+        keep = np.arange(n)
+    else:
+        keep = np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+    return [np.asarray(a, dtype=float)[keep].round(6).tolist() for a in arrays]
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str], threshold: float) -> list[dict]:
+    """Per concept at ``threshold``: labelled and predicted counts, TP, FP, FN, precision, recall, F1.
+
+    A concept counts as predicted for an item when its probability is at least ``threshold``.
+    """
+    y_pred = (probs >= threshold).astype(np.int8)
+    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(concepts))))
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, average=None, labels=list(range(len(concepts))), zero_division=0
+    )
+    rows = []
+    for i, name in enumerate(concepts):
+        tn, fp, fn, tp = (int(v) for v in mcm[i].ravel())
+        rows.append({
+            "concept": name, "labelled": int(support[i]), "predicted": int(y_pred[:, i].sum()),
+            "tp": tp, "fp": fp, "fn": fn,
+            "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+        })
+    return rows
+
+
+def best_f1_thresholds(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str]) -> dict[str, dict | None]:
+    """For each concept the threshold that maximises F1 on these items, and that F1 (None without positives)."""
+    out: dict[str, dict | None] = {}
+    for i, name in enumerate(concepts):
+        if y_true[:, i].sum() == 0:
+            out[name] = None
+            continue
+        precision, recall, thresholds = skm.precision_recall_curve(y_true[:, i], probs[:, i])
+        p, r = precision[:-1], recall[:-1]  # the last point has no threshold
+        f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+        best = int(np.argmax(f1))
+        out[name] = {"threshold": float(thresholds[best]), "f1": float(f1[best])}
+    return out
+
+
+def _top1_truth(y_true: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """One true index per item for single-label figures: the labelled concept the model ranks highest."""
+    masked = np.where(y_true > 0, probs, -np.inf)
+    return masked.argmax(axis=1)
+
+
+def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Share of items whose top-k predictions include a labelled concept (sklearn's top_k_accuracy_score).
+
+    For an item with several labels the true class is the labelled concept ranked highest, so the figure is
+    "any label within the top k", the usual reading for multi-label sets.
+    """
+    n_classes = probs.shape[1]
+    if k >= n_classes:
+        return 1.0
+    truth = _top1_truth(y_true, probs)
+    if n_classes == 2:
+        return float(skm.top_k_accuracy_score(truth, probs[:, 1], k=k, labels=[0, 1]))
+    return float(skm.top_k_accuracy_score(truth, probs, k=k, labels=list(range(n_classes))))
+
+
+def macro_roc_auc(y_true: np.ndarray, probs: np.ndarray) -> tuple[float | None, list[int]]:
+    """One-vs-rest ROC AUC averaged over concepts; concepts without both positives and negatives are left out.
+
+    Returns the AUC (None when no concept qualifies) and the indices of the concepts used.
+    """
+    positives = y_true.sum(axis=0)
+    used = [i for i in range(y_true.shape[1]) if 0 < positives[i] < len(y_true)]
+    if not used:
+        return None, []
+    return float(skm.roc_auc_score(y_true[:, used], probs[:, used], average="macro")), used
+
+
+def confusion(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
+    """Confusion matrix of true concept (rows) against the top prediction (columns), counts and row-normalised.
+
+    An item with several labels adds one row entry per label.
+    """
+    n_classes = probs.shape[1]
+    item_rows, true_cols = np.nonzero(y_true)
+    pred = probs.argmax(axis=1)[item_rows]
+    counts = skm.confusion_matrix(true_cols, pred, labels=list(range(n_classes)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        normalised = skm.confusion_matrix(true_cols, pred, labels=list(range(n_classes)), normalize="true")
+    return {"counts": counts.tolist(), "normalised": np.nan_to_num(normalised).round(6).tolist()}
+
+
+def curves(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str]) -> dict[str, dict]:
+    """Precision-recall and ROC curves per concept (concepts with positives and negatives), plus the micro average."""
+    out: dict[str, dict] = {}
+    columns = [(name, y_true[:, i], probs[:, i]) for i, name in enumerate(concepts)]
+    columns.append(("__micro__", y_true.ravel(), probs.ravel()))
+    for name, truth, score in columns:
+        if truth.sum() == 0 or truth.sum() == len(truth):
+            continue
+        precision, recall, _ = skm.precision_recall_curve(truth, score)
+        fpr, tpr, _ = skm.roc_curve(truth, score)
+        recall_t, precision_t = _thin(recall, precision)
+        fpr_t, tpr_t = _thin(fpr, tpr)
+        out[name] = {
+            "pr": {"recall": recall_t, "precision": precision_t,
+                   "ap": float(skm.average_precision_score(truth, score))},
+            "roc": {"fpr": fpr_t, "tpr": tpr_t, "auc": float(skm.roc_auc_score(truth, score))},
+        }
+    return out
+
+
+def misclassified(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str], multi_label: bool,
+                  threshold: float = 0.5) -> list[dict]:
+    """Items the model gets wrong, worst first.
+
+    Softmax models: the top prediction is not among the labels. Multi-label (logreg) models: the set of concepts at or
+    above ``threshold`` differs from the labels. Each entry: index (row), true and predicted concepts with
+    probabilities, and the model's confidence in its wrong answer.
+    """
+    out = []
+    for row in range(len(y_true)):
+        truth = set(np.nonzero(y_true[row])[0].tolist())
+        if multi_label:
+            predicted = set(np.nonzero(probs[row] >= threshold)[0].tolist())
+            wrong = predicted != truth
+        else:
+            predicted = {int(probs[row].argmax())}
+            wrong = not (predicted & truth)
+        if not wrong:
+            continue
+        out.append({
+            "index": row,
+            "true": [{"name": concepts[i], "probability": float(probs[row, i])} for i in sorted(truth)],
+            "predicted": [{"name": concepts[i], "probability": float(probs[row, i])}
+                          for i in sorted(predicted, key=lambda i: -probs[row, i])],
+            "confidence": float(max((probs[row, i] for i in predicted - truth), default=0.0)),
+        })
+    out.sort(key=lambda m: -m["confidence"])
+    return out
+
+
+def classifier_metrics(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str], multi_label: bool = False,
+                       threshold: float = 0.5) -> dict[str, Any]:
+    """Every classifier figure for one evaluation set.
+
+    Args:
+        y_true: (N, C) 0/1 labels in the model's concept order.
+        probs: (N, C) probabilities (softmax rows, or independent sigmoids for logreg models).
+        concepts: concept names, the model's output order.
+        multi_label: True for logreg (sigmoid) models.
+        threshold: the prediction threshold for the per-concept table and the multi-label misclassified list.
+    """
+    y_true = np.asarray(y_true, dtype=np.int8)
+    probs = np.asarray(probs, dtype=np.float64)
+    if y_true.shape != probs.shape or y_true.ndim != 2:
+        raise ValueError(f"labels {y_true.shape} and probabilities {probs.shape} must both be (items, concepts)")
+    if len(y_true) == 0:
+        raise ValueError("no evaluation items")
+    if (y_true.sum(axis=1) == 0).any():
+        raise ValueError("every evaluation item needs at least one label among the model's concepts")
+    truth = _top1_truth(y_true, probs)
+    auc, auc_used = macro_roc_auc(y_true, probs)
+    return {
+        "items": int(len(y_true)),
+        "accuracy": float(skm.accuracy_score(truth, probs.argmax(axis=1))),
+        "top5": top_k_accuracy(y_true, probs, 5),
+        "macro_roc_auc": auc,
+        "roc_auc_concepts": [concepts[i] for i in auc_used],
+        "threshold": float(threshold),
+        "per_concept": per_concept_table(y_true, probs, concepts, threshold),
+        "best_f1": best_f1_thresholds(y_true, probs, concepts),
+        "confusion": confusion(y_true, probs),
+        "curves": curves(y_true, probs, concepts),
+        "misclassified": misclassified(y_true, probs, concepts, multi_label, threshold),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ embedders
+
+
+def _neighbours(queries: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
+    """Indices of each query's ``k`` nearest gallery rows by cosine distance (sklearn brute force)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=min(k, len(gallery)), metric="cosine", algorithm="brute")
+    nn.fit(gallery)
+    return nn.kneighbors(queries, return_distance=False)
+
+
+def _relevance(query_labels: Sequence[Sequence[str]], gallery_labels: Sequence[Sequence[str]]) -> np.ndarray:
+    """(Q, G) boolean: the gallery item shares at least one label with the query."""
+    concepts = sorted({c for labels in list(query_labels) + list(gallery_labels) for c in labels})
+    q = multi_hot(query_labels, concepts).astype(np.int32)
+    g = multi_hot(gallery_labels, concepts).astype(np.int32)
+    return (q @ g.T) > 0
+
+
+def embedder_metrics(query_emb: np.ndarray, query_labels: Sequence[Sequence[str]], gallery_emb: np.ndarray,
+                     gallery_labels: Sequence[Sequence[str]], ks: Sequence[int] = tuple(range(1, 11))) -> dict:
+    """Retrieval figures: queries against a separate gallery, relevant = shares a label.
+
+    recall@k: share of queries with at least one relevant item among their k nearest. mAP@R (Musgrave et al. 2020):
+    with R the query's number of relevant gallery items, the mean over its top R neighbours of precision@i counted
+    at relevant positions, divided by R. Queries with no relevant gallery item are left out (and counted).
+    """
+    query_emb = np.asarray(query_emb, dtype=np.float32)
+    gallery_emb = np.asarray(gallery_emb, dtype=np.float32)
+    if len(query_emb) == 0 or len(gallery_emb) == 0:
+        raise ValueError("retrieval needs at least one query and one gallery item")
+    relevant = _relevance(query_labels, gallery_labels)
+    r_counts = relevant.sum(axis=1)
+    usable = r_counts > 0
+    max_k = int(max(max(ks), r_counts.max(initial=0)))
+    order = _neighbours(query_emb[usable], gallery_emb, max_k)
+    rel_sorted = np.take_along_axis(relevant[usable], order, axis=1)  # (Q', K) relevance in rank order
+    recall_at = {int(k): float(rel_sorted[:, :k].any(axis=1).mean()) if usable.any() else None for k in ks}
+    ap_r = []
+    for row, r in zip(rel_sorted, r_counts[usable]):
+        hits = row[:r]
+        precision_at_i = np.cumsum(hits) / np.arange(1, r + 1)
+        ap_r.append(float((precision_at_i * hits).sum() / r))
+    return {
+        "queries": int(len(query_emb)), "gallery": int(len(gallery_emb)),
+        "queries_without_relevant": int((~usable).sum()),
+        "recall_at_1": recall_at.get(1), "recall_at_5": recall_at.get(5),
+        "recall_at_k": {str(k): v for k, v in recall_at.items()},
+        "map_at_r": float(np.mean(ap_r)) if ap_r else None,
+    }
+
+
+def embedding_map(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
+    """2-D coordinates of the embeddings: UMAP when the umap package is installed, else PCA (sklearn)."""
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if len(embeddings) < 3:
+        return np.zeros((len(embeddings), 2), dtype=np.float32), "none"
+    try:
+        import umap  # optional
+
+        coords = umap.UMAP(n_components=2, random_state=seed).fit_transform(embeddings)
+        return np.asarray(coords, dtype=np.float32), "umap"
+    except ImportError:
+        from sklearn.decomposition import PCA
+
+        coords = PCA(n_components=2, random_state=seed).fit_transform(embeddings)
+        return coords.astype(np.float32), "pca"
+
+
+# ------------------------------------------------------------------------------------------------ detectors
+
+IOU_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
+_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def _average_precision(scores: np.ndarray, matched: np.ndarray, n_truth: int) -> float:
+    """COCO's 101-point interpolated AP from detections' scores and whether each matched a ground-truth box."""
+    if n_truth == 0:
+        return float("nan")
+    if len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="mergesort")
+    tp = matched[order].astype(np.float64)
+    tp_cum, fp_cum = np.cumsum(tp), np.cumsum(1 - tp)
+    recall = tp_cum / n_truth
+    precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(float).eps)
+    precision = np.maximum.accumulate(precision[::-1])[::-1]  # make precision monotone decreasing
+    idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
+    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
+    return float(sampled.mean())
+
+
+def _match(pred_boxes, pred_scores, true_boxes, iou_threshold: float) -> np.ndarray:
+    """Greedy COCO matching in score order: each detection takes the best unmatched truth with IoU >= threshold."""
+    import torch
+    from torchvision.ops import box_iou
+
+    matched = np.zeros(len(pred_boxes), dtype=bool)
+    if len(pred_boxes) == 0 or len(true_boxes) == 0:
+        return matched
+    iou = box_iou(torch.as_tensor(pred_boxes, dtype=torch.float64),
+                  torch.as_tensor(true_boxes, dtype=torch.float64)).numpy()
+    taken = np.zeros(len(true_boxes), dtype=bool)
+    for d in np.argsort(-np.asarray(pred_scores), kind="mergesort"):
+        candidates = np.where(~taken & (iou[d] >= iou_threshold - 1e-12), iou[d], -1.0)
+        best = int(candidates.argmax())
+        if candidates[best] >= 0:
+            taken[best] = True
+            matched[d] = True
+    return matched
+
+
+def detector_metrics(predictions: Sequence[dict], targets: Sequence[dict], concepts: Sequence[str]) -> dict:
+    """COCO-style detection figures: mAP@[.5:.95], AP50, AP75 and per-concept AP.
+
+    Args:
+        predictions: per image {"boxes": (n, 4) x1y1x2y2, "scores": (n,), "labels": (n,) concept indices}.
+        targets: per image {"boxes": (m, 4) x1y1x2y2, "labels": (m,)}.
+        concepts: names for the label indices.
+    Concepts without ground-truth boxes get AP None and are left out of the means, as in COCO.
+    """
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} images")
+    ap = np.full((len(concepts), len(IOU_THRESHOLDS)), np.nan)
+    for c in range(len(concepts)):
+        n_truth = 0
+        per_image = []
+        for pred, target in zip(predictions, targets):
+            pl, tl = np.asarray(pred["labels"]), np.asarray(target["labels"])
+            pb = np.asarray(pred["boxes"], dtype=float).reshape(-1, 4)[pl == c]
+            ps = np.asarray(pred["scores"], dtype=float)[pl == c]
+            tb = np.asarray(target["boxes"], dtype=float).reshape(-1, 4)[tl == c]
+            n_truth += len(tb)
+            per_image.append((pb, ps, tb))
+        if n_truth == 0:
+            continue
+        scores = np.concatenate([ps for _, ps, _ in per_image]) if per_image else np.zeros(0)
+        for t, iou_t in enumerate(IOU_THRESHOLDS):
+            matched = np.concatenate([_match(pb, ps, tb, iou_t) for pb, ps, tb in per_image])
+            ap[c, t] = _average_precision(scores, matched, n_truth)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_concept = np.nanmean(ap, axis=1)
+        return {
+            "images": len(targets),
+            "map": _finite(np.nanmean(ap)) if np.isfinite(ap).any() else None,
+            "ap50": _finite(np.nanmean(ap[:, 0])) if np.isfinite(ap[:, 0]).any() else None,
+            "ap75": _finite(np.nanmean(ap[:, 5])) if np.isfinite(ap[:, 5]).any() else None,
+            "per_concept_ap": {name: _finite(per_concept[i]) for i, name in enumerate(concepts)},
+            "per_concept_ap50": {name: _finite(ap[i, 0]) for i, name in enumerate(concepts)},
+        }
