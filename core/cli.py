@@ -34,6 +34,29 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
 
 # ---------------------------------------------------------------- templates (issue: foundation)
 # COMMANDS:templates
+def cmd_templates(args: argparse.Namespace) -> int:
+    """List the template catalog (``--kind`` to filter); ``--json`` prints every parameter spec."""
+    from core.templates import list_templates
+
+    templates = list_templates(args.kind)
+    if args.json:
+        _print_json([t.to_json() for t in templates])
+        return 0
+    for t in templates:
+        dim = t.embedding_dim if t.embedding_dim is not None else "-"
+        print(f"{t.kind:<10} {t.name:<36} dim={dim:<5} {t.network}")
+        for p in t.params:
+            bounds = p.allowed()
+            print(f"    {p.name:<26} default={p.default!r:<14} {bounds}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print the validated hyperparameters of KIND NAME with ``--set`` overrides (exit 2 with the reason if refused)."""
+    from core.templates import validate
+
+    _print_json(validate(args.kind, args.name, _parse_sets(args.set)))
+    return 0
 
 
 # ---------------------------------------------------------------- datasets
@@ -60,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Deep Training Studio command line")
     sub = parser.add_subparsers(dest="command", required=True)
     # PARSERS:templates
+    p = sub.add_parser("templates", help="list the template catalog")
+    p.add_argument("--kind", choices=["classifier", "embedder", "detector"], help="only templates of this kind")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_templates)
+    p = sub.add_parser("validate", help="validate a template's hyperparameters and print them as JSON")
+    p.add_argument("kind", help="classifier, embedder or detector")
+    p.add_argument("name", help="template name (see `templates`)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
+    p.set_defaults(func=cmd_validate)
     # PARSERS:datasets
     # PARSERS:training
     # PARSERS:jobs

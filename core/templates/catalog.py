@@ -296,8 +296,8 @@ D_FASTER_RCNN = (
 
 W_NONE = "None: random initialisation (the specification's \"randomly initialized weights\")."
 W_TIMM = (
-    "{what} (pretrained_weights ImageNet-1k): read from the local weights folder (DEEPTRAIN_HOME/weights) or "
-    "downloaded from the timm hub where the server can reach it; pretrained_weights None trains from random weights."
+    "pretrained_weights ImageNet-1k: {what}, read from the local weights folder (DEEPTRAIN_HOME/weights) or "
+    "downloaded from the timm hub where the server can reach it; None trains from random weights."
 )
 
 
