@@ -1,0 +1,137 @@
+"""Train: pick a template type and a template, read what it is, and set every hyperparameter within the spec's bounds.
+
+Widgets follow the catalog (core/templates): min, max and step -> slider; a minimum only (learning rates) -> number
+input bounded below in scientific notation; bounds without a step -> bounded number input; choices -> select box;
+0/1 flags and booleans -> toggle. The validated configuration is left in st.session_state["train_params"] (None while
+invalid) with st.session_state["train_kind"] and ["train_template"] for the launch section at the bottom.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import ui
+from core.errors import UserError
+from core.templates import KIND_LABELS, KINDS, ParamSpec, get_template, list_templates, validate
+from core.templates.schedule import base_lrate, lr_curve, steps_per_epoch
+
+PARAM_KEY = "train_p_"  # every hyperparameter widget's key is PARAM_KEY + the parameter's name
+
+
+def _reset_params() -> None:
+    """Forget every hyperparameter widget's value, so the next run draws them at the template's defaults."""
+    for key in [k for k in st.session_state if str(k).startswith(PARAM_KEY)]:
+        del st.session_state[key]
+
+
+def _on_kind_change() -> None:
+    _reset_params()
+    st.session_state.pop("train_template_select", None)
+
+
+def _label(spec: ParamSpec) -> str:
+    return f"{spec.name.replace('_', ' ').capitalize()} (`{spec.name}`)"
+
+
+def _param_widget(spec: ParamSpec) -> Any:
+    """One hyperparameter's widget, bounded exactly as its spec; returns the widget's value."""
+    key = PARAM_KEY + spec.name
+    if spec.widget == "toggle":
+        if spec.flag_labels:  # a 0/1 flag such as logreg: the label says what the current setting means
+            on = bool(st.session_state.get(key, bool(spec.default)))
+            label = spec.flag_labels[0] if on else spec.flag_labels[1]
+            value = st.toggle(f"{label} (`{spec.name}` = {int(on)})", value=bool(spec.default), key=key,
+                              help=spec.help)
+            return int(value)
+        return st.toggle(_label(spec), value=bool(spec.default), key=key, help=spec.help)
+    if spec.widget == "select":
+        options = list(spec.choices or ())
+        return st.selectbox(_label(spec), options, index=options.index(spec.default), key=key, help=spec.help)
+    if spec.widget == "slider":
+        cast = int if spec.type == "int" else float
+        return st.slider(_label(spec), min_value=cast(spec.min), max_value=cast(spec.max), step=cast(spec.step),
+                         value=cast(spec.default), key=key, help=spec.help)
+    if spec.type == "int":
+        return st.number_input(_label(spec), min_value=int(spec.min) if spec.min is not None else None,
+                               max_value=int(spec.max) if spec.max is not None else None, step=1,
+                               value=int(spec.default), key=key, help=spec.help)
+    scientific = spec.max is None or abs(spec.default) < 0.01
+    button_step = (abs(spec.default) / 10 if spec.default else 1e-4) if scientific else 0.01
+    return st.number_input(_label(spec), min_value=float(spec.min) if spec.min is not None else None,
+                           max_value=float(spec.max) if spec.max is not None else None, value=float(spec.default),
+                           step=button_step, format="%.4e" if scientific else "%.3f", key=key, help=spec.help)
+
+
+st.title("Train")
+st.caption("Pick a template type and a template, then set its hyperparameters within the specification's bounds.")
+
+kind = st.radio("Template type", KINDS, format_func=lambda k: KIND_LABELS[k], horizontal=True,
+                key="train_kind_select", on_change=_on_kind_change)
+name = st.selectbox("Template", [t.name for t in list_templates(kind)], key="train_template_select",
+                    on_change=_reset_params)
+template = get_template(kind, name)
+
+st.markdown(template.description)
+st.markdown(f"**Network built:** {template.network}")
+st.markdown(f"**Weights:** {template.weights}")
+if template.embedding_dim is not None:
+    st.markdown(f"**Embedding dimension:** {template.embedding_dim}")
+elif template.has("embeddings_size"):
+    st.markdown("**Embedding dimension:** set by `embeddings_size`")
+if template.notes:
+    st.caption(template.notes)
+
+st.subheader("Hyperparameters")
+st.button("Reset to defaults", key="train_reset", on_click=_reset_params)
+values: dict[str, Any] = {}
+columns = st.columns(2)
+for i, spec in enumerate(template.params):
+    with columns[i % 2]:
+        values[spec.name] = _param_widget(spec)
+        if spec.narrow_min is not None:
+            st.caption(f"This template needs `{spec.name}` of at least {spec.narrow_min}: {spec.narrow_reason}.")
+
+params: dict[str, Any] | None
+try:
+    params = validate(kind, name, values)
+except UserError as exc:
+    ui.show_error(exc)
+    params = None
+st.session_state["train_kind"] = kind
+st.session_state["train_template"] = name
+st.session_state["train_params"] = params
+
+if params is not None:
+    st.subheader("Learning rate")
+    lrate = base_lrate(kind, name, params)
+    if "per_item_lrate" in params:
+        formula = f"batch_size x per_item_lrate = {params['batch_size']} x {params['per_item_lrate']:.4e}"
+    elif "per_128_lrate" in params:
+        formula = f"per_128_lrate x batch_size / 128 = {params['per_128_lrate']:.4e} x {params['batch_size']} / 128"
+    else:
+        formula = "the template's lrate"
+    st.metric("lrate (per step)", f"{lrate:.4e}", help=formula)
+    st.caption(f"lrate = {formula}")
+    train_items = st.number_input(
+        "Training images (to draw the curve; the dataset's own count is used when training)", min_value=1,
+        value=1000, step=100, key="train_curve_items",
+        help="Steps per epoch = num_items_per_epoch (or this count when 0) / batch_size, rounded up.",
+    )
+    spe = steps_per_epoch(kind, name, params, int(train_items))
+    curve = lr_curve(kind, name, params, spe)
+    fig = go.Figure(go.Scatter(x=[e for e, _ in curve], y=[lr for _, lr in curve], mode="lines", name="lrate"))
+    fig.update_layout(xaxis_title="epoch", yaxis_title="learning rate", height=320,
+                      margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title=f"{template.schedule} schedule, {spe} steps per epoch")
+    st.plotly_chart(fig, key="train_lr_chart")
+
+    st.subheader("Configuration")
+    st.json({"kind": kind, "template": name, "params": params})
+
+# --- launch (jobs) ---
+# The dataset picker and the "Start training" button go here (jobs/training helpers). Available: st.session_state
+# ["train_params"] (validated params, None while invalid), ["train_kind"], ["train_template"]. Keep this section
+# free of function definitions.
