@@ -118,9 +118,10 @@ H_STEP_EPOCHS = (
     "\"Step epochs\" number of epochs."
 )
 H_ITEMS_PER_EPOCH = (
-    "This is the number of input images per \"epoch.\" The default value is the number of images in the dataset. "
-    "Chosen: 0 stands for that default (the training split's size); bounds 0 to 10,000,000 are chosen (the "
-    "specification gives none) to catch typos that would make one epoch run for days."
+    "This is the number of input images per \"epoch.\" The default value is the number of images in the dataset "
+    "(written 0, as in the published defaults: the training split's size). Chosen bounds 0 to 10,000,000 (the "
+    "specification gives none): a whole number of images, capped to catch typos that would make one epoch run for "
+    "days."
 )
 H_STEP_FACTOR = (
     "Multiplier applied to the learning rate at each step of the schedule: after init_epochs, then every step_epochs. "
@@ -190,7 +191,7 @@ def _epochs(name: str, default: int, help_: str, *, maximum: int = 200, chosen: 
 
 def _items_per_epoch() -> ParamSpec:
     return ParamSpec("num_items_per_epoch", "int", 0, H_ITEMS_PER_EPOCH, 0, 10_000_000,
-                     chosen=frozenset({"min", "max", "default"}))
+                     chosen=frozenset({"min", "max"}))
 
 
 def _step_factor() -> ParamSpec:
