@@ -69,6 +69,95 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- jobs
 # COMMANDS:jobs
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one queued job in this process (started by the queue; not meant to be typed)."""
+    from core.jobs.worker import run
+
+    return run(args.job_id)
+
+
+def _job_line(j: dict) -> str:
+    import time as _time
+
+    when = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(j["created_at"]))
+    frac = f"{100 * j['fraction']:.0f}%" if j.get("fraction") is not None else "-"
+    epoch = f"epoch {j['epoch']}/{j['num_epochs']}" if j.get("epoch") else ""
+    return f"{j['id']:>5}  {j['state']:<11} {frac:>5}  {when}  {j['owner']:<8} {j['what']}  {epoch}"
+
+
+def follow_job(job_id: int, as_json: bool = False) -> int:
+    """Follow a job to its end with a progress bar on stderr; print its final status; exit 0 only on success."""
+    from tqdm import tqdm
+
+    from core import jobs
+
+    bar = tqdm(total=100, desc=f"job {job_id}", file=sys.stderr, unit="%", leave=True,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def show(st: dict) -> None:
+        p = st["progress"]
+        bar.n = round(100 * (p.get("fraction") or 0))
+        post = st["state"]
+        if p.get("epoch"):
+            post += f" epoch {p['epoch']}/{p.get('num_epochs')} step {p.get('step')}/{p.get('steps_per_epoch')}"
+        if p.get("loss") is not None:
+            post += f" loss {p['loss']:.4f}"
+        if p.get("images_per_sec"):
+            post += f" {p['images_per_sec']:.0f} img/s"
+        bar.set_postfix_str(post)
+
+    st = jobs.wait(job_id, poll=1.0, on_progress=show)
+    bar.close()
+    if as_json:
+        _print_json(st)
+    else:
+        print(f"job {job_id} {st['state']}" + (f": model {st['model_id']}" if st.get("model_id") else "")
+              + (f": {st['error']}" if st.get("error") and st["state"] != "succeeded" else ""))
+    return 0 if st["state"] == "succeeded" else 1
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    """List jobs, or show/cancel/resume/extend one, or print its log."""
+    from core import jobs
+
+    action = getattr(args, "jobs_action", None) or "list"
+    if action == "list":
+        rows = jobs.list_jobs(None if args.all else args.owner)
+        if args.json:
+            _print_json(rows)
+        else:
+            for j in rows:
+                print(_job_line(j))
+        return 0
+    if action == "show":
+        st = jobs.status(args.id)
+        if args.json:
+            _print_json(st)
+            return 0
+        print(_job_line(st))
+        if st.get("error"):
+            print(f"error: {st['error']}")
+        for m in st["metrics"]:
+            print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        return 0
+    if action == "cancel":
+        st = jobs.cancel(args.id)
+        _print_json(st) if args.json else print(f"job {args.id} {st['state']}")
+        return 0
+    if action == "resume":
+        job_id = jobs.resume(args.id)
+        print(job_id)
+        return follow_job(job_id, args.json) if args.wait else 0
+    if action == "extend":
+        job_id = jobs.extend(args.id, args.epochs)
+        print(job_id)
+        return follow_job(job_id, args.json) if args.wait else 0
+    if action == "logs":
+        print(jobs.logs(args.id, tail=args.tail))
+        return 0
+    if action == "wait":
+        return follow_job(args.id, args.json)
+    raise UserError(f"unknown jobs action {action!r}")
 
 
 # ---------------------------------------------------------------- models, evaluation, prediction, export
@@ -95,6 +184,28 @@ def build_parser() -> argparse.ArgumentParser:
     # PARSERS:datasets
     # PARSERS:training
     # PARSERS:jobs
+    p = sub.add_parser("worker")  # started by the queue: python -m core worker JOB_ID
+    p.add_argument("job_id", type=int)
+    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("jobs", help="background jobs: list, show, cancel, resume, extend, logs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--owner", default="local", help="whose jobs to list (default: local)")
+    p.add_argument("--all", action="store_true", help="list every owner's jobs")
+    p.set_defaults(func=cmd_jobs, jobs_action="list")
+    jsub = p.add_subparsers(dest="jobs_action")
+    for name, text in (("show", "state, progress, metrics so far, error"), ("cancel", "stop a queued or running job"),
+                       ("resume", "continue an interrupted, cancelled or failed job from its checkpoint"),
+                       ("extend", "train a finished job for more epochs (a new job)"),
+                       ("logs", "print the end of a job's log"), ("wait", "follow a job to its end")):
+        q = jsub.add_parser(name, help=text)
+        q.add_argument("id", type=int, help="job id")
+        q.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
+        if name in ("resume", "extend"):
+            q.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
+        if name == "extend":
+            q.add_argument("--epochs", type=int, required=True, help="how many more epochs")
+        if name == "logs":
+            q.add_argument("--tail", type=int, default=200, help="lines (default 200)")
     # PARSERS:models
     # PARSERS:search
     return parser

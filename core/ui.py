@@ -61,3 +61,28 @@ def home_overview() -> None:
         cols[2].metric("Jobs running / queued", f"{summary.get('running', 0)} / {summary.get('queued', 0)}")
     except (ImportError, AttributeError):
         cols[2].metric("Jobs running / queued", "0 / 0")
+
+
+def prefill_train(kind: str, template: str, params: dict, dataset: str | None = None) -> None:
+    """Fill the Train page's widgets with a configuration (Jobs page "Clone to new configuration").
+
+    Sets the widget keys the Train page reads (kind, template, ``train_p_<param>``, dataset) with values of the
+    types its widgets expect, so the page opens showing exactly this configuration.
+    """
+    from core.templates import get_template
+
+    st.session_state["train_kind_select"] = kind
+    st.session_state["train_template_select"] = template
+    for spec in get_template(kind, template).params:
+        if spec.name not in params:
+            continue
+        value = params[spec.name]
+        if spec.widget == "toggle":
+            value = bool(value)
+        elif spec.type == "int":
+            value = int(value)
+        elif spec.type == "float":
+            value = float(value)
+        st.session_state["train_p_" + spec.name] = value
+    if dataset:
+        st.session_state["train_dataset"] = dataset

@@ -1,0 +1,272 @@
+"""Background jobs: a queue in the store, each job its own worker process, cancel and resume that always work.
+
+The interface (``submit``, ``status``, ``progress``, ``cancel``, ``resume``, ``extend``, ``list_jobs``, ``logs``)
+hides the backend: today the local one (``core.jobs.local``: a process per job on this machine); a distributed
+backend would replace ``pump`` and the process checks without touching the pages. Every state lives in the store, so
+the app re-attaches to running jobs after a restart simply by reading it.
+
+The queue moves on whoever is watching: a finishing worker starts the next queued job, and every call to
+``list_jobs``/``status``/``queue_summary`` "pumps" the queue (marks dead workers interrupted, starts queued jobs while
+fewer than ``local.max_jobs()`` run).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+from core import paths
+from core.errors import UserError, ValidationError
+from core.jobs import local, runners
+from core.store import jobs as store
+from core.store.jobs import ACTIVE, RESUMABLE, STATES, TERMINAL
+
+__all__ = [
+    "ACTIVE", "TERMINAL", "RESUMABLE", "STATES", "submit", "status", "progress", "metrics", "cancel", "resume",
+    "extend", "list_jobs", "logs", "queue_summary", "pump", "wait", "describe",
+]
+
+DEAD_MESSAGE = ("The worker process stopped unexpectedly (killed, out of memory or the machine restarted); "
+                "Resume continues from the last completed epoch.")
+
+
+def describe(job: dict) -> str:
+    """What a job does, in a few words: ``classifier Clarifai_InceptionV2 on birds -> my-model``."""
+    cfg = job.get("config") or {}
+    if job.get("type") == "train":
+        text = f"{cfg.get('kind', '?')} {cfg.get('template', '?')} on {cfg.get('dataset', '?')}"
+        return text + (f" -> {cfg['name']}" if cfg.get("name") else "")
+    if job.get("type") == "index":
+        return f"index of {cfg.get('dataset', '?')} with {cfg.get('model', 'general')} model"
+    return str(job.get("type"))
+
+
+def submit(owner: str, job_type: str, config: dict, *, parent_id: int | None = None) -> int:
+    """Check ``config`` and queue a job; returns its id at once. Raises UserError naming a bad field."""
+    config = runners.validate(job_type, owner, copy.deepcopy(config))
+    job_id = store.insert_job(owner, job_type, config, parent_id=parent_id)
+    local.job_dir(job_id)
+    pump()
+    return job_id
+
+
+# ---------------------------------------------------------------- the queue
+
+
+def reap() -> list[int]:
+    """Mark active jobs whose worker is gone as interrupted (cancelled if a cancel was asked); return their ids."""
+    local.reap_children()
+    here, stale, t = local.host(), local.stale_s(), time.time()
+    dead: list[int] = []
+    for job in store.list_jobs(states=ACTIVE):
+        hb = job["heartbeat_at"] or 0.0
+        if job["pid"] is None:  # claimed, never launched (the pump died in between): back to the queue
+            if t - hb > stale:
+                store.unclaim(job["id"], hb)
+            continue
+        if job["host"] == here:  # on this machine the process table decides
+            if not local.alive(job["pid"], job["id"]) and store.mark_dead(job["id"], None, DEAD_MESSAGE):
+                dead.append(job["id"])
+        elif t - hb > stale and store.mark_dead(job["id"], hb, DEAD_MESSAGE):  # elsewhere: the heartbeat decides
+            dead.append(job["id"])
+    return dead
+
+
+def pump() -> list[int]:
+    """Reap dead workers, then start queued jobs while there is a free slot; returns the ids started."""
+    reap()
+    started: list[int] = []
+    if not store.count_by_state().get("queued"):
+        return started
+    while True:
+        job = store.claim_next(local.max_jobs(), max(local.gpu_count(), 1))
+        if job is None:
+            return started
+        try:
+            pid = local.launch(job["id"], job.get("slot") or 0)
+        except OSError as exc:
+            store.finish(job["id"], "failed", error=f"The worker process could not be started: {exc}")
+            continue
+        store.set_launched(job["id"], pid, local.host())
+        started.append(job["id"])
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _progress_of(job: dict) -> dict:
+    p = dict(job.get("progress") or {})
+    params = (job.get("config") or {}).get("params") or {}
+    p.setdefault("num_epochs", params.get("num_epochs"))
+    if job["state"] == "succeeded":
+        p["fraction"] = 1.0
+    p["state"] = job["state"]
+    p["heartbeat_age_s"] = round(time.time() - job["heartbeat_at"], 1) if job.get("heartbeat_at") else None
+    return p
+
+
+def _summary(job: dict) -> dict:
+    p = job.get("progress") or {}
+    return {
+        "id": job["id"], "owner": job["owner"], "type": job["type"], "state": job["state"], "what": describe(job),
+        "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
+        "epoch": p.get("epoch"), "num_epochs": p.get("num_epochs") or ((job["config"] or {}).get("params") or {})
+        .get("num_epochs"), "fraction": 1.0 if job["state"] == "succeeded" else p.get("fraction"),
+        "eta_s": p.get("eta_s"), "error": job["error"], "model_id": job["model_id"], "index_id": job["index_id"],
+        "parent_id": job["parent_id"], "attempts": job["attempts"],
+    }
+
+
+def status(job_id: int) -> dict:
+    """Everything about one job except its step curve: state, what, progress, metrics per epoch, error, result."""
+    pump()
+    job = store.get_job(job_id)
+    return {
+        **_summary(job), "config": job["config"], "progress": _progress_of(job), "metrics": job["history"] or [],
+        "traceback": job["traceback"], "result": job["result"], "cancel_requested": job["cancel_requested"],
+        "pid": job["pid"], "host": job["host"], "log_path": str(local.log_path(job["id"])),
+    }
+
+
+def progress(job_id: int) -> dict:
+    """The latest progress (epoch, step, images/s, ETA, loss, lr, fraction, device, memory); no pumping."""
+    return _progress_of(store.get_job(job_id))
+
+
+def metrics(job_id: int) -> dict:
+    """Curves so far: ``history`` (one dict per epoch) and ``series`` ([epochs_done, loss, lr] points per step)."""
+    job = store.get_job(job_id)
+    return {"history": job["history"] or [], "series": job["series"] or []}
+
+
+def list_jobs(owner: str | None = None, limit: int | None = None) -> list[dict]:
+    """Jobs, newest first (all owners when ``owner`` is None), after pumping the queue."""
+    pump()
+    return [_summary(j) for j in store.list_jobs(owner, limit=limit)]
+
+
+def queue_summary(owner: str | None = None) -> dict:
+    """The queue at a glance for the home page: counts by state, how many run and wait, the running jobs
+    (``active``: id, owner, what, epoch, fraction, ETA) and the concurrency limit."""
+    pump()
+    counts = {s: 0 for s in STATES}
+    counts.update(store.count_by_state(owner))
+    active = [_summary(j) for j in store.list_jobs(owner, states=ACTIVE)]
+    return {"counts": counts, "running": len(active), "queued": counts["queued"], "active": active,
+            "max_jobs": local.max_jobs()}
+
+
+def logs(job_id: int, tail: int = 200) -> str:
+    """The last ``tail`` lines of the job's log (worker output, progress lines, tracebacks)."""
+    store.get_job(job_id)
+    path = local.log_path(job_id)
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as fh:
+        fh.seek(0, 2)
+        size = fh.tell()
+        chunk, data = 8192, b""
+        while size > 0 and data.count(b"\n") <= tail:
+            step = min(chunk, size)
+            size -= step
+            fh.seek(size)
+            data = fh.read(step) + data
+            chunk *= 2
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-tail:])
+
+
+def wait(job_id: int, timeout: float | None = None, poll: float = 0.5,
+         on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Block until the job reaches a final state (pumping meanwhile); returns its status. UserError on timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        st = status(job_id)
+        if on_progress is not None:
+            on_progress(st)
+        if st["state"] in TERMINAL:
+            return st
+        if deadline is not None and time.monotonic() > deadline:
+            raise UserError(f"Job {job_id} is still {st['state']} after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+# ---------------------------------------------------------------- acting
+
+
+def cancel(job_id: int, wait_s: float | None = None) -> dict:
+    """Cancel a job: a queued one at once; a running one is asked to stop between steps and save a checkpoint, and
+    killed (its whole process group) if it has not stopped within ``wait_s`` (``DEEPTRAIN_CANCEL_GRACE_S``). Never
+    returns with the job still shown as running. Returns its status."""
+    job = store.get_job(job_id)
+    if job["state"] == "queued" and store.cancel_queued(job_id):
+        return status(job_id)
+    job = store.get_job(job_id)
+    if job["state"] not in ACTIVE:
+        return status(job_id)
+    store.request_cancel(job_id)
+    grace = local.cancel_grace_s() if wait_s is None else wait_s
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        reap()
+        if store.get_job(job_id)["state"] not in ACTIVE:
+            return status(job_id)
+        time.sleep(0.1)
+    job = store.get_job(job_id)
+    if job["pid"] and job["host"] == local.host():
+        local.kill(job["pid"], job_id)
+    store.finish(job_id, "cancelled", error=(
+        f"Cancelled; the worker did not stop within {grace:.0f} s and was killed. "
+        "Resume continues from the last completed epoch."))
+    return status(job_id)
+
+
+def resume(job_id: int) -> int:
+    """Queue an interrupted, cancelled or failed job again; it continues from its last checkpoint. Returns its id."""
+    job = store.get_job(job_id)
+    if job["state"] not in RESUMABLE:
+        hint = " Use Extend to train it for more epochs." if job["state"] == "succeeded" else ""
+        raise UserError(f"Job {job_id} is {job['state']}: only interrupted, cancelled or failed jobs can be "
+                        f"resumed.{hint}")
+    runners.validate(job["type"], job["owner"], copy.deepcopy(job["config"]))
+    if not store.requeue(job_id, resume=True):
+        raise UserError(f"Job {job_id} changed state meanwhile; look at it again")
+    pump()
+    return job_id
+
+
+def extend(job_id: int, extra_epochs: int) -> int:
+    """A new training job that continues a finished one's checkpoint for ``extra_epochs`` more epochs; its id."""
+    job = store.get_job(job_id)
+    if job["type"] != "train":
+        raise UserError(f"Job {job_id} is a {job['type']} job; only training jobs can be extended")
+    if job["state"] in ("queued",) + ACTIVE:
+        raise UserError(f"Job {job_id} is {job['state']}; extend it once it has finished")
+    try:
+        extra = int(extra_epochs)
+    except (TypeError, ValueError):
+        raise ValidationError(f"extra epochs must be a whole number, got {extra_epochs!r}") from None
+    if extra < 1:
+        raise ValidationError(f"extra epochs must be at least 1, got {extra}")
+    src = local.run_dir(job_id)
+    if not any(src.iterdir()):
+        raise UserError(f"Job {job_id} left no checkpoint to continue from; start a new job instead")
+    config = copy.deepcopy(job["config"])
+    params = config.setdefault("params", {})
+    done = max([int(h["epoch"]) for h in job["history"] or []] + [0])
+    params["num_epochs"] = max(int(params.get("num_epochs") or 0), done) + extra
+    if config.get("name"):
+        from core.store.models import unique_name
+
+        config["name"] = unique_name(job["owner"], f"{config['name']}-ext")
+    config = runners.validate("train", job["owner"], config)
+    # the worker copies the parent's checkpoint into its own run folder before it starts (no race with a pump)
+    new_id = store.insert_job(job["owner"], "train", config, parent_id=job_id, resume=True,
+                              history=job["history"] or [], series=job["series"] or [])
+    pump()
+    return new_id
+
+
+def jobs_root() -> str:
+    """Where job folders live (for the UI's facts)."""
+    return str(paths.subdir("jobs"))

@@ -1,0 +1,227 @@
+"""Every query on the jobs table: the queue, atomic claims, heartbeats, progress and final states.
+
+A job moves through explicit states: queued -> starting -> running -> succeeded | failed | cancelled | interrupted;
+interrupted, cancelled and failed jobs can be queued again (resume). Every transition is one conditional UPDATE
+(``WHERE state IN (...)``), so a worker finishing and a user cancelling at the same moment can never both win, and
+the claim that moves a job from queued to starting is a single UPDATE statement: SQLite runs it under its write
+lock, so two pumps in two processes never start the same job nor pass the limit of concurrent jobs.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+from core.errors import UserError
+from core.store.engine import engine, now, transaction
+from core.store.schema import jobs
+
+ACTIVE = ("starting", "running")
+TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
+RESUMABLE = ("interrupted", "cancelled", "failed")
+STATES = ("queued",) + ACTIVE + TERMINAL
+
+
+def _row(row: Any) -> dict:
+    d = dict(row._mapping)
+    d["cancel_requested"] = bool(d.get("cancel_requested"))
+    d["resume"] = bool(d.get("resume"))
+    return d
+
+
+def insert_job(owner: str, job_type: str, config: dict, *, parent_id: int | None = None, resume: bool = False,
+               history: list | None = None, series: list | None = None) -> int:
+    """Queue a new job and return its id (the autoincrement key: distinct for concurrent submits)."""
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.insert().values(
+                owner=owner, type=job_type, state="queued", config=config, cancel_requested=False,
+                created_at=now(), parent_id=parent_id, resume=resume, attempts=0, history=history or [],
+                series=series or [],
+            )
+        )
+        return int(res.inserted_primary_key[0])
+
+
+def get_job(job_id: int) -> dict:
+    """One job as a dict; an unknown id is a UserError."""
+    with engine().connect() as conn:
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == int(job_id))).first()
+    if row is None:
+        raise UserError(f"No job with id {job_id}; `python -m core jobs` lists the jobs.")
+    return _row(row)
+
+
+def list_jobs(owner: str | None = None, states: Iterable[str] | None = None, limit: int | None = None) -> list[dict]:
+    """Jobs, newest first, optionally of one owner and in some states."""
+    q = sa.select(jobs).order_by(jobs.c.id.desc())
+    if owner is not None:
+        q = q.where(jobs.c.owner == owner)
+    if states is not None:
+        q = q.where(jobs.c.state.in_(list(states)))
+    if limit:
+        q = q.limit(limit)
+    with engine().connect() as conn:
+        return [_row(r) for r in conn.execute(q)]
+
+
+def count_by_state(owner: str | None = None) -> dict[str, int]:
+    q = sa.select(jobs.c.state, sa.func.count()).group_by(jobs.c.state)
+    if owner is not None:
+        q = q.where(jobs.c.owner == owner)
+    with engine().connect() as conn:
+        return {state: int(n) for state, n in conn.execute(q)}
+
+
+def claim_next(max_active: int, slots: int) -> dict | None:
+    """Move the oldest queued job to ``starting`` if fewer than ``max_active`` jobs are active; return it or None.
+
+    The whole claim is one UPDATE whose subqueries pick the job and count the active ones, so it is atomic. The GPU
+    slot (smallest free one below ``slots``) is chosen in the same transaction, while the write lock is held.
+    """
+    token = uuid.uuid4().hex
+    t = now()
+    oldest = sa.select(jobs.c.id).where(jobs.c.state == "queued").order_by(jobs.c.id).limit(1).scalar_subquery()
+    active = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.state.in_(ACTIVE)).scalar_subquery()
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update()
+            .where(jobs.c.id == oldest, active < max_active)
+            .values(state="starting", claim=token, attempts=jobs.c.attempts + 1, heartbeat_at=t, pid=None,
+                    started_at=sa.func.coalesce(jobs.c.started_at, t), finished_at=None)
+        )
+        if res.rowcount != 1:
+            return None
+        row = conn.execute(sa.select(jobs).where(jobs.c.claim == token)).first()
+        used = {r[0] for r in conn.execute(
+            sa.select(jobs.c.slot).where(jobs.c.state.in_(ACTIVE), jobs.c.id != row.id, jobs.c.slot.is_not(None)))}
+        slot = next((s for s in range(max(slots, 1)) if s not in used), 0)
+        conn.execute(jobs.update().where(jobs.c.id == row.id).values(slot=slot))
+    job = _row(row)
+    job["slot"] = slot
+    return job
+
+
+def set_launched(job_id: int, pid: int, host: str) -> None:
+    """Record the worker process of a claimed job."""
+    with transaction() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE)).values(pid=pid, host=host))
+
+
+def take(job_id: int, pid: int, host: str) -> bool:
+    """The worker process took its claimed job (still ``starting``); False when it was cancelled meanwhile."""
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.state == "starting", jobs.c.cancel_requested.is_(False))
+            .values(pid=pid, host=host, heartbeat_at=now(), error=None, traceback=None)
+        )
+        return res.rowcount == 1
+
+
+def mark_running(job_id: int) -> bool:
+    """The run began its first step: starting -> running."""
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.state == "starting").values(state="running"))
+        return res.rowcount == 1
+
+
+def beat(job_id: int, progress: dict | None = None, series: list | None = None) -> bool:
+    """Heartbeat (and the latest progress) from the worker; returns whether a cancel was requested."""
+    values: dict[str, Any] = {"heartbeat_at": now()}
+    if progress is not None:
+        values["progress"] = progress
+    if series is not None:
+        values["series"] = series
+    with transaction() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE)).values(**values))
+        flag = conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar()
+    return bool(flag)
+
+
+def add_history(job_id: int, epoch: int, metrics: dict) -> None:
+    """Record one epoch's metrics; an epoch seen again (after a resume) replaces its earlier entry."""
+    with transaction() as conn:
+        hist = conn.execute(sa.select(jobs.c.history).where(jobs.c.id == job_id)).scalar() or []
+        hist = [h for h in hist if int(h.get("epoch", -1)) != int(epoch)]
+        hist.append({"epoch": int(epoch), **metrics})
+        hist.sort(key=lambda h: h["epoch"])
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(history=hist))
+
+
+def finish(job_id: int, state: str, *, result: dict | None = None, error: str | None = None,
+           traceback: str | None = None, from_states: Iterable[str] = ACTIVE) -> bool:
+    """Move a job to a final state if it is still in ``from_states``; False when someone else finished it first."""
+    assert state in TERMINAL, state
+    values: dict[str, Any] = {"state": state, "finished_at": now(), "error": error, "traceback": traceback}
+    if result is not None:
+        values["result"] = result
+        if result.get("model_id") is not None:
+            values["model_id"] = int(result["model_id"])
+        if result.get("index_id") is not None:
+            values["index_id"] = int(result["index_id"])
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(list(from_states))).values(**values))
+        return res.rowcount == 1
+
+
+def request_cancel(job_id: int) -> None:
+    with transaction() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE)).values(cancel_requested=True))
+
+
+def cancel_queued(job_id: int) -> bool:
+    """Cancel a job that has not been claimed yet; False when it already left the queue."""
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.state == "queued")
+            .values(state="cancelled", cancel_requested=True, finished_at=now(), error="Cancelled before it started."))
+        return res.rowcount == 1
+
+
+def requeue(job_id: int, *, resume: bool = True, from_states: Iterable[str] = RESUMABLE) -> bool:
+    """Put a stopped job back in the queue (resume from its checkpoint); False when it is not in ``from_states``."""
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(list(from_states)))
+            .values(state="queued", resume=resume, cancel_requested=False, error=None, traceback=None,
+                    finished_at=None, claim=None, pid=None, heartbeat_at=None)
+        )
+        return res.rowcount == 1
+
+
+def unclaim(job_id: int, heartbeat_before: float) -> bool:
+    """Give a claimed job whose worker never started back to the queue (the pump died between claim and launch)."""
+    with transaction() as conn:
+        res = conn.execute(
+            jobs.update().where(jobs.c.id == job_id, jobs.c.state == "starting", jobs.c.pid.is_(None),
+                                jobs.c.heartbeat_at <= heartbeat_before)
+            .values(state="queued", claim=None, attempts=jobs.c.attempts - 1)
+        )
+        return res.rowcount == 1
+
+
+def mark_dead(job_id: int, heartbeat_before: float | None, error: str) -> bool:
+    """An active job whose worker is gone becomes interrupted (cancelled if a cancel was asked for).
+
+    ``heartbeat_before`` guards against a worker that beat again since it was judged stale.
+    """
+    cond = [jobs.c.id == job_id, jobs.c.state.in_(ACTIVE)]
+    if heartbeat_before is not None:
+        cond.append(sa.or_(jobs.c.heartbeat_at.is_(None), jobs.c.heartbeat_at <= heartbeat_before))
+    cancelled = jobs.c.cancel_requested.is_(True)
+    state = sa.case((cancelled, "cancelled"), else_="interrupted")
+    message = sa.case((cancelled, "Cancelled; the worker was stopped."), else_=error)
+    with transaction() as conn:
+        res = conn.execute(jobs.update().where(*cond).values(state=state, finished_at=now(), error=message))
+        return res.rowcount == 1
+
+
+def set_config(job_id: int, config: dict) -> None:
+    """Replace a job's stored configuration (used when extending: the new job's own copy)."""
+    with transaction() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == job_id).values(config=config))

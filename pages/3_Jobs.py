@@ -1,0 +1,126 @@
+"""Jobs: every background job with its state; the selected one's progress, live curves, log, and what to do next.
+
+Jobs live in the store and run in their own processes, so this page only reads: closing the tab or restarting the
+server changes nothing, and the page re-attaches by reading the store again. While a job is queued or running, the
+job's section is a fragment that reruns every 2 s; once nothing runs the timer is off.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import jobs, ui
+from core.errors import UserError
+from core.jobs import view
+
+POLL_S = 2.0
+
+st.title("Jobs")
+st.caption("Training and indexing run in the background, one job per GPU (one on a CPU-only server); "
+           "you can close this tab and come back.")
+
+owner = ui.current_user()
+everyone = st.toggle("Show every user's jobs", key="jobs_everyone")
+rows = jobs.list_jobs(None if everyone else owner)
+if not rows:
+    st.info("No jobs yet. Start one from the Train page.")
+    st.page_link("pages/2_Train.py", label="Go to Train", icon=":material/model_training:")
+    st.stop()
+
+live = any(r["state"] in ("queued",) + jobs.ACTIVE for r in rows)
+st.dataframe(
+    [{"id": r["id"], "state": r["state"], "what": r["what"], "who": r["owner"], "created": view.when(r["created_at"]),
+      "progress": r["fraction"] or 0.0, "epoch": f"{r['epoch'] or '-'}/{r['num_epochs'] or '?'}",
+      "finished": view.when(r["finished_at"])} for r in rows],
+    key="jobs_table", hide_index=True,
+    column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)},
+)
+
+ids = [r["id"] for r in rows]
+if st.session_state.get("jobs_selected") not in ids:
+    st.session_state["jobs_selected"] = ids[0]
+by_id = {r["id"]: r for r in rows}
+job_id = st.selectbox("Job", ids, key="jobs_selected",
+                      format_func=lambda i: f"#{i} · {by_id[i]['state']} · {by_id[i]['what']}")
+
+
+@st.fragment(run_every=POLL_S if live else None)
+def job_panel(job_id: int) -> None:
+    """The selected job, redrawn every POLL_S seconds while something runs."""
+    try:
+        st_ = jobs.status(job_id)
+    except UserError as exc:
+        ui.show_error(exc)
+        return
+    state, p = st_["state"], st_["progress"]
+    if live and state not in ("queued",) + jobs.ACTIVE and st.session_state.get("jobs_seen_state") != state:
+        st.session_state["jobs_seen_state"] = state
+        st.rerun()  # the job ended: redraw the whole page, which turns the timer off when nothing else runs
+    st.session_state["jobs_seen_state"] = state
+
+    st.subheader(f"Job {job_id}: {st_['what']}")
+    if state == "failed":
+        st.error(st_["error"] or "The job failed.", icon=view.STATE_ICONS["failed"])
+        if st_.get("traceback"):
+            with st.expander("Traceback"):
+                st.code(st_["traceback"], language="text")
+    elif state in ("cancelled", "interrupted"):
+        st.warning(st_["error"] or state.capitalize(), icon=view.STATE_ICONS[state])
+    elif state == "succeeded":
+        done = f" Model {st_['model_id']} is on the Models page." if st_.get("model_id") else ""
+        st.success(f"Finished {view.when(st_['finished_at'])}.{done}", icon=view.STATE_ICONS["succeeded"])
+
+    st.progress(float(p.get("fraction") or 0.0), text=f"{state.capitalize()} · {view.progress_text(state, p)}")
+    cols = st.columns(5)
+    cols[0].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), (int, float)) else "-")
+    cols[1].metric("Learning rate", f"{p['lr']:.3e}" if isinstance(p.get("lr"), (int, float)) else "-")
+    cols[2].metric("Images/s", f"{p['images_per_sec']:.1f}" if p.get("images_per_sec") else "-")
+    cols[3].metric("ETA", view.duration(p.get("eta_s")) if state in jobs.ACTIVE else "-")
+    cols[4].metric("Attempts", st_["attempts"])
+    st.caption(f"Device: {p.get('device') or '-'} · Memory: {view.memory_text(p)} · Owner: {st_['owner']} · "
+               f"Created {view.when(st_['created_at'])}"
+               + (f" · Extends job {st_['parent_id']}" if st_.get("parent_id") else ""))
+
+    figs = view.figures(st_["metrics"], jobs.metrics(job_id)["series"])
+    if figs:
+        chart_cols = st.columns(len(figs))
+        for col, (name, fig) in zip(chart_cols, figs.items()):
+            col.plotly_chart(fig, key=f"jobs_chart_{name}")
+    if st_["metrics"]:
+        with st.expander("Metrics per epoch"):
+            st.dataframe(st_["metrics"], hide_index=True, key="jobs_epoch_table")
+    with st.expander("Log", expanded=state in jobs.ACTIVE or state == "failed"):
+        st.code(jobs.logs(job_id, tail=60) or "(empty)", language="text")
+
+    acts = st.columns(4)
+    if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued",) + jobs.ACTIVE,
+                      icon=":material/stop_circle:"):
+        with st.spinner("Asking the job to stop between steps and save a checkpoint..."):
+            jobs.cancel(job_id)
+        st.rerun()
+    if acts[1].button("Resume", key="jobs_resume", disabled=state not in jobs.RESUMABLE,
+                      icon=":material/play_arrow:", help="Continue from the last completed epoch"):
+        try:
+            jobs.resume(job_id)
+            st.rerun()
+        except UserError as exc:
+            ui.show_error(exc)
+    is_train = st_["type"] == "train"
+    extra = acts[2].number_input("More epochs", min_value=1, max_value=1000, value=5, step=1,
+                                 key="jobs_extend_epochs", disabled=not is_train)
+    if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:",
+                      disabled=not is_train or state in ("queued",) + jobs.ACTIVE,
+                      help="A new job that continues this one's checkpoint for more epochs"):
+        try:
+            st.session_state["jobs_selected"] = jobs.extend(job_id, int(extra))
+            st.rerun()
+        except UserError as exc:
+            ui.show_error(exc)
+    if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not is_train,
+                      icon=":material/content_copy:", help="Open the Train page filled with this configuration"):
+        cfg = st_["config"]
+        ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"))
+        st.switch_page("pages/2_Train.py")
+
+
+job_panel(job_id)
