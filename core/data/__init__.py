@@ -1,0 +1,1 @@
+"""Datasets: importers (folder, zip, manifests, COCO, video), safe extraction, health report, splits, exports."""

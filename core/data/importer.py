@@ -1,0 +1,188 @@
+"""Import a dataset: read the source into a staging area, decode every image once, commit in one transaction.
+
+Flow: ``build_plan`` (checks the source, extracts archives and video frames into the staging area) -> decode in a
+pool of worker processes (verify, orient, convert to RGB, hash, write blob and thumbnail into the staging area;
+results are small dicts, so memory stays flat in the number of images) -> duplicates, COCO box checks, splits,
+health report -> ``core.store.datasets.commit_import`` (rows in one transaction, staged files moved in). Any refusal
+raises ``UserError`` and the staging area is removed: the store is exactly as it was.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from core import paths
+from core.data.decode import process_image
+from core.data.health import health_report
+from core.data.limits import ImportLimits
+from core.data.sources import Entry, build_plan, check_box
+from core.data.split import stratified_split
+from core.errors import UserError
+from core.paths import DEFAULT_USER
+from core.store import datasets as store
+
+Progress = Callable[[float, str], None]
+POOL_MIN_FILES = 48  # below this, decoding in-process beats starting worker processes
+_NAME_RE = re.compile(r"^[\w][\w .+()-]{0,99}$")
+
+
+def check_name(name: str) -> str:
+    """A dataset name: 1-100 characters, letters, digits, space, ``_ . + ( ) -``, not starting with punctuation."""
+    cleaned = (name or "").strip()
+    if not _NAME_RE.match(cleaned):
+        raise UserError(f"Dataset name {name!r} is not allowed: use 1-100 letters, digits, spaces or _ . + ( ) -, "
+                        "starting with a letter or digit")
+    return cleaned
+
+
+def _decode_all(entries: list[Entry], stage_blobs: Path, stage_thumbs: Path, max_pixels: int, workers: int,
+                progress: Progress | None) -> Iterator[dict[str, Any]]:
+    """Decode entries in order, in a process pool when there are enough of them; yields one result per entry."""
+    store_blobs, store_thumbs = paths.subdir("blobs"), paths.subdir("thumbs")
+    tasks = ((str(e.path), str(stage_blobs), str(stage_thumbs), str(store_blobs), str(store_thumbs), max_pixels)
+             for e in entries)
+    total = len(entries)
+    every = max(1, total // 100)
+    if workers <= 1 or total < POOL_MIN_FILES:
+        results: Iterator[dict[str, Any]] = map(process_image, tasks)
+        pool = None
+    else:
+        # spawn: safe inside a threaded server (Streamlit); the workers import only PIL and NumPy
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        results = pool.imap(process_image, tasks, chunksize=8)
+    try:
+        for n, result in enumerate(results, 1):
+            if progress and (n % every == 0 or n == total):
+                progress(0.05 + 0.85 * n / total, f"Decoding {n:,}/{total:,} images")
+            yield result
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_USER, fmt: str = "auto",
+                   val_fraction: float = 0.2, seed: int = 0, progress: Progress | None = None, *,
+                   limits: ImportLimits | None = None, workers: int | None = None, video_fps: float = 1.0,
+                   video_label: str | None = None, source_label: str | None = None) -> dict[str, Any]:
+    """Import a folder, zip, CSV/JSON manifest, COCO file or video as dataset ``name`` of ``owner``.
+
+    Importing into an existing name adds the new images to it (a new version); images already in it are reported
+    as duplicates. Splits present in the source are kept; otherwise a stratified ``val_fraction`` goes to val.
+
+    Args:
+        progress: called with (fraction 0..1, message).
+        limits: archive and pixel limits (default: ``ImportLimits.from_env()``).
+        workers: decoding processes (default: one per core).
+        source_label: what the report calls the source (an uploaded file's own name rather than its temp path).
+
+    Returns:
+        The health report: dataset, version, items, concepts {name: count}, splits, skipped [{path, reason}],
+        duplicates (count) and more (see ``core.data.health``).
+
+    Raises:
+        UserError: the source is refused; nothing was stored.
+    """
+    t0 = time.perf_counter()
+    name = check_name(name)
+    if not 0.0 <= float(val_fraction) <= 0.9:
+        raise UserError(f"val_fraction {val_fraction} is outside 0 to 0.9")
+    limits = limits or ImportLimits.from_env()
+    workers = workers or os.cpu_count() or 1
+    src = Path(source).expanduser()
+    label = source_label or str(src)
+    staging = paths.subdir("staging") / uuid.uuid4().hex
+    try:
+        if progress:
+            progress(0.0, "Reading the source")
+        plan = build_plan(src, fmt, staging / "scratch", limits, progress, video_fps=video_fps,
+                          video_label=video_label)
+        stage_blobs, stage_thumbs = staging / "blobs", staging / "thumbs"
+        existing = store.find_dataset(owner, name)
+        in_dataset = store.dataset_hashes(existing["id"]) if existing else set()
+
+        skipped = list(plan.skipped)
+        records: list[dict[str, Any]] = []
+        first: dict[str, dict[str, Any]] = {}  # hash -> record kept
+        dup_paths: dict[str, list[str]] = {}
+        already: list[str] = []
+        for entry, res in zip(plan.entries, _decode_all(plan.entries, stage_blobs, stage_thumbs, limits.max_pixels,
+                                                          workers, progress)):
+            if "skip" in res:
+                skipped.append({"path": entry.rel, "reason": res["skip"]})
+                continue
+            digest = res["hash"]
+            if digest in in_dataset:
+                already.append(entry.rel)
+                continue
+            for box in entry.boxes:
+                check_box(f"{Path(label).name}: a box of {entry.rel}", entry.rel,
+                          (box["x"], box["y"], box["w"], box["h"]), (res["width"], res["height"]))
+            kept = first.get(digest)
+            if kept is not None:  # same content again: one item, labels and boxes merged
+                dup_paths.setdefault(digest, [kept["source_path"]]).append(entry.rel)
+                kept["labels"] = sorted(set(kept["labels"]) | set(entry.labels))
+                kept["boxes"] += [b for b in entry.boxes if b not in kept["boxes"]]
+                continue
+            rec = dict(res, source_path=entry.rel, labels=sorted(set(entry.labels)), split=entry.split,
+                       boxes=list(entry.boxes), video=entry.video, video_time=entry.video_time, group=entry.group)
+            first[digest] = rec
+            records.append(rec)
+        if not records:
+            if already:
+                raise UserError(f"{Path(label).name}: every image is already in dataset {name!r}; nothing to add")
+            reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:3])
+            raise UserError(f"{Path(label).name}: no valid image found ({len(skipped)} file(s) skipped"
+                            f"{': ' + reasons if reasons else ''})")
+
+        if any(r["split"] for r in records):  # the source has splits: keep them
+            for r in records:
+                r["split"] = r["split"] or "train"
+        else:
+            assigned = stratified_split([r["source_path"] for r in records], [r["labels"] for r in records],
+                                        float(val_fraction), seed, [r["group"] for r in records])
+            for r, split in zip(records, assigned):
+                r["split"] = split
+
+        duplicates = [{"hash": h, "paths": p, "labels": first[h]["labels"]} for h, p in dup_paths.items()]
+        duplicates += [{"hash": None, "paths": [p, p], "labels": [], "note": "already in the dataset"}
+                       for p in already]
+        new_bytes = sum(f.stat().st_size for f in stage_blobs.rglob("*") if f.is_file()) if stage_blobs.exists() \
+            else 0
+        if progress:
+            progress(0.92, "Saving")
+        report = health_report(records, skipped, duplicates, label, plan.kind, time.perf_counter() - t0, new_bytes)
+        report["val_fraction"] = float(val_fraction)
+        report["seed"] = int(seed)
+        dataset_id, version = store.commit_import(owner, name, label, records, stage_blobs, stage_thumbs, report)
+        report.update(dataset=name, dataset_id=dataset_id, version=version,
+                      seconds=round(time.perf_counter() - t0, 3))
+        if progress:
+            progress(1.0, f"Imported {len(records):,} images")
+        return {"dataset": name, "version": version, **report}
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def resplit(owner: str, name: str, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
+    """Re-draw the train/val split of a dataset, stratified and seeded; test items stay where they are.
+
+    Frames of one video stay together. Returns the new split counts (the dataset version is bumped on a change).
+    """
+    if not 0.0 <= float(val_fraction) <= 0.9:
+        raise UserError(f"val_fraction {val_fraction} is outside 0 to 0.9")
+    ds = store.get_dataset(owner, name)
+    recs = [r for r in store.dataset_records(ds["id"]) if r["split"] != "test"]
+    videos = store.item_videos(ds["id"])
+    groups = [videos.get(r["item_id"]) for r in recs]
+    assigned = stratified_split([r["source_path"] or str(r["item_id"]) for r in recs], [r["labels"] for r in recs],
+                                float(val_fraction), seed, groups)
+    store.set_splits(ds["id"], {r["item_id"]: s for r, s in zip(recs, assigned)})
+    return store.split_counts(ds["id"])

@@ -1,0 +1,529 @@
+"""Every dataset query: datasets, blobs, items, concepts, labels, boxes, splits and import reports.
+
+Images are content-addressed files under ``paths.subdir("blobs")`` (sha256 of the stored bytes), thumbnails under
+``paths.subdir("thumbs")``; a blob is stored once however many items and datasets use it, and removed when the last
+item using it goes. A dataset's ``version`` is bumped whenever its content changes (items, labels, boxes, splits).
+Written in SQLAlchemy Core only, so a PostgreSQL backend needs no change here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from core import paths
+from core.errors import UserError
+from core.paths import DEFAULT_USER
+from core.store.engine import now, transaction
+from core.store.schema import blobs, boxes, concepts, datasets, import_reports, items, labels
+
+SPLITS = ("train", "val", "test")
+_BATCH = 500  # rows per executemany and per IN (...) list: well under SQLite's 32,766 bound parameters
+
+
+def blob_file(digest: str, ext: str) -> Path:
+    """The stored image file of a blob (absolute)."""
+    return paths.subdir("blobs") / digest[:2] / f"{digest}.{ext}"
+
+
+def thumb_file(digest: str) -> Path:
+    """The thumbnail of a blob (absolute): JPEG, longer side 128 px."""
+    return paths.subdir("thumbs") / digest[:2] / f"{digest}.jpg"
+
+
+def clean_label(name: str, where: str) -> str:
+    """A concept name with surrounding whitespace removed; empty or whitespace-only names are refused."""
+    if not isinstance(name, str):
+        raise UserError(f"{where}: label must be text, got {name!r}")
+    cleaned = name.strip()
+    if not cleaned:
+        raise UserError(f"{where}: label name {name!r} is empty or only whitespace; every label needs a name")
+    return cleaned
+
+
+def _chunks(seq: Sequence[Any], size: int = _BATCH) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+
+def _summary(conn: Connection, row: Any) -> dict[str, Any]:
+    ds = dict(row._mapping)
+    ds["items"] = conn.execute(sa.select(sa.func.count()).where(items.c.dataset_id == ds["id"])).scalar_one()
+    ds["splits"] = _split_counts(conn, ds["id"])
+    ds["concepts"] = _concept_counts(conn, ds["id"])
+    return ds
+
+
+def _names(conn: Connection, owner: str) -> list[str]:
+    return list(conn.execute(sa.select(datasets.c.name).where(datasets.c.owner == owner).order_by(datasets.c.name))
+                .scalars())
+
+
+def find_dataset(owner: str, name: str) -> dict[str, Any] | None:
+    """The dataset row (id, owner, name, version, source, created_at, updated_at), or None."""
+    with transaction() as conn:
+        row = conn.execute(sa.select(datasets).where(datasets.c.owner == owner, datasets.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+
+def get_dataset(owner: str, name: str) -> dict[str, Any]:
+    """A dataset with its item count, split counts and images per concept; unknown name: UserError with choices."""
+    with transaction() as conn:
+        row = conn.execute(sa.select(datasets).where(datasets.c.owner == owner, datasets.c.name == name)).first()
+        if row is None:
+            names = _names(conn, owner)
+            listed = ", ".join(names) if names else "none yet; import one first"
+            raise UserError(f"Unknown dataset {name!r} for user {owner!r}; datasets: {listed}")
+        return _summary(conn, row)
+
+
+def get_dataset_by_id(dataset_id: int) -> dict[str, Any]:
+    """:func:`get_dataset` by id."""
+    with transaction() as conn:
+        row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).first()
+        if row is None:
+            raise UserError(f"Unknown dataset id {dataset_id}")
+        return _summary(conn, row)
+
+
+def list_datasets(owner: str = DEFAULT_USER) -> list[dict[str, Any]]:
+    """The owner's datasets by name, each with id, name, version, items, splits, concepts (counts)."""
+    with transaction() as conn:
+        rows = conn.execute(sa.select(datasets).where(datasets.c.owner == owner).order_by(datasets.c.name)).all()
+        return [_summary(conn, r) for r in rows]
+
+
+def delete_dataset(owner: str, name: str) -> None:
+    """Delete a dataset, its items, labels, boxes and reports; blobs no other dataset uses are removed too."""
+    ds = get_dataset(owner, name)
+    with transaction() as conn:
+        hashes = set(conn.execute(sa.select(items.c.blob).where(items.c.dataset_id == ds["id"])).scalars())
+        ids = list(conn.execute(sa.select(items.c.id).where(items.c.dataset_id == ds["id"])).scalars())
+        for chunk in _chunks(ids):
+            conn.execute(labels.delete().where(labels.c.item_id.in_(chunk)))
+            conn.execute(boxes.delete().where(boxes.c.item_id.in_(chunk)))
+        conn.execute(items.delete().where(items.c.dataset_id == ds["id"]))
+        conn.execute(concepts.delete().where(concepts.c.dataset_id == ds["id"]))
+        conn.execute(import_reports.delete().where(import_reports.c.dataset_id == ds["id"]))
+        conn.execute(datasets.delete().where(datasets.c.id == ds["id"]))
+        files = _drop_unused_blobs(conn, hashes)
+    _unlink(files)
+
+
+def _bump(conn: Connection, dataset_id: int) -> int:
+    conn.execute(datasets.update().where(datasets.c.id == dataset_id)
+                 .values(version=datasets.c.version + 1, updated_at=now()))
+    return conn.execute(sa.select(datasets.c.version).where(datasets.c.id == dataset_id)).scalar_one()
+
+
+def _drop_unused_blobs(conn: Connection, hashes: set[str]) -> list[Path]:
+    """Delete blob rows no item uses any more; return their files (removed after the commit)."""
+    if not hashes:
+        return []
+    used: set[str] = set()
+    for chunk in _chunks(sorted(hashes)):
+        used.update(conn.execute(sa.select(items.c.blob).where(items.c.blob.in_(chunk)).distinct()).scalars())
+    unused = sorted(hashes - used)
+    files: list[Path] = []
+    for chunk in _chunks(unused):
+        for digest, ext in conn.execute(sa.select(blobs.c.hash, blobs.c.ext).where(blobs.c.hash.in_(chunk))).all():
+            files += [blob_file(digest, ext), thumb_file(digest)]
+        conn.execute(blobs.delete().where(blobs.c.hash.in_(chunk)))
+    return files
+
+
+def _unlink(files: Iterable[Path]) -> None:
+    for f in files:
+        try:
+            f.unlink()
+        except FileNotFoundError:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------ records
+
+def _labels_by_item(conn: Connection, dataset_id: int, item_ids: Sequence[int] | None = None) -> dict[int, list[str]]:
+    q = (sa.select(labels.c.item_id, concepts.c.name).join(concepts, concepts.c.id == labels.c.concept_id)
+         .where(concepts.c.dataset_id == dataset_id))
+    out: dict[int, list[str]] = defaultdict(list)
+    if item_ids is None:
+        rows = conn.execute(q.order_by(labels.c.item_id, concepts.c.name)).all()
+    else:
+        rows = []
+        for chunk in _chunks(list(item_ids)):
+            rows += conn.execute(q.where(labels.c.item_id.in_(chunk)).order_by(labels.c.item_id, concepts.c.name)).all()
+    for item_id, name in rows:
+        out[item_id].append(name)
+    return out
+
+
+def _boxes_by_item(conn: Connection, dataset_id: int, item_ids: Sequence[int] | None = None) -> dict[int, list[dict]]:
+    q = (sa.select(boxes.c.item_id, concepts.c.name, boxes.c.x, boxes.c.y, boxes.c.w, boxes.c.h)
+         .join(concepts, concepts.c.id == boxes.c.concept_id).where(concepts.c.dataset_id == dataset_id))
+    out: dict[int, list[dict]] = defaultdict(list)
+    if item_ids is None:
+        rows = conn.execute(q.order_by(boxes.c.item_id, boxes.c.id)).all()
+    else:
+        rows = []
+        for chunk in _chunks(list(item_ids)):
+            rows += conn.execute(q.where(boxes.c.item_id.in_(chunk)).order_by(boxes.c.item_id, boxes.c.id)).all()
+    for item_id, name, x, y, w, h in rows:
+        out[item_id].append({"concept": name, "x": x, "y": y, "w": w, "h": h})
+    return out
+
+
+def dataset_records(dataset_id: int, split: str | None = None) -> list[dict[str, Any]]:
+    """Every item of a dataset (optionally one split), ordered by item_id.
+
+    Each record: item_id, path (absolute stored image: RGB, EXIF-oriented), labels (sorted names), split,
+    boxes ([{"concept", "x", "y", "w", "h"}] in stored-image pixels), width, height, source_path.
+    """
+    if split is not None and split not in SPLITS:
+        raise UserError(f"Unknown split {split!r}; splits are {', '.join(SPLITS)}")
+    with transaction() as conn:
+        q = (sa.select(items.c.id, items.c.split, items.c.source_path, items.c.blob, blobs.c.ext, blobs.c.width,
+                       blobs.c.height)
+             .join(blobs, blobs.c.hash == items.c.blob).where(items.c.dataset_id == dataset_id).order_by(items.c.id))
+        if split is not None:
+            q = q.where(items.c.split == split)
+        rows = conn.execute(q).all()
+        labs = _labels_by_item(conn, dataset_id)
+        bxs = _boxes_by_item(conn, dataset_id)
+    root = paths.subdir("blobs")
+    return [{"item_id": r.id, "path": str(root / r.blob[:2] / f"{r.blob}.{r.ext}"), "labels": labs.get(r.id, []),
+             "split": r.split, "boxes": bxs.get(r.id, []), "width": r.width, "height": r.height,
+             "source_path": r.source_path} for r in rows]
+
+
+def dataset_concepts(dataset_id: int) -> list[str]:
+    """The dataset's concept names, sorted (concepts with no labelled item left are dropped on every change)."""
+    with transaction() as conn:
+        return list(conn.execute(sa.select(concepts.c.name).where(concepts.c.dataset_id == dataset_id)
+                                 .order_by(concepts.c.name)).scalars())
+
+
+def eval_split(dataset_id: int) -> str:
+    """The held-out split evaluation uses: "test" when the dataset has one, else "val"."""
+    with transaction() as conn:
+        n = conn.execute(sa.select(sa.func.count()).where(items.c.dataset_id == dataset_id,
+                                                          items.c.split == "test")).scalar_one()
+    return "test" if n else "val"
+
+
+def _split_counts(conn: Connection, dataset_id: int) -> dict[str, int]:
+    rows = conn.execute(sa.select(items.c.split, sa.func.count()).where(items.c.dataset_id == dataset_id)
+                        .group_by(items.c.split)).all()
+    counts = {s: 0 for s in SPLITS}
+    counts.update({s: n for s, n in rows})
+    return counts
+
+
+def _concept_counts(conn: Connection, dataset_id: int, split: str | None = None) -> dict[str, int]:
+    q = (sa.select(concepts.c.name, sa.func.count(labels.c.item_id))
+         .select_from(concepts.outerjoin(labels, labels.c.concept_id == concepts.c.id)
+                      .outerjoin(items, items.c.id == labels.c.item_id))
+         .where(concepts.c.dataset_id == dataset_id).group_by(concepts.c.name).order_by(concepts.c.name))
+    if split is not None:
+        q = q.where(items.c.split == split)
+    return {name: n for name, n in conn.execute(q).all()}
+
+
+def concept_counts(dataset_id: int, split: str | None = None) -> dict[str, int]:
+    """Labelled images per concept (optionally in one split)."""
+    with transaction() as conn:
+        return _concept_counts(conn, dataset_id, split)
+
+
+def split_counts(dataset_id: int) -> dict[str, int]:
+    """Items per split: {"train": n, "val": n, "test": n}."""
+    with transaction() as conn:
+        return _split_counts(conn, dataset_id)
+
+
+def dataset_hashes(dataset_id: int) -> set[str]:
+    """The content hashes of a dataset's items (to find re-imported duplicates)."""
+    with transaction() as conn:
+        return set(conn.execute(sa.select(items.c.blob).where(items.c.dataset_id == dataset_id)).scalars())
+
+
+# ------------------------------------------------------------------------------------------------ browsing
+
+def _filtered(dataset_id: int, concept: str | None, split: str | None):
+    cond = [items.c.dataset_id == dataset_id]
+    if split:
+        cond.append(items.c.split == split)
+    if concept:
+        sub = (sa.select(labels.c.item_id).join(concepts, concepts.c.id == labels.c.concept_id)
+               .where(concepts.c.dataset_id == dataset_id, concepts.c.name == concept))
+        cond.append(items.c.id.in_(sub))
+    return cond
+
+
+def count_items(dataset_id: int, concept: str | None = None, split: str | None = None) -> int:
+    """How many items match the filter (for paging)."""
+    with transaction() as conn:
+        return conn.execute(sa.select(sa.func.count()).select_from(items)
+                            .where(*_filtered(dataset_id, concept, split))).scalar_one()
+
+
+def find_items(dataset_id: int, concept: str | None = None, split: str | None = None, offset: int = 0,
+               limit: int = 100) -> list[dict[str, Any]]:
+    """One page of items (id order) with labels, split, thumbnail and image paths: what a grid shows."""
+    with transaction() as conn:
+        rows = conn.execute(
+            sa.select(items.c.id, items.c.split, items.c.source_path, items.c.blob, blobs.c.ext, blobs.c.width,
+                      blobs.c.height).join(blobs, blobs.c.hash == items.c.blob)
+            .where(*_filtered(dataset_id, concept, split)).order_by(items.c.id).offset(offset).limit(limit)).all()
+        labs = _labels_by_item(conn, dataset_id, [r.id for r in rows])
+    return [{"item_id": r.id, "split": r.split, "source_path": r.source_path, "labels": labs.get(r.id, []),
+             "thumb": str(thumb_file(r.blob)), "path": str(blob_file(r.blob, r.ext)), "width": r.width,
+             "height": r.height} for r in rows]
+
+
+def get_item(item_id: int) -> dict[str, Any]:
+    """One item: dataset_id, path, thumb, labels, boxes, split, size, source path, video and time."""
+    with transaction() as conn:
+        r = conn.execute(sa.select(items, blobs.c.ext, blobs.c.width, blobs.c.height, blobs.c.grayscale)
+                         .join(blobs, blobs.c.hash == items.c.blob).where(items.c.id == item_id)).first()
+        if r is None:
+            raise UserError(f"Unknown item id {item_id}")
+        labs = _labels_by_item(conn, r.dataset_id, [item_id])
+        bxs = _boxes_by_item(conn, r.dataset_id, [item_id])
+    return {"item_id": r.id, "dataset_id": r.dataset_id, "split": r.split, "source_path": r.source_path,
+            "path": str(blob_file(r.blob, r.ext)), "thumb": str(thumb_file(r.blob)), "hash": r.blob,
+            "labels": labs.get(item_id, []), "boxes": bxs.get(item_id, []), "width": r.width, "height": r.height,
+            "grayscale": bool(r.grayscale), "video": r.video, "video_time": r.video_time}
+
+
+def thumbnail_path(item_id: int) -> str:
+    """The thumbnail file of an item (absolute str; JPEG, longer side 128 px)."""
+    with transaction() as conn:
+        digest = conn.execute(sa.select(items.c.blob).where(items.c.id == item_id)).scalar_one_or_none()
+    if digest is None:
+        raise UserError(f"Unknown item id {item_id}")
+    return str(thumb_file(digest))
+
+
+# ------------------------------------------------------------------------------------------------ editing
+
+def _concept_ids(conn: Connection, dataset_id: int, names: Iterable[str]) -> dict[str, int]:
+    """Ids of the named concepts, created where missing."""
+    names = sorted(set(names))
+    existing = {n: i for i, n in conn.execute(sa.select(concepts.c.id, concepts.c.name)
+                                              .where(concepts.c.dataset_id == dataset_id)).all()}
+    missing = [n for n in names if n not in existing]
+    for chunk in _chunks(missing):
+        conn.execute(concepts.insert(), [{"dataset_id": dataset_id, "name": n} for n in chunk])
+    if missing:
+        existing = {n: i for i, n in conn.execute(sa.select(concepts.c.id, concepts.c.name)
+                                                  .where(concepts.c.dataset_id == dataset_id)).all()}
+    return {n: existing[n] for n in names}
+
+
+def _drop_empty_concepts(conn: Connection, dataset_id: int) -> None:
+    used = sa.union(sa.select(labels.c.concept_id), sa.select(boxes.c.concept_id)).subquery()
+    conn.execute(concepts.delete().where(concepts.c.dataset_id == dataset_id,
+                                         concepts.c.id.not_in(sa.select(used.c.concept_id))))
+
+
+def set_item_labels(item_id: int, new_labels: list[str]) -> int:
+    """Replace an item's labels (boxes of removed concepts go too); bumps the dataset version, returns it."""
+    cleaned = sorted({clean_label(n, f"item {item_id}") for n in new_labels})
+    with transaction() as conn:
+        dataset_id = conn.execute(sa.select(items.c.dataset_id).where(items.c.id == item_id)).scalar_one_or_none()
+        if dataset_id is None:
+            raise UserError(f"Unknown item id {item_id}")
+        ids = _concept_ids(conn, dataset_id, cleaned)
+        conn.execute(labels.delete().where(labels.c.item_id == item_id))
+        if ids:
+            conn.execute(labels.insert(), [{"item_id": item_id, "concept_id": i} for i in ids.values()])
+        conn.execute(boxes.delete().where(boxes.c.item_id == item_id, boxes.c.concept_id.not_in(list(ids.values()))))
+        _drop_empty_concepts(conn, dataset_id)
+        return _bump(conn, dataset_id)
+
+
+def rename_concept(dataset_id: int, old: str, new: str) -> int:
+    """Rename a concept; renaming onto an existing concept merges the two. Bumps the version, returns it."""
+    new = clean_label(new, "new concept name")
+    with transaction() as conn:
+        ids = {n: i for i, n in conn.execute(sa.select(concepts.c.id, concepts.c.name)
+                                             .where(concepts.c.dataset_id == dataset_id)).all()}
+        if old not in ids:
+            raise UserError(f"Unknown concept {old!r}; concepts: {', '.join(sorted(ids)) or 'none'}")
+        if new == old:
+            return conn.execute(sa.select(datasets.c.version).where(datasets.c.id == dataset_id)).scalar_one()
+        if new not in ids:
+            conn.execute(concepts.update().where(concepts.c.id == ids[old]).values(name=new))
+        else:
+            keep, gone = ids[new], ids[old]
+            already = sa.select(labels.c.item_id).where(labels.c.concept_id == keep)
+            conn.execute(labels.update().where(labels.c.concept_id == gone, labels.c.item_id.not_in(already))
+                         .values(concept_id=keep))
+            conn.execute(labels.delete().where(labels.c.concept_id == gone))
+            conn.execute(boxes.update().where(boxes.c.concept_id == gone).values(concept_id=keep))
+            conn.execute(concepts.delete().where(concepts.c.id == gone))
+        return _bump(conn, dataset_id)
+
+
+def delete_items(dataset_id: int, item_ids: Sequence[int]) -> int:
+    """Delete items of a dataset (their blobs too when nothing else uses them); bumps the version, returns it."""
+    item_ids = sorted(set(int(i) for i in item_ids))
+    with transaction() as conn:
+        hashes: set[str] = set()
+        for chunk in _chunks(item_ids):
+            found = conn.execute(sa.select(items.c.id, items.c.blob)
+                                 .where(items.c.dataset_id == dataset_id, items.c.id.in_(chunk))).all()
+            if len(found) != len(chunk):
+                missing = sorted(set(chunk) - {r.id for r in found})
+                raise UserError(f"Items {missing[:5]} are not in dataset {dataset_id}")
+            hashes.update(r.blob for r in found)
+            conn.execute(labels.delete().where(labels.c.item_id.in_(chunk)))
+            conn.execute(boxes.delete().where(boxes.c.item_id.in_(chunk)))
+            conn.execute(items.delete().where(items.c.id.in_(chunk)))
+        _drop_empty_concepts(conn, dataset_id)
+        files = _drop_unused_blobs(conn, hashes)
+        version = _bump(conn, dataset_id)
+    _unlink(files)
+    return version
+
+
+def set_splits(dataset_id: int, assignment: dict[int, str]) -> int:
+    """Set the split of items ({item_id: "train"|"val"|"test"}); bumps the version when anything moved."""
+    bad = {s for s in assignment.values() if s not in SPLITS}
+    if bad:
+        raise UserError(f"Unknown split {sorted(bad)[0]!r}; splits are {', '.join(SPLITS)}")
+    by_split: dict[str, list[int]] = defaultdict(list)
+    for item_id, split in assignment.items():
+        by_split[split].append(int(item_id))
+    with transaction() as conn:
+        changed = 0
+        for split, ids in by_split.items():
+            for chunk in _chunks(ids):
+                changed += conn.execute(items.update().where(items.c.dataset_id == dataset_id, items.c.id.in_(chunk),
+                                                             items.c.split != split).values(split=split)).rowcount
+        if changed:
+            return _bump(conn, dataset_id)
+        return conn.execute(sa.select(datasets.c.version).where(datasets.c.id == dataset_id)).scalar_one()
+
+
+def latest_report(dataset_id: int) -> dict[str, Any] | None:
+    """The last import report of a dataset, or None."""
+    with transaction() as conn:
+        return conn.execute(sa.select(import_reports.c.report).where(import_reports.c.dataset_id == dataset_id)
+                            .order_by(import_reports.c.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def item_videos(dataset_id: int) -> dict[int, str]:
+    """{item_id: source video} for the items that are video frames."""
+    with transaction() as conn:
+        return dict(conn.execute(sa.select(items.c.id, items.c.video)
+                                 .where(items.c.dataset_id == dataset_id, items.c.video.is_not(None))).all())
+
+
+def blob_stats(dataset_id: int) -> list[dict[str, Any]]:
+    """Per item: hash, width, height, grayscale, nbytes (for the health report of a stored dataset)."""
+    with transaction() as conn:
+        rows = conn.execute(sa.select(items.c.id, blobs.c.hash, blobs.c.width, blobs.c.height, blobs.c.grayscale,
+                                      blobs.c.nbytes).join(blobs, blobs.c.hash == items.c.blob)
+                            .where(items.c.dataset_id == dataset_id).order_by(items.c.id)).all()
+    return [dict(r._mapping) for r in rows]
+
+
+# ------------------------------------------------------------------------------------------------ import commit
+
+def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on SQLite and PostgreSQL."""
+    if not rows:
+        return
+    name = conn.dialect.name
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # pragma: no cover - other backends: check first (racy, but correct alone)
+        keys = set(conn.execute(sa.select(table.c.hash).where(table.c.hash.in_([r["hash"] for r in rows]))).scalars())
+        rows = [r for r in rows if r["hash"] not in keys]
+        if rows:
+            conn.execute(table.insert(), rows)
+        return
+    for chunk in _chunks(rows):
+        conn.execute(insert(table).on_conflict_do_nothing(), list(chunk))
+
+
+def commit_import(owner: str, name: str, source: str, records: list[dict[str, Any]], staged_blobs: Path,
+                  staged_thumbs: Path, report: dict[str, Any]) -> tuple[int, int]:
+    """Store an import in one transaction: dataset (created, or a new version of an existing one), blobs, items,
+    concepts, labels, boxes and the report; staged files move into the store inside it.
+
+    On any failure the transaction rolls back and the files moved so far are removed again, so nothing is left.
+    ``records``: dicts with hash, ext, width, height, grayscale, nbytes, source_path, split, labels, boxes, video,
+    video_time. Returns (dataset_id, version).
+    """
+    moved: list[Path] = []
+    try:
+        with transaction() as conn:
+            t = now()
+            row = conn.execute(sa.select(datasets.c.id, datasets.c.version)
+                               .where(datasets.c.owner == owner, datasets.c.name == name)).first()
+            if row is None:
+                dataset_id = conn.execute(datasets.insert().values(owner=owner, name=name, version=1, source=source,
+                                                                   created_at=t, updated_at=t)).inserted_primary_key[0]
+                version = 1
+            else:
+                dataset_id = row.id
+                version = _bump(conn, dataset_id)
+            seen: dict[str, dict] = {}
+            for r in records:
+                seen.setdefault(r["hash"], {k: r[k] for k in ("hash", "ext", "width", "height", "grayscale",
+                                                               "nbytes")})
+            _insert_ignore(conn, blobs, list(seen.values()))
+            names = {n for r in records for n in r["labels"]} | {b["concept"] for r in records for b in r["boxes"]}
+            cids = _concept_ids(conn, dataset_id, names)
+            label_rows: list[dict] = []
+            box_rows: list[dict] = []
+            for chunk in _chunks(records):
+                ids = conn.execute(items.insert().returning(items.c.id, sort_by_parameter_order=True),
+                                   [{"dataset_id": dataset_id, "blob": r["hash"], "source_path": r["source_path"],
+                                     "split": r["split"], "video": r.get("video"), "video_time": r.get("video_time"),
+                                     "created_at": t} for r in chunk]).scalars().all()
+                for item_id, r in zip(ids, chunk):
+                    label_rows += [{"item_id": item_id, "concept_id": cids[n]} for n in sorted(set(r["labels"]))]
+                    box_rows += [{"item_id": item_id, "concept_id": cids[b["concept"]], "x": b["x"], "y": b["y"],
+                                  "w": b["w"], "h": b["h"]} for b in r["boxes"]]
+            for chunk in _chunks(label_rows):
+                conn.execute(labels.insert(), list(chunk))
+            for chunk in _chunks(box_rows):
+                conn.execute(boxes.insert(), list(chunk))
+            report = dict(report, dataset=name, version=version)
+            conn.execute(import_reports.insert().values(dataset_id=dataset_id, version=version, created_at=t,
+                                                        report=report))
+            moved += _move_tree(staged_blobs, paths.subdir("blobs"))
+            moved += _move_tree(staged_thumbs, paths.subdir("thumbs"))
+    except BaseException:
+        _unlink(moved)
+        raise
+    return dataset_id, version
+
+
+def _move_tree(src: Path, dest: Path) -> list[Path]:
+    """Move every file of ``src`` into ``dest`` (same relative path) unless it exists; return those moved."""
+    moved: list[Path] = []
+    if not src.is_dir():
+        return moved
+    for dirpath, _dirs, files in os.walk(src):
+        rel = Path(dirpath).relative_to(src)
+        for f in files:
+            target = dest / rel / f
+            if target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(Path(dirpath) / f, target)
+            moved.append(target)
+    return moved
