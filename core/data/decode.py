@@ -101,7 +101,9 @@ def process_bytes(data: bytes, stage_blobs: Path, stage_thumbs: Path, store_blob
         return {"skip": "empty file"}
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses at open past twice this; we check exactly below
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the exact check follows
+            img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         return {"skip": "not an image (content not recognised as any image format)"}
     except Image.DecompressionBombError:

@@ -17,6 +17,7 @@ import os
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
@@ -196,7 +197,7 @@ def extract_zip(archive: Path, dest: Path, limits: ImportLimits, progress: Progr
                 raise
             except RuntimeError as exc:  # zipfile raises RuntimeError for encryption
                 raise UserError(f"{archive.name}: member {info.filename!r} cannot be read: {exc}") from None
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+            except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, zlib.error) as exc:
                 raise UserError(f"{archive.name}: truncated or corrupt archive at member {info.filename!r}: "
                                 f"{exc}") from None
             if progress and n % 200 == 0:

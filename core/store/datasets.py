@@ -504,19 +504,19 @@ def commit_import(owner: str, name: str, source: str, records: list[dict[str, An
             report = dict(report, dataset=name, version=version)
             conn.execute(import_reports.insert().values(dataset_id=dataset_id, version=version, created_at=t,
                                                         report=report))
-            moved += _move_tree(staged_blobs, paths.subdir("blobs"))
-            moved += _move_tree(staged_thumbs, paths.subdir("thumbs"))
+            _move_tree(staged_blobs, paths.subdir("blobs"), moved)
+            _move_tree(staged_thumbs, paths.subdir("thumbs"), moved)
     except BaseException:
         _unlink(moved)
         raise
     return dataset_id, version
 
 
-def _move_tree(src: Path, dest: Path) -> list[Path]:
-    """Move every file of ``src`` into ``dest`` (same relative path) unless it exists; return those moved."""
-    moved: list[Path] = []
+def _move_tree(src: Path, dest: Path, moved: list[Path]) -> None:
+    """Move every file of ``src`` into ``dest`` (same relative path) unless it exists; append each one moved to
+    ``moved`` as it goes, so a failure half-way still knows what to take back."""
     if not src.is_dir():
-        return moved
+        return
     for dirpath, _dirs, files in os.walk(src):
         rel = Path(dirpath).relative_to(src)
         for f in files:
@@ -526,4 +526,3 @@ def _move_tree(src: Path, dest: Path) -> list[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(Path(dirpath) / f, target)
             moved.append(target)
-    return moved
