@@ -12,6 +12,7 @@ import sys
 from typing import Any, Callable
 
 from core.errors import UserError
+from core.paths import DEFAULT_USER
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,6 +62,103 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- datasets
 # COMMANDS:datasets
+def _print_import_report(report: dict) -> None:
+    print(f"Dataset {report['dataset']!r} version {report['version']}: {report['items']:,} images, "
+          f"{len(report['concepts'])} concepts, splits " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
+    for name, count in report["concepts"].items():
+        print(f"  {name}: {count:,}")
+    if report["duplicates"]:
+        print(f"Duplicates stored once: {report['duplicates']:,}")
+    for s in report["skipped"]:
+        print(f"Skipped {s['path']}: {s['reason']}")
+    for w in report.get("warnings", []):
+        print(f"Warning: {w}")
+
+
+def cmd_dataset_import(args: argparse.Namespace) -> int:
+    from core.data.importer import import_dataset
+
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        def progress(fraction: float, message: str) -> None:
+            sys.stderr.write(f"\r{fraction * 100:5.1f}% {message:<60}")
+            sys.stderr.flush()
+    report = import_dataset(args.source, args.name, owner=args.owner, fmt=args.format, val_fraction=args.val_fraction,
+                            seed=args.seed, progress=progress, video_fps=args.fps)
+    if progress:
+        sys.stderr.write("\n")
+    keys = ("dataset", "version", "items", "concepts", "splits", "skipped", "duplicates")
+    if args.json:
+        _print_json({**{k: report[k] for k in keys}, **{k: v for k, v in report.items() if k not in keys}})
+    else:
+        _print_import_report(report)
+    return 0
+
+
+def cmd_dataset_samples(args: argparse.Namespace) -> int:
+    from core.data import samples
+
+    if args.which == "fashion-mnist":
+        report = samples.import_fashion_mnist(args.name or "fashion-mnist", args.owner, per_class=args.per_class,
+                                              val_fraction=args.val_fraction, seed=args.seed)
+    else:
+        report = samples.import_digits(args.name or "digits", args.owner, val_fraction=args.val_fraction,
+                                       seed=args.seed)
+    _print_json(report) if args.json else _print_import_report(report)
+    return 0
+
+
+def cmd_dataset_list(args: argparse.Namespace) -> int:
+    from core.store.datasets import list_datasets
+
+    rows = list_datasets(args.owner)
+    if args.json:
+        _print_json([{k: d[k] for k in ("id", "name", "version", "items", "splits", "concepts", "source",
+                                        "created_at", "updated_at")} for d in rows])
+    else:
+        for d in rows:
+            print(f"{d['name']}\tv{d['version']}\t{d['items']:,} images\t{len(d['concepts'])} concepts")
+    return 0
+
+
+def cmd_dataset_show(args: argparse.Namespace) -> int:
+    from core.store.datasets import eval_split, get_dataset, latest_report
+
+    ds = get_dataset(args.owner, args.name)
+    ds["eval_split"] = eval_split(ds["id"])
+    ds["report"] = latest_report(ds["id"])
+    if args.json:
+        _print_json(ds)
+    else:
+        print(f"{ds['name']} (id {ds['id']}, version {ds['version']}): {ds['items']:,} images, splits "
+              + ", ".join(f"{k} {v:,}" for k, v in ds["splits"].items()))
+        for name, count in ds["concepts"].items():
+            print(f"  {name}: {count:,}")
+    return 0
+
+
+def cmd_dataset_delete(args: argparse.Namespace) -> int:
+    from core.store.datasets import delete_dataset
+
+    delete_dataset(args.owner, args.name)
+    print(f"Deleted dataset {args.name!r}")
+    return 0
+
+
+def cmd_dataset_export(args: argparse.Namespace) -> int:
+    from core.data.export import export_dataset
+
+    out = export_dataset(args.owner, args.name, args.format, args.out)
+    print(out)
+    return 0
+
+
+def cmd_dataset_split(args: argparse.Namespace) -> int:
+    from core.data.importer import resplit
+
+    counts = resplit(args.owner, args.name, args.val_fraction, args.seed)
+    _print_json(counts)
+    return 0
 
 
 # ---------------------------------------------------------------- training
@@ -182,6 +280,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
     p.set_defaults(func=cmd_validate)
     # PARSERS:datasets
+    p_ds = sub.add_parser("dataset", help="import, list, show, export and delete datasets")
+    ds_sub = p_ds.add_subparsers(dest="dataset_command", required=True)
+    p = ds_sub.add_parser("import", help="import a folder, zip, CSV/JSON manifest, COCO file or video")
+    p.add_argument("source", help="folder, .zip, .csv, .json (manifest or COCO) or video file")
+    p.add_argument("--name", required=True, help="dataset name (unique per user; an existing one gets the new images)")
+    p.add_argument("--format", default="auto", choices=["auto", "folder", "zip", "csv", "json", "coco", "video"])
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of each concept for val (0 to 0.9)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset_import)
+    p = ds_sub.add_parser("samples", help="import sample data: fashion-mnist or digits")
+    p.add_argument("which", choices=["fashion-mnist", "digits"])
+    p.add_argument("--name", default=None)
+    p.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST training images per class")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset_samples)
+    p = ds_sub.add_parser("list", help="the user's datasets")
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset_list)
+    p = ds_sub.add_parser("show", help="one dataset with its counts and last import report")
+    p.add_argument("name")
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dataset_show)
+    p = ds_sub.add_parser("delete", help="delete a dataset (images no other dataset uses are removed)")
+    p.add_argument("name")
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.set_defaults(func=cmd_dataset_delete)
+    p = ds_sub.add_parser("export", help="export a dataset as a zip")
+    p.add_argument("name")
+    p.add_argument("--format", default="folder", choices=["folder", "csv", "coco"])
+    p.add_argument("--out", required=True, help="the zip file to write")
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.set_defaults(func=cmd_dataset_export)
+    p = ds_sub.add_parser("split", help="re-draw the stratified train/val split (test stays)")
+    p.add_argument("name")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.set_defaults(func=cmd_dataset_split)
     # PARSERS:training
     # PARSERS:jobs
     p = sub.add_parser("worker")  # started by the queue: python -m core worker JOB_ID

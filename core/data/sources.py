@@ -532,7 +532,11 @@ def read_coco(path: Path) -> Plan:
         split = im.get("split")
         if split is not None and split not in SPLITS:
             raise UserError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        entry = Entry(path=file, rel=file.relative_to(path.parent).as_posix(), split=split, declared_size=size)
+        extra = im.get("labels") or []  # image-level labels (this studio's exports write them)
+        if not isinstance(extra, list):
+            raise UserError(f"{where}: labels must be a list of names")
+        entry = Entry(path=file, rel=file.relative_to(path.parent).as_posix(), split=split, declared_size=size,
+                      labels=[clean_label(x, where) for x in extra])
         images[im["id"]] = entry
         plan.entries.append(entry)
     if missing:
@@ -558,7 +562,7 @@ def read_coco(path: Path) -> Plan:
             check_box(where, entry.rel, (x, y, w, h), entry.declared_size)
         entry.boxes.append({"concept": cats[a["category_id"]], "x": x, "y": y, "w": w, "h": h})
     for entry in plan.entries:
-        entry.labels = sorted({b["concept"] for b in entry.boxes})
+        entry.labels = sorted({b["concept"] for b in entry.boxes} | set(entry.labels))
     if not plan.entries:
         raise UserError(f"{path.name}: the COCO file lists no images")
     return plan
