@@ -1,0 +1,119 @@
+"""The index interface: FAISS exact equals the NumPy reference, approximate recall, add/remove, errors, reload."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core.errors import UserError
+from core.search import index as vindex
+
+
+def clustered(n: int, dim: int = 32, centres: int = 20, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim), dtype=np.float32)
+    x = c[rng.integers(0, centres, n)] + 0.5 * rng.standard_normal((n, dim), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = clustered(3000 + 40)
+    return np.arange(3000, dtype=np.int64) * 7 + 3, x[:3000], x[3000:]
+
+
+def test_flat_equals_numpy_reference(data):
+    ids, x, q = data
+    ref, flat = vindex.build(ids, x, backend="numpy"), vindex.build(ids, x, backend="flat")
+    for k in (1, 10, 50):
+        s_ref, i_ref = ref.search(q, k)
+        s_flat, i_flat = flat.search(q, k)
+        np.testing.assert_array_equal(i_flat, i_ref)
+        np.testing.assert_allclose(s_flat, s_ref, atol=1e-5)
+    for k in (3000, 5000):  # everything: same ids and scores (order of float near-ties may differ)
+        s_ref, i_ref = ref.search(q, k)
+        s_flat, i_flat = flat.search(q, k)
+        assert i_ref.shape == i_flat.shape == (len(q), 3000)
+        np.testing.assert_array_equal(np.sort(i_flat, axis=1), np.sort(i_ref, axis=1))
+        np.testing.assert_allclose(s_flat, s_ref, atol=1e-5)
+    # scores are cosine similarities: a stored vector finds itself first with score 1
+    s, i = flat.search(x[:5], 1)
+    assert list(i[:, 0]) == list(ids[:5]) and np.allclose(s[:, 0], 1.0, atol=1e-5)
+
+
+def test_product_chooses_exact_while_small_and_ivf_above_threshold(monkeypatch, data):
+    ids, x, _ = data
+    assert vindex.build(ids, x).backend == "flat"
+    monkeypatch.setattr(vindex, "EXACT_MAX_VECTORS", 1000)
+    assert vindex.choose_backend(3000) == "ivf"
+    idx = vindex.build(ids, x)
+    assert idx.backend == "ivf" and not idx.exact
+    assert idx.params()["nlist"] >= vindex.IVF_MIN_LISTS and idx.params()["nprobe"] >= 1
+
+
+def test_ivf_recall_on_seeded_set(data):
+    ids, x, q = data
+    truth = vindex.build(ids, x, backend="numpy").search(q, 10)[1]
+    ivf = vindex.build(ids, x, backend="ivf", seed=0)
+    recall = vindex.recall_at_k(ivf.search(q, 10)[1], truth, 10)
+    assert recall >= 0.95, (recall, ivf.params())
+    assert ivf.params()["tuned_recall_at_10"] >= 0.95
+    ivf.nprobe = ivf.nlist  # every list probed: IVF-Flat is then exact
+    np.testing.assert_array_equal(ivf.search(q, 10)[1], truth)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "flat", "ivf"])
+def test_add_remove_and_reload(backend, data, tmp_path):
+    ids, x, q = data
+    idx = vindex.build(ids[:2000], x[:2000], backend=backend)
+    idx.add(ids[2000:], x[2000:])  # incremental add
+    assert idx.count == 3000
+    assert idx.remove(ids[:100]) == 100
+    assert idx.count == 2900
+    _, found = idx.search(x[:100], 10)
+    assert not np.isin(found, ids[:100]).any()
+    path = tmp_path / "i.idx"
+    idx.save(path)
+    again = vindex.load(path)
+    assert type(again) is type(idx) and again.count == 2900 and again.params() == idx.params()
+    np.testing.assert_array_equal(again.search(q, 10)[1], idx.search(q, 10)[1])
+    np.testing.assert_array_equal(again.ids, np.sort(ids[100:]))
+    assert not list(tmp_path.glob("*.tmp"))  # the temporary file was moved into place
+
+
+@pytest.mark.parametrize("backend", ["numpy", "flat"])
+def test_errors_name_counts_and_an_example(backend, data):
+    ids, x, _ = data
+    idx = vindex.build(ids[:10], x[:10], backend=backend)
+    with pytest.raises(UserError, match=r"Found 2 ids \(eg 3\) that already exist"):
+        idx.add(ids[:2], x[:2])
+    with pytest.raises(UserError, match=r"Found 1 ids \(eg 99999\) that are not in the index"):
+        idx.remove([99999, int(ids[0])])
+    assert idx.count == 10  # a refused remove removed nothing
+    with pytest.raises(UserError, match="dimension 16, but this index holds 32-d"):
+        idx.search(np.ones((1, 16), np.float32), 5)
+    with pytest.raises(UserError, match="dimension 16"):
+        idx.add([1], np.ones((1, 16), np.float32))
+    with pytest.raises(UserError, match="given more than once"):
+        idx.add([5, 5], x[:2])
+    with pytest.raises(UserError, match="NaN"):
+        idx.add([6], np.full((1, 32), np.nan, np.float32))
+    with pytest.raises(UserError, match="k must be at least 1"):
+        idx.search(x[:1], 0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "flat"])
+def test_empty_index(backend, tmp_path):
+    idx = vindex.BACKENDS[backend](8)
+    s, i = idx.search(np.ones((2, 8), np.float32), 10)
+    assert s.shape == (2, 0) and i.shape == (2, 0)
+    idx.save(tmp_path / "e.idx")
+    assert vindex.load(tmp_path / "e.idx").count == 0
+
+
+def test_load_refuses_garbage(tmp_path):
+    (tmp_path / "bad.idx").write_bytes(b"not an index")
+    with pytest.raises(UserError, match="not a studio index"):
+        vindex.load(tmp_path / "bad.idx")
+    with pytest.raises(UserError, match="not found"):
+        vindex.load(tmp_path / "missing.idx")
