@@ -86,3 +86,33 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
         st.session_state["train_p_" + spec.name] = value
     if dataset:
         st.session_state["train_dataset"] = dataset
+
+
+def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> "Path":
+    """Write an uploaded file to a temporary file under ``DEEPTRAIN_HOME/uploads`` in chunks; return its path.
+
+    The caller deletes it when done. The suffix is kept (importers read it to tell a zip from a video).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from core import paths
+
+    suffix = Path(uploaded.name).suffix.lower()[:10]
+    uploaded.seek(0)
+    with tempfile.NamedTemporaryFile(dir=paths.subdir("uploads"), suffix=suffix, delete=False) as out:
+        while True:
+            block = uploaded.read(chunk_bytes)
+            if not block:
+                break
+            out.write(block)
+    return Path(out.name)
+
+
+def export_path(filename: str) -> "Path":
+    """A path under ``DEEPTRAIN_HOME/exports`` for a file offered for download."""
+    import re
+
+    from core import paths
+
+    return paths.subdir("exports") / re.sub(r"[^\w.+-]+", "_", filename)

@@ -1,0 +1,75 @@
+"""AppTest of the Datasets page: import a small zip from the server, see the report, browse, edit, export."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from core.data.importer import import_dataset
+from core.store import datasets as store
+
+PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Datasets.py")
+
+
+def test_empty_page_renders():
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert any("No dataset yet" in i.value for i in at.info)
+
+
+def test_import_zip_shows_report(tmp_path, small_folder):
+    archive = shutil.make_archive(str(tmp_path / "upload"), "zip", small_folder)
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.radio(key="ds_source_kind").set_value("Path on the server").run()
+    at.text_input(key="ds_name").set_value("from-zip")
+    at.text_input(key="ds_server_path").set_value(archive).run()
+    at.button(key="ds_import_server").click().run()
+    assert not at.exception
+    assert any("Imported 18 images into 'from-zip'" in s.value for s in at.success)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "18" and metrics["Concepts"] == "3" and metrics["Skipped"] == "0"
+    assert any("Studio_EfficientNetLite0_Transfer" in w.value for w in at.warning)
+    assert store.get_dataset("local", "from-zip")["items"] == 18
+
+
+def test_import_refused_shows_message(tmp_path):
+    bad = tmp_path / "empty.zip"
+    import zipfile
+
+    zipfile.ZipFile(bad, "w").close()
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.radio(key="ds_source_kind").set_value("Path on the server").run()
+    at.text_input(key="ds_name").set_value("x")
+    at.text_input(key="ds_server_path").set_value(str(bad)).run()
+    at.button(key="ds_import_server").click().run()
+    assert not at.exception
+    assert any("archive is empty" in e.value for e in at.error)
+    assert store.list_datasets("local") == []
+
+
+def test_browse_edit_rename_export_delete(small_folder):
+    import_dataset(small_folder, "b")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not at.exception
+    assert len(at.get("image")) == 18 + 1  # the grid and the opened image
+    at.selectbox(key="ds_browse_concept").set_value("ant").run()
+    assert not at.exception
+    item_id = at.selectbox(key="ds_open_item").value
+    assert store.get_item(item_id)["labels"] == ["ant"]
+    at.text_input(key=f"ds_new_label_{item_id}").set_value("insect")
+    at.button(key="ds_save_labels").click().run()
+    assert not at.exception
+    assert store.get_item(item_id)["labels"] == ["ant", "insect"]
+    at.selectbox(key="ds_rename_old").set_value("anchor")
+    at.text_input(key="ds_rename_new").set_value("accordion").run()
+    at.button(key="ds_rename_btn").click().run()
+    assert not at.exception
+    assert "anchor" not in store.dataset_concepts(store.get_dataset("local", "b")["id"])
+    at.button(key="ds_export_btn").click().run()
+    assert not at.exception
+    at.checkbox(key="ds_delete_confirm").check().run()
+    at.button(key="ds_delete_dataset").click().run()
+    assert not at.exception
+    assert store.list_datasets("local") == []
