@@ -264,6 +264,88 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- visual search
 # COMMANDS:search
+def _index_line(f: dict) -> str:
+    stale = "  (dataset changed: run `index sync`)" if f.get("stale") else ""
+    params = ",".join(f"{k}={v}" for k, v in (f.get("index_params") or {}).items() if k in ("nlist", "nprobe"))
+    return (f"{f['name']:<24} {f['dataset'] or '-':<16} {f['count']:>8} x {f['dim']:<5} {f['index_type']:<5} "
+            f"{params:<20} {f['model_label']}{stale}")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """index build/list/show/sync/delete/duplicates."""
+    from core.search import service
+
+    action = args.index_command
+    if action == "build":
+        config = {"dataset": args.dataset, "model": args.model, "name": args.name}
+        if args.foreground:
+            from tqdm import tqdm
+
+            bar = tqdm(total=0, desc="embedding", file=sys.stderr, unit="img", disable=args.json)
+
+            def show(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            res = service.build_index_now(args.owner, args.dataset, args.model, args.name, progress=show)
+            bar.close()
+            _print_json(res) if args.json else print(f"index {res['name']} built: {res['count']} images")
+            return 0
+        from core import jobs
+
+        job_id = jobs.submit(args.owner, "index", config)
+        if args.wait:
+            return follow_job(job_id, args.json)
+        _print_json({"job": job_id}) if args.json else print(f"job {job_id} queued (follow: jobs wait {job_id})")
+        return 0
+    if action == "list":
+        facts = service.list_indexes(args.owner, args.dataset)
+        if args.json:
+            _print_json(facts)
+        else:
+            print("\n".join(_index_line(f) for f in facts) or "no indexes yet")
+        return 0
+    if action == "show":
+        facts = service.index_facts(args.owner, args.name)
+        _print_json(facts) if args.json else print(_index_line(facts))
+        return 0
+    if action == "sync":
+        res = service.sync_index(args.owner, args.name)
+        _print_json(res) if args.json else print(
+            f"index {res['index']}: {res['added']} added, {res['removed']} removed, {res['count']} images")
+        return 0
+    if action == "delete":
+        service.delete_index(args.owner, args.name)
+        print(f"index {args.name} deleted")
+        return 0
+    if action == "duplicates":
+        pairs = service.near_duplicates(args.owner, args.name, args.threshold, args.limit)
+        if args.json:
+            _print_json(pairs)
+        else:
+            for p in pairs:
+                print(f"{p['score']:.4f}  item {p['a']} ({', '.join(p['a_concepts'])})  "
+                      f"item {p['b']} ({', '.join(p['b_concepts'])})")
+            print(f"{len(pairs)} pair(s) at or above {args.threshold}")
+        return 0
+    raise UserError(f"Unknown index command {action!r}")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Nearest images of an image file, a dataset item or a concept, best first."""
+    from core.search import service
+
+    if sum(x is not None for x in (args.image, args.item, args.concept)) != 1:
+        raise UserError("Give exactly one query: an IMAGE file, --item ID or --concept NAME")
+    results = service.search(args.owner, args.index, image=args.image, item_id=args.item, concept=args.concept,
+                             k=args.k, concept_filter=args.filter)
+    if args.json:
+        _print_json([{"item": r["item"], "concepts": r["concepts"], "score": r["score"]} for r in results])
+    else:
+        for r in results:
+            print(f"{r['score']:.4f}  item {r['item']:<8} {', '.join(r['concepts']):<24} {r['path']}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -352,6 +434,43 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--tail", type=int, default=200, help="lines (default 200)")
     # PARSERS:models
     # PARSERS:search
+    from core.paths import DEFAULT_USER as _search_owner
+
+    p_ix = sub.add_parser("index", help="visual-search indexes: build, list, show, sync, delete, duplicates")
+    ix_sub = p_ix.add_subparsers(dest="index_command", required=True)
+    q = ix_sub.add_parser("build", help="embed a dataset and build its index (a background job)")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--model", default="general", help="'general' or a trained model's name or id")
+    q.add_argument("--name", default=None, help="index name (default: DATASET-MODEL)")
+    q.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
+    q.add_argument("--foreground", action="store_true", help="build in this process, without the job queue")
+    q.add_argument("--json", action="store_true")
+    q = ix_sub.add_parser("list", help="the user's indexes")
+    q.add_argument("--dataset", default=None)
+    q.add_argument("--json", action="store_true")
+    for name, text in (("show", "one index's facts"), ("sync", "embed new images, drop deleted ones"),
+                       ("delete", "delete an index")):
+        q = ix_sub.add_parser(name, help=text)
+        q.add_argument("name")
+        q.add_argument("--json", action="store_true")
+    q = ix_sub.add_parser("duplicates", help="near-duplicate pairs in an index's dataset")
+    q.add_argument("name")
+    q.add_argument("--threshold", type=float, default=0.95)
+    q.add_argument("--limit", type=int, default=1000)
+    q.add_argument("--json", action="store_true")
+    for q in ix_sub.choices.values():
+        q.add_argument("--owner", default=_search_owner)
+    p_ix.set_defaults(func=cmd_index)
+    p = sub.add_parser("search", help="find similar images in an index: by image file, --item or --concept")
+    p.add_argument("index")
+    p.add_argument("image", nargs="?", default=None)
+    p.add_argument("--item", type=int, default=None)
+    p.add_argument("--concept", default=None)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--filter", default=None, help="keep only results labelled with this concept")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--owner", default=_search_owner)
+    p.set_defaults(func=cmd_search)
     return parser
 
 
