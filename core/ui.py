@@ -116,3 +116,32 @@ def export_path(filename: str) -> "Path":
     from core import paths
 
     return paths.subdir("exports") / re.sub(r"[^\w.+-]+", "_", filename)
+
+
+# ---------------------------------------------------------------- visual search: index and model, once per server
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _search_index(owner: str, name: str, stamp: tuple):
+    from core.search import service
+
+    return service.open_index(owner, name)
+
+
+def search_index(owner: str, name: str):
+    """The opened index (shared by every session; reloaded when a sync or rebuild changes its files)."""
+    from core.search import service
+
+    return _search_index(owner, name, service.index_stamp(owner, name))
+
+
+@st.cache_resource(show_spinner="Loading the embedding model...", max_entries=4)
+def _search_embedder(key: str, stamp: tuple):
+    from core.search import embed
+
+    return embed.load_embedder(key)
+
+
+def search_embedder(key: str):
+    """The embedding model of an index (shared by every session; thread-safe for concurrent queries)."""
+    from core.search import embed
+
+    return _search_embedder(key, embed.model_stamp(key))

@@ -70,6 +70,14 @@ def model_label(key: str) -> str:
     return f"{row['name']} ({row['kind']} {row['template']})"
 
 
+def model_stamp(key: str) -> tuple:
+    """A key that changes when the model behind ``key`` changes on disk: for a server-wide cache of load_embedder."""
+    if key == GENERAL:
+        return (key,)
+    row = model_row(key)
+    return (key, row["path"], _mtime(Path(row["path"])))
+
+
 def load_embedder(key: str):
     """The LoadedModel behind a model key, loaded once per process and shared (never mutate it)."""
     if key == GENERAL:

@@ -232,6 +232,12 @@ class OpenIndex:
         return pos if pos < len(self.ids) and self.ids[pos] == item_id else None
 
 
+def index_stamp(owner: str, name: str | int) -> tuple:
+    """A key that changes whenever the index is rebuilt, synced or replaced: for a server-wide cache of open_index."""
+    row = store.get_index(owner, name)
+    return (row["id"], row["path"], _stamp(Path(row["path"])))
+
+
 _open_cache: dict[str, OpenIndex] = {}  # by index folder (unique per data directory and build)
 _open_lock = threading.Lock()
 

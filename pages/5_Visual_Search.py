@@ -1,0 +1,194 @@
+"""Visual Search: build an index of a dataset, query it by upload, dataset image or concept, find near-duplicates."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import jobs, ui
+from core.errors import UserError
+from core.search import service
+from core.store import datasets as ds_store
+from core.store import models as model_store
+
+st.set_page_config(page_title="Visual Search", layout="wide")
+st.title("Visual Search")
+owner = ui.current_user()
+MODES = ("Upload an image", "Dataset image", "Concept")
+ANY = "(any concept)"
+
+
+def fmt_bytes(n: int | None) -> str:
+    if not n:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def build_section(datasets: list[dict], expanded: bool) -> None:
+    """Pick a dataset and a model; build as a background job (default) or here with a progress bar."""
+    with st.expander("Build an index", expanded=expanded):
+        if not datasets:
+            st.info("No dataset yet: import one on the Datasets page first.")
+            return
+        models = [m for m in model_store.list_models(owner) if m["kind"] in ("embedder", "classifier")]
+        choices = ["general"] + [str(m["id"]) for m in models]
+        labels = {"general": "General embedder (EfficientNet-Lite0, ImageNet, 1,280-d)"}
+        labels.update({str(m["id"]): f"{m['name']} ({m['kind']}, {m['template']})" for m in models})
+        c1, c2, c3 = st.columns([2, 3, 2])
+        dataset = c1.selectbox("Dataset", [d["name"] for d in datasets], key="vs_build_dataset")
+        model = c2.selectbox("Embedding model", choices, format_func=labels.get, key="vs_build_model",
+                             help="A classifier embeds with its layer before the classifier.")
+        name = c3.text_input("Index name (optional)", key="vs_build_name", placeholder="dataset-model")
+        background = st.checkbox("Run as a background job (follow it on the Jobs page)", value=True,
+                                 key="vs_build_background")
+        if st.button("Build index", key="vs_build", type="primary"):
+            config = {"dataset": dataset, "model": model, "name": name.strip() or None}
+            try:
+                if background:
+                    job_id = jobs.submit(owner, "index", config)
+                    st.success(f"Job {job_id} queued: {jobs.describe(jobs.status(job_id))}. "
+                               "The index appears here when it finishes.")
+                else:
+                    bar = st.progress(0.0, text="Embedding images...")
+                    res = service.build_index_now(owner, dataset, model, config["name"], progress=lambda d, t:
+                                                  bar.progress(d / max(t, 1), text=f"Embedded {d:,} of {t:,} images"))
+                    bar.progress(1.0, text="Done")
+                    st.session_state["vs_index"] = res["name"]
+                    st.success(f"Index {res['name']!r} built: {res['count']:,} images.")
+            except Exception as exc:  # noqa: BLE001 - shown to the user, never a bare traceback
+                ui.show_error(exc)
+
+
+def facts_section(facts: dict) -> None:
+    cols = st.columns(6)
+    cols[0].metric("Images", f"{facts['count']:,}")
+    cols[1].metric("Dimension", facts["dim"])
+    params = ", ".join(f"{k}={v}" for k, v in facts["index_params"].items() if k in ("nlist", "nprobe"))
+    cols[2].metric("Index type", facts["index_type"] + (" (exact)" if facts["exact"] else " (approximate)"))
+    cols[3].metric("Build time", f"{facts['build_seconds']:.1f} s" if facts["build_seconds"] else "-")
+    cols[4].metric("Memory", fmt_bytes(facts["memory_bytes"]))
+    cols[5].metric("On disk", fmt_bytes(facts["disk_bytes"]))
+    st.caption(f"Model: {facts['model_label']} · dataset {facts['dataset']} (version {facts['dataset_version']})"
+               + (f" · parameters: {params}" if params else "")
+               + (f" · {facts['images_per_sec']:.1f} images/s embedded" if facts.get("images_per_sec") else ""))
+    if facts["stale"]:
+        st.warning("The dataset changed since this index was built: new images are not searchable yet and deleted "
+                   "ones are skipped.")
+        if st.button("Sync the index now", key="vs_sync"):
+            try:
+                with st.spinner("Embedding new images..."):
+                    res = service.sync_index(owner, facts["name"])
+                st.success(f"Synced: {res['added']} added, {res['removed']} removed; {res['count']:,} images.")
+            except Exception as exc:  # noqa: BLE001
+                ui.show_error(exc)
+
+
+def results_grid(results: list[dict], per_row: int = 5) -> None:
+    if not results:
+        st.info("No results.")
+        return
+    for start in range(0, len(results), per_row):
+        cols = st.columns(per_row)
+        for col, r in zip(cols, results[start:start + per_row]):
+            with col:
+                st.image(r["path"], width="stretch")
+                st.markdown(f"**{r['score']:.3f}** · {', '.join(r['concepts']) or 'unlabelled'}  \n"
+                            f"item {r['item']}")
+                if st.button("Find similar", key=f"vs_similar_{r['item']}"):
+                    st.session_state["vs_next_item"] = r["item"]
+                    st.rerun()
+
+
+def query_section(name: str, facts: dict) -> None:
+    """Query by upload, dataset image or concept; k and a concept filter; results and the query's nearest concepts."""
+    ds_id = facts["dataset_id"]
+    concepts = ds_store.dataset_concepts(ds_id)
+    if "vs_next_item" in st.session_state:  # "Find similar" on a result (or from the Datasets page)
+        st.session_state["vs_mode"] = "Dataset image"
+        st.session_state["vs_item"] = int(st.session_state.pop("vs_next_item"))
+    mode = st.radio("Query by", MODES, horizontal=True, key="vs_mode")
+    c1, c2 = st.columns([3, 2])
+    k = c2.slider("Results (k)", 1, 50, 10, key="vs_k")
+    flt = c2.selectbox("Only results labelled", [ANY] + concepts, key="vs_filter")
+    query: dict = {}
+    with c1:
+        if mode == "Upload an image":
+            up = st.file_uploader("Image", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
+                                  key="vs_upload")
+            if up is not None:
+                st.image(up, width=160)
+                query = {"image": up.getvalue()}
+        elif mode == "Dataset image":
+            first = ds_store.find_items(ds_id, limit=1)
+            default = first[0]["item_id"] if first else 0
+            st.session_state.setdefault("vs_item", default)
+            item = st.number_input("Item id", min_value=0, step=1, key="vs_item")
+            try:
+                it = ds_store.get_item(int(item))
+                st.image(it["thumb"], width=160, caption=f"item {it['item_id']}: {', '.join(it['labels'])}")
+                query = {"item_id": int(item)}
+            except UserError as exc:
+                st.error(str(exc))
+        else:
+            if concepts:
+                query = {"concept": st.selectbox("Concept", concepts, key="vs_concept")}
+            else:
+                st.info("This dataset has no concepts.")
+    if not query:
+        return
+    try:
+        opened = ui.search_index(owner, name)
+        model = ui.search_embedder(opened.model) if "image" in query else None
+        results = service.search(owner, name, k=k, concept_filter=None if flt == ANY else flt, opened=opened,
+                                 model=model, **query)
+        near = service.nearest_concepts(owner, name, top=5, opened=opened, model=model, **query)
+    except Exception as exc:  # noqa: BLE001
+        ui.show_error(exc)
+        return
+    if near:
+        st.markdown("**Nearest concepts:** " + " · ".join(f"{n['concept']} ({n['score']:.3f})" for n in near))
+    results_grid(results)
+
+
+def duplicates_section(name: str) -> None:
+    with st.expander("Near-duplicates in this dataset"):
+        thr = st.slider("Similarity at least", 0.80, 1.00, 0.95, 0.01, key="vs_dup_threshold")
+        if st.button("Find near-duplicates", key="vs_dup_find"):
+            try:
+                pairs = service.near_duplicates(owner, name, thr, limit=200, opened=ui.search_index(owner, name))
+            except Exception as exc:  # noqa: BLE001
+                ui.show_error(exc)
+                return
+            st.write(f"{len(pairs)} pair(s) at or above {thr:.2f}" + (" (first 200)" if len(pairs) == 200 else ""))
+            for p in pairs[:30]:
+                a, b, s = st.columns([2, 2, 3])
+                a.image(p["a_path"], width=120, caption=f"item {p['a']}: {', '.join(p['a_concepts'])}")
+                b.image(p["b_path"], width=120, caption=f"item {p['b']}: {', '.join(p['b_concepts'])}")
+                s.metric("Similarity", f"{p['score']:.3f}")
+
+
+try:
+    datasets = ds_store.list_datasets(owner)
+    indexes = service.list_indexes(owner)
+except Exception as exc:  # noqa: BLE001
+    ui.show_error(exc)
+    st.stop()
+
+build_section(datasets, expanded=not indexes)
+indexes = service.list_indexes(owner)  # again: a build just above may have added one
+if not indexes:
+    st.info("No index yet: build one above (the general embedder needs no training).")
+    st.stop()
+names = [f["name"] for f in indexes]
+if st.session_state.get("vs_index") not in names:
+    st.session_state["vs_index"] = names[0]
+name = st.selectbox("Index", names, key="vs_index")
+facts = next(f for f in indexes if f["name"] == name)
+facts_section(facts)
+st.divider()
+query_section(name, facts)
+st.divider()
+duplicates_section(name)
