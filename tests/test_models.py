@@ -169,7 +169,7 @@ def test_angular_margin_loss_matches_direct_computation():
     [
         ("classifier", "Studio_EfficientNetLite0_Transfer", {"logreg": 1}),
         ("embedder", "Clarifai_ResNet_AngularMargin", {}),
-        ("classifier", "Clarifai_InceptionTransferEmbedNorm", {"average_horizontal_flips": True}),
+        ("embedder", "Studio_EfficientNetLite0_Transfer", {"average_horizontal_flips": True}),
         ("detector", "Studio_FasterRCNN", {"detection_score_threshold": 0.0}),
     ],
 )
@@ -307,3 +307,27 @@ def test_transforms_follow_the_template(small_folder):
     assert flip(image).shape == (3, 64, 64)
     with pytest.raises(UserError, match="at least 75"):
         build_network("classifier", "Clarifai_InceptionBatchNorm", {"image_size": 64, "pretrained_weights": "None"}, 2)
+
+
+def test_detector_targets_and_flips():
+    from core.models.detectors import hflip, target_from_boxes
+
+    boxes = [{"concept": "b", "x": 10, "y": 5, "w": 20, "h": 30}, {"concept": "zzz", "x": 0, "y": 0, "w": 5, "h": 5}]
+    target = target_from_boxes(boxes, ["a", "b"])
+    assert target["boxes"].tolist() == [[10.0, 5.0, 30.0, 35.0]] and target["labels"].tolist() == [2]
+    image = torch.arange(2 * 100, dtype=torch.float32).view(1, 2, 100).expand(3, 2, 100)
+    flipped, ftarget = hflip(image, target)
+    assert ftarget["boxes"].tolist() == [[70.0, 5.0, 90.0, 35.0]] and torch.equal(flipped[0, 0, 0], image[0, 0, 99])
+    assert target_from_boxes([], ["a"])["boxes"].shape == (0, 4)
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    params = small_params("classifier", "Studio_EfficientNetLite0_Transfer")
+    net = build_network("classifier", "Studio_EfficientNetLite0_Transfer", params, 3).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        plain = net(x)
+        net = net.to(memory_format=torch.channels_last)
+        fast = net(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(plain, fast, atol=1e-4)

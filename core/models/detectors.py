@@ -180,6 +180,26 @@ def build_detector(kind: str, name: str, spec, params: dict, num_concepts: int, 
     return net
 
 
+def target_from_boxes(boxes: list[dict], concepts: list[str]) -> dict[str, torch.Tensor]:
+    """A torchvision target from a dataset record's boxes ({"concept", "x", "y", "w", "h"} in stored-image pixels):
+    boxes (N, 4) as x1, y1, x2, y2 and labels (N,) = concept index + 1. Boxes of unknown concepts are dropped."""
+    index = {c: i + 1 for i, c in enumerate(concepts)}
+    rows = [(b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"], index[b["concept"]]) for b in boxes
+            if b["concept"] in index and b["w"] > 0 and b["h"] > 0]
+    if not rows:
+        return {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    t = torch.tensor(rows, dtype=torch.float64)
+    return {"boxes": t[:, :4].float(), "labels": t[:, 4].long()}
+
+
+def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mirror an image tensor (3, H, W) and its boxes (the detectors' average_horizontal_flips augmentation)."""
+    width = image.shape[-1]
+    boxes = target["boxes"].clone()
+    boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
+    return image.flip(-1), dict(target, boxes=boxes)
+
+
 def _truthy(value) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes", "on"}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -129,14 +130,24 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
 # timm networks
 
 
+_probe: dict[str, float | bool] = {}
+PROBE_MEMORY_S = 300.0  # an offline server is probed at most once per 5 minutes per process
+
+
 def _hub_reachable() -> bool:
+    """Whether huggingface.co answers within 3 s (HF_HUB_OFFLINE=1: never asked); remembered for 5 minutes."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
         return False
+    now = time.monotonic()
+    if _probe and now - float(_probe["at"]) < PROBE_MEMORY_S:
+        return bool(_probe["ok"])
     try:
         with socket.create_connection(HUB_HOST, timeout=HUB_PROBE_TIMEOUT_S):
-            return True
+            ok = True
     except OSError:
-        return False
+        ok = False
+    _probe.update(at=now, ok=ok)
+    return ok
 
 
 def _hub_file(tagged: str) -> Path | None:
