@@ -163,6 +163,33 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- training
 # COMMANDS:training
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a template on a dataset: ``--foreground`` in this process with a progress bar."""
+    import os
+    import time
+
+    from core import paths
+
+    config = {"owner": args.owner, "dataset": args.dataset, "kind": args.kind, "template": args.template,
+              "params": _parse_sets(args.set), "name": args.name, "seed": args.seed}
+    if args.patience:
+        config["options"] = {"early_stopping_patience": args.patience}
+    if args.base_model:
+        config["base_model"] = args.base_model
+    if not args.foreground:
+        raise UserError("background jobs not available yet: add --foreground to train in this process")
+    from core.training import ConsoleCallbacks, train
+
+    run_dir = paths.subdir("runs") / f"fg-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    result = train(config, run_dir, ConsoleCallbacks(quiet=args.json))
+    out = {"model_id": result.model_id, "model_path": result.model_path, "epochs_done": result.epochs_done,
+           "train_seconds": round(result.train_seconds, 2), "metrics": result.metrics, "run_dir": str(run_dir)}
+    if args.json:
+        _print_json(out)
+    else:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if isinstance(v, (int, float)))
+        print(f"model {result.model_id} stored in {result.model_path}\n{shown}")
+    return 0
 
 
 # ---------------------------------------------------------------- jobs
@@ -260,6 +287,54 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- models, evaluation, prediction, export
 # COMMANDS:models
+def _model_line(m: dict) -> str:
+    metrics = ", ".join(f"{k} {v:.3f}" for k, v in (m.get("metrics") or {}).items()
+                        if isinstance(v, float) and k in ("top1", "top5", "recall_at_1", "map", "val_loss"))
+    return f"{m['id']:>4}  {m['name']:<28} {m['kind']:<10} {m['template']:<36} {metrics}"
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from core.store.models import list_models
+
+    rows = list_models(args.owner)
+    if args.json:
+        _print_json(rows)
+    else:
+        for m in rows:
+            print(_model_line(m))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.evaluation import service
+
+    result = service.evaluate(args.owner, args.model, refresh=args.refresh, threshold=args.threshold)
+    if args.json:
+        _print_json(result)
+    else:
+        _print_json({"model": result["model"]["name"], "split": result["split"], **service.summary(result)})
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from core.evaluation.predict import predict
+
+    out = predict(args.owner, args.model, args.images, top_k=args.top_k, threshold=args.threshold)
+    if args.json:
+        _print_json(out)
+    else:
+        for entry in out:
+            tops = ", ".join(f"{c['name']} {c['probability']:.3f}" for c in entry["concepts"])
+            print(f"{entry['image']}: {tops}" + (f" ({len(entry['boxes'])} boxes)" if entry["boxes"] else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.evaluation.export import export_model
+
+    _print_json(export_model(args.owner, args.model, args.format, args.out))
+    return 0
+
 
 
 # ---------------------------------------------------------------- visual search
@@ -409,6 +484,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", default=DEFAULT_USER)
     p.set_defaults(func=cmd_dataset_split)
     # PARSERS:training
+    p = sub.add_parser("train", help="train a template on a dataset")
+    p.add_argument("--dataset", required=True, help="dataset name")
+    p.add_argument("--template", required=True, help="template name (see: templates --json)")
+    p.add_argument("--kind", required=True, choices=["classifier", "embedder", "detector"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
+    p.add_argument("--name", help="model name (default: TEMPLATE-DATASET, numbered when taken)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=0, help="early stopping after this many epochs without "
+                   "improvement (0: off)")
+    p.add_argument("--base-model", help="a trained embedder (id or name) or 'general' as the frozen base")
+    p.add_argument("--foreground", action="store_true", help="train in this process with a progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--owner", default=DEFAULT_USER)
+    p.set_defaults(func=cmd_train)
     # PARSERS:jobs
     p = sub.add_parser("worker")  # started by the queue: python -m core worker JOB_ID
     p.add_argument("job_id", type=int)
@@ -433,6 +522,33 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             q.add_argument("--tail", type=int, default=200, help="lines (default 200)")
     # PARSERS:models
+    from core.paths import DEFAULT_USER as _owner
+
+    p = sub.add_parser("models", help="list trained models")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--owner", default=_owner)
+    p.set_defaults(func=cmd_models)
+    p = sub.add_parser("evaluate", help="evaluate a model on its dataset's held-out split (cached)")
+    p.add_argument("model", help="model name or id")
+    p.add_argument("--json", action="store_true", help="every figure, as JSON")
+    p.add_argument("--threshold", type=float, default=0.5, help="prediction threshold of the per-concept table")
+    p.add_argument("--refresh", action="store_true", help="recompute even when a cached evaluation is current")
+    p.add_argument("--owner", default=_owner)
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="predict concepts (or boxes) on image files")
+    p.add_argument("model", help="model name or id")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=int, default=5, dest="top_k")
+    p.add_argument("--threshold", type=float, default=0.5, help="logreg models: every concept at or above this")
+    p.add_argument("--owner", default=_owner)
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="export a model as zip (safetensors), TorchScript or ONNX")
+    p.add_argument("model", help="model name or id")
+    p.add_argument("--format", choices=["zip", "torchscript", "onnx"], default="zip")
+    p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--owner", default=_owner)
+    p.set_defaults(func=cmd_export)
     # PARSERS:search
     from core.paths import DEFAULT_USER as _search_owner
 

@@ -48,7 +48,7 @@ def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[
 
     A concept counts as predicted for an item when its probability is at least ``threshold``.
     """
-    y_pred = (probs >= threshold).astype(np.int8)
+    y_pred = (np.asarray(probs, dtype=np.float64) >= float(threshold)).astype(np.int8)
     mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(concepts))))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, average=None, labels=list(range(len(concepts))), zero_division=0

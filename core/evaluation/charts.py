@@ -1,0 +1,142 @@
+"""Plotly figures of an evaluation, shared by the Models page and the HTML report (no Streamlit here)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import plotly.graph_objects as go
+
+MAX_CURVES = 12  # concepts drawn at once on the PR/ROC charts; the page lets the user pick which
+
+
+def confusion_heatmap(result: dict, normalised: bool = False) -> go.Figure:
+    """True concept (rows) against top prediction (columns); counts or row-normalised shares."""
+    concepts = result["concepts"]
+    z = result["confusion"]["normalised" if normalised else "counts"]
+    text = [[f"{v:.2f}" if normalised else str(v) for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=concepts, y=concepts, text=text, texttemplate="%{text}" if len(concepts) <= 30 else None,
+        colorscale="Blues", hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>",
+    ))
+    fig.update_layout(title="Confusion matrix" + (" (row-normalised)" if normalised else " (counts)"),
+                      xaxis_title="predicted (top-1)", yaxis_title="true", yaxis_autorange="reversed",
+                      height=max(360, 22 * len(concepts) + 160), margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def _pick(result: dict, concepts: Sequence[str] | None) -> list[str]:
+    names = [c for c in (concepts or result["concepts"]) if c in result["curves"]]
+    return names[:MAX_CURVES]
+
+
+def pr_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
+    """Precision-recall curve per concept (and the micro average), AP in the legend."""
+    fig = go.Figure()
+    names = _pick(result, concepts) + (["__micro__"] if micro and "__micro__" in result["curves"] else [])
+    for name in names:
+        pr = result["curves"][name]["pr"]
+        label = "micro average" if name == "__micro__" else name
+        fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"{label} (AP {pr['ap']:.3f})",
+                                 line=dict(dash="dash") if name == "__micro__" else None))
+    fig.update_layout(title="Precision-recall", xaxis_title="recall", yaxis_title="precision",
+                      xaxis_range=[0, 1.01], yaxis_range=[0, 1.05], margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def roc_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
+    """ROC curve per concept (and the micro average), AUC in the legend."""
+    fig = go.Figure()
+    names = _pick(result, concepts) + (["__micro__"] if micro and "__micro__" in result["curves"] else [])
+    for name in names:
+        roc = result["curves"][name]["roc"]
+        label = "micro average" if name == "__micro__" else name
+        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"{label} (AUC {roc['auc']:.3f})",
+                                 line=dict(dash="dash") if name == "__micro__" else None))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"),
+                             name="chance", hoverinfo="skip"))
+    fig.update_layout(title="ROC", xaxis_title="false positive rate", yaxis_title="true positive rate",
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def per_concept_f1(rows: Sequence[dict], best: dict) -> go.Figure:
+    """F1 per concept at the chosen threshold, next to the best F1 any threshold reaches."""
+    names = [r["concept"] for r in rows]
+    fig = go.Figure([
+        go.Bar(x=names, y=[r["f1"] for r in rows], name="F1 at threshold"),
+        go.Bar(x=names, y=[(best.get(n) or {}).get("f1") for n in names], name="best F1",
+               hovertext=[f"threshold {(best.get(n) or {}).get('threshold', float('nan')):.3f}" for n in names]),
+    ])
+    fig.update_layout(barmode="group", title="F1 per concept", yaxis_range=[0, 1.05],
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def embedding_map(result: dict, thumbs: Sequence[str] | None = None) -> go.Figure:
+    """The 2-D embedding map coloured by concept; ``customdata`` carries item ids (and thumbnails when given)."""
+    points = result["map"]
+    fig = go.Figure()
+    by_concept: dict[str, list[int]] = {}
+    for i, p in enumerate(points):
+        by_concept.setdefault(p["concept"], []).append(i)
+    for concept, idx in sorted(by_concept.items()):
+        custom = [[points[i]["item_id"], thumbs[i] if thumbs else ""] for i in idx]
+        fig.add_trace(go.Scatter(
+            x=[points[i]["x"] for i in idx], y=[points[i]["y"] for i in idx], mode="markers", name=concept,
+            customdata=custom, marker=dict(size=8, opacity=0.8),
+            hovertemplate=f"{concept}<br>item %{{customdata[0]}}<extra></extra>",
+        ))
+    method = result.get("map_method", "pca").upper()
+    fig.update_layout(title=f"Embedding map ({method})", xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
+                      height=520, margin=dict(l=10, r=10, t=50, b=10), dragmode="lasso")
+    return fig
+
+
+def recall_at_k(series: Sequence[tuple[str, dict]]) -> go.Figure:
+    """recall@k against k for one or more embedders: [(label, {"1": r1, "2": r2, ...}), ...]."""
+    fig = go.Figure()
+    for label, curve in series:
+        ks = sorted(curve, key=int)
+        fig.add_trace(go.Scatter(x=[int(k) for k in ks], y=[curve[k] for k in ks], mode="lines+markers", name=label))
+    fig.update_layout(title="recall@k", xaxis_title="k", yaxis_title="recall", yaxis_range=[0, 1.05],
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def compare_curves(comparison: dict) -> list[go.Figure]:
+    """Overlaid curves of compared models: micro PR and ROC for classifiers, recall@k for embedders."""
+    curves = comparison["curves"]
+    if comparison["kind"] == "embedder":
+        return [recall_at_k([(c["model"], c["recall_at_k"]) for c in curves])]
+    if comparison["kind"] != "classifier":
+        return []
+    pr, roc = go.Figure(), go.Figure()
+    for c in curves:
+        pr.add_trace(go.Scatter(x=c["pr"]["recall"], y=c["pr"]["precision"], mode="lines",
+                                name=f"{c['model']} (AP {c['pr']['ap']:.3f})"))
+        roc.add_trace(go.Scatter(x=c["roc"]["fpr"], y=c["roc"]["tpr"], mode="lines",
+                                 name=f"{c['model']} (AUC {c['roc']['auc']:.3f})"))
+    pr.update_layout(title="Precision-recall (micro average)", xaxis_title="recall", yaxis_title="precision")
+    roc.update_layout(title="ROC (micro average)", xaxis_title="false positive rate", yaxis_title="true positive rate")
+    return [pr, roc]
+
+
+def prediction_bar(concepts: Sequence[dict], title: str = "") -> go.Figure:
+    """Horizontal bars of predicted concepts and probabilities, best on top."""
+    names = [c["name"] for c in concepts][::-1]
+    fig = go.Figure(go.Bar(x=[c["probability"] for c in concepts][::-1], y=names, orientation="h",
+                           text=[f"{c['probability']:.3f}" for c in concepts][::-1], textposition="auto"))
+    fig.update_layout(title=title, xaxis_range=[0, 1], xaxis_title="probability",
+                      height=120 + 28 * len(names), margin=dict(l=10, r=10, t=40 if title else 10, b=10))
+    return fig
+
+
+def detection_ap(result: dict) -> go.Figure:
+    """Average precision per concept (AP@[.5:.95] and AP50)."""
+    names = [n for n, v in result["per_concept_ap"].items() if v is not None]
+    fig = go.Figure([
+        go.Bar(x=names, y=[result["per_concept_ap"][n] for n in names], name="AP@[.5:.95]"),
+        go.Bar(x=names, y=[result["per_concept_ap50"][n] for n in names], name="AP50"),
+    ])
+    fig.update_layout(barmode="group", title="Average precision per concept", yaxis_range=[0, 1.05])
+    return fig

@@ -1,0 +1,82 @@
+"""Predict with a stored model on images given as files or uploaded bytes.
+
+Output, one entry per image: ``{"image", "concepts": [{"name", "probability"}], "boxes": [...]}``. Softmax models
+list their top concepts; logreg (multi-label) models every concept at or above the threshold; detectors their boxes.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence, Union
+
+from core.errors import UserError
+from core.evaluation import service
+from core.paths import DEFAULT_USER
+
+ImageSource = Union[str, Path, tuple[str, bytes]]  # a path, or (file name, bytes) from an upload
+MAX_PIXELS = 50_000_000  # ~50 megapixels: bigger uploads are refused rather than decoded into ~150 MB of RAM
+
+
+def open_image(source: ImageSource):
+    """An RGB PIL image from a path or ``(name, bytes)``; UserError naming the file when it is not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    name, data = (source if isinstance(source, tuple) else (str(source), None))
+    try:
+        if data is None:
+            if not Path(name).is_file():
+                raise UserError(f"{name}: no such file")
+            data = Path(name).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise UserError(f"{name}: image is {im.width}x{im.height}; at most {MAX_PIXELS:,} pixels are allowed")
+            im.load()
+            return im.convert("RGB")
+    except UnidentifiedImageError as exc:
+        raise UserError(f"{name}: not an image (expected JPEG, PNG, WebP, BMP, GIF or TIFF)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{name}: the image could not be read ({exc})") from exc
+
+
+def _name(source: ImageSource) -> str:
+    return source[0] if isinstance(source, tuple) else str(source)
+
+
+def predict(owner: str = DEFAULT_USER, model: str | int = "", images: Sequence[ImageSource] = (), *,
+            top_k: int = 5, threshold: float = 0.5) -> list[dict]:
+    """Run the model on ``images``; see the module docstring for the output."""
+    row = service.get(owner, model)
+    if not images:
+        raise UserError("predict: give at least one image")
+    pil = [open_image(src) for src in images]  # refuse bad uploads before loading the network
+    loaded = service.load_model(row)
+    if row["kind"] == "detector":
+        found = [p["boxes"] for p in loaded.predict(pil)]
+        return [{"image": _name(src), "concepts": _box_concepts(b), "boxes": b} for src, b in zip(images, found)]
+    try:
+        probs = loaded.predict(pil)
+    except (NotImplementedError, AttributeError, UserError) as exc:
+        raise UserError(f"model {row['name']!r} ({row['kind']}) gives embeddings, not concepts; "
+                        "use Visual Search to find similar images") from exc
+    concepts = list(row["concepts"])
+    out = []
+    for src, p in zip(images, probs):
+        order = sorted(range(len(concepts)), key=lambda i: -float(p[i]))
+        if service.multi_label(row):
+            chosen = [i for i in order if float(p[i]) >= threshold]
+        else:
+            chosen = order[:max(1, int(top_k))]
+        out.append({"image": _name(src), "concepts": [{"name": concepts[i], "probability": float(p[i])}
+                                                      for i in chosen], "boxes": []})
+    return out
+
+
+def _box_concepts(boxes: Sequence[dict]) -> list[dict]:
+    """A detector's concepts: each concept once, with its best box score."""
+    best: dict[str, float] = {}
+    for b in boxes:
+        name, score = b.get("concept"), float(b.get("score", 0.0))
+        if name is not None and score > best.get(name, -1.0):
+            best[name] = score
+    return [{"name": n, "probability": s} for n, s in sorted(best.items(), key=lambda kv: -kv[1])]

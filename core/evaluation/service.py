@@ -1,0 +1,360 @@
+"""Evaluate a stored model on its dataset's held-out split, and cache the result beside the model.
+
+The cache is two files in the model's folder: ``evaluation.json`` (every figure, what the page and the CLI show) and
+``evaluation.npz`` (the raw per-item probabilities or embeddings, so a threshold change is recomputed in
+milliseconds without running the network). The cache is reused while the dataset version, the weights file and this
+module's ``EVAL_VERSION`` are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from core.errors import UserError
+from core.evaluation import metrics as m
+from core.paths import DEFAULT_USER
+
+EVAL_VERSION = 1  # bump when the figures' definitions change, so old caches are recomputed
+BATCH = 32  # images per forward pass during evaluation
+WEIGHTS_FILE = "weights.safetensors"
+Progress = Callable[[float, str], None]
+
+_loaded: dict[tuple[str, int, int], Any] = {}  # (folder, weights mtime_ns, size) -> LoadedModel
+_lock = threading.Lock()
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def weights_file(row: dict) -> Path:
+    """The model's weights file; UserError naming it when it is missing."""
+    path = Path(row["path"]) / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"model {row['name']!r}: weights file {path} is missing; the model cannot be used "
+                        "(train it again, or import an exported zip)")
+    return path
+
+
+def load_model(row: dict):
+    """The model's network, ready to predict (``core.models.io.LoadedModel``), cached per process.
+
+    Weights are read with safetensors only; a missing or corrupt file gives a UserError naming it.
+    """
+    from core.models.io import load_model_dir
+
+    wf = weights_file(row)
+    stat = wf.stat()
+    key = (str(Path(row["path"]).resolve()), stat.st_mtime_ns, stat.st_size)
+    with _lock:
+        hit = _loaded.get(key)
+    if hit is not None:
+        return hit
+    try:
+        loaded = load_model_dir(row["path"])
+    except UserError:
+        raise
+    except Exception as exc:  # safetensors' own errors, shape mismatches, broken config.json
+        raise UserError(f"model {row['name']!r}: weights file {wf} is corrupt or does not fit the "
+                        f"{row['template']} network ({type(exc).__name__}: {exc})") from exc
+    with _lock:
+        _loaded.clear()  # keep one network in memory: models are large, the page shows one at a time
+        _loaded[key] = loaded
+    return loaded
+
+
+def get(owner: str, model: str | int) -> dict:
+    """The owner's model row by name or id."""
+    from core.store.models import get_model
+
+    return get_model(owner, model)
+
+
+def multi_label(row: dict) -> bool:
+    """Whether the classifier is multi-label (logreg: independent sigmoids) rather than softmax."""
+    return str((row.get("params") or {}).get("logreg", 0)).strip().lower() in {"1", "true", "yes"}
+
+
+def open_images(paths: Sequence[str]):
+    """The images at ``paths`` as RGB PIL images."""
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def _batched(loaded, paths: Sequence[str], fn: str, progress: Progress | None, what: str):
+    parts = []
+    for start in range(0, len(paths), BATCH):
+        images = open_images(paths[start:start + BATCH])
+        parts.append(getattr(loaded, fn)(images))
+        if progress:
+            progress(min(1.0, (start + len(images)) / max(1, len(paths))), f"{what} {start + len(images)}/{len(paths)}")
+    return parts
+
+
+# ------------------------------------------------------------------------------------------------ cache
+
+
+def _cache_files(row: dict) -> tuple[Path, Path]:
+    folder = Path(row["path"])
+    return folder / "evaluation.json", folder / "evaluation.npz"
+
+
+def _cache_key(row: dict, dataset: dict) -> dict:
+    stat = weights_file(row).stat()
+    return {"eval_version": EVAL_VERSION, "dataset_id": dataset["id"], "dataset_version": dataset["version"],
+            "weights_mtime_ns": stat.st_mtime_ns, "weights_size": stat.st_size}
+
+
+def cached(row: dict) -> dict | None:
+    """The cached evaluation of this model when it is still current, else None."""
+    jf, _ = _cache_files(row)
+    if not jf.is_file():
+        return None
+    try:
+        data = json.loads(jf.read_text())
+    except (OSError, ValueError):
+        return None
+    dataset = _dataset_or_none(row)
+    if dataset is None:
+        return data  # the dataset is gone: the last evaluation is all there is
+    return data if data.get("cache_key") == _cache_key(row, dataset) else None
+
+
+def arrays(row: dict) -> dict[str, np.ndarray]:
+    """The raw arrays behind the cached evaluation (``y_true``/``probs`` or ``embeddings``), evaluating if needed."""
+    _, nf = _cache_files(row)
+    if cached(row) is None or not nf.is_file():
+        evaluate(row["owner"], row["id"])
+    with np.load(nf, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _dataset_or_none(row: dict) -> dict | None:
+    from core.store import datasets as ds
+
+    if row.get("dataset_id") is None:
+        return None
+    try:
+        return ds.get_dataset_by_id(row["dataset_id"])
+    except UserError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(owner: str = DEFAULT_USER, model: str | int = "", *, refresh: bool = False, threshold: float = 0.5,
+             progress: Progress | None = None) -> dict:
+    """Every figure for the model on its dataset's held-out split (test when present, else val), cached.
+
+    Raises UserError when the dataset is gone, the split is empty, or the weights cannot be read.
+    """
+    row = get(owner, model)
+    if not refresh:
+        hit = cached(row)
+        if hit is not None and hit.get("threshold", 0.5) == threshold:
+            return hit
+    dataset = _dataset_or_none(row)
+    if dataset is None:
+        raise UserError(f"model {row['name']!r}: its dataset was deleted, so it cannot be evaluated again")
+    loaded = load_model(row)
+    if row["kind"] == "classifier":
+        result, arrs = _evaluate_classifier(row, dataset, loaded, threshold, progress)
+    elif row["kind"] == "embedder":
+        result, arrs = _evaluate_embedder(row, dataset, loaded, progress)
+    elif row["kind"] == "detector":
+        result, arrs = _evaluate_detector(row, dataset, loaded, progress)
+    else:
+        raise UserError(f"model {row['name']!r}: unknown kind {row['kind']!r}")
+    result.update({
+        "model": {k: row[k] for k in ("id", "name", "kind", "template", "dataset_id", "dataset_version")},
+        "dataset": {"id": dataset["id"], "name": dataset["name"], "version": dataset["version"]},
+        "cache_key": _cache_key(row, dataset),
+    })
+    jf, nf = _cache_files(row)
+    np.savez_compressed(nf, **arrs)
+    jf.write_text(json.dumps(result, default=float))
+    return result
+
+
+def _labelled(row: dict, records: list[dict]) -> tuple[list[dict], int]:
+    """Records with at least one label among the model's concepts, and how many were left out."""
+    known = set(row["concepts"])
+    keep = [r for r in records if known.intersection(r["labels"])]
+    return keep, len(records) - len(keep)
+
+
+def _evaluate_classifier(row, dataset, loaded, threshold, progress):
+    from core.store import datasets as ds
+
+    split = ds.eval_split(dataset["id"])
+    records, skipped = _labelled(row, ds.dataset_records(dataset["id"], split))
+    if not records:
+        raise UserError(f"model {row['name']!r}: the {split} split of dataset {dataset['name']!r} has no image "
+                        f"labelled with the model's concepts; set a validation split on the Datasets page")
+    concepts = list(row["concepts"])
+    probs = np.concatenate(_batched(loaded, [r["path"] for r in records], "predict", progress, "evaluating"))
+    y_true = m.multi_hot([r["labels"] for r in records], concepts)
+    figures = m.classifier_metrics(y_true, probs, concepts, multi_label=multi_label(row), threshold=threshold)
+    for miss in figures["misclassified"]:
+        rec = records[miss["index"]]
+        miss.update(item_id=rec["item_id"], path=rec["path"], labels=rec["labels"])
+    figures.update(kind="classifier", split=split, skipped_unlabelled=skipped, multi_label=multi_label(row),
+                   concepts=concepts,
+                   rows=[{"item_id": r["item_id"], "path": r["path"], "labels": r["labels"]} for r in records])
+    return figures, {"y_true": y_true, "probs": probs.astype(np.float32)}
+
+
+def _evaluate_embedder(row, dataset, loaded, progress):
+    from core.store import datasets as ds
+
+    split = ds.eval_split(dataset["id"])
+    records = [r for r in ds.dataset_records(dataset["id"]) if r["labels"]]
+    queries = [i for i, r in enumerate(records) if r["split"] == split]
+    gallery = [i for i, r in enumerate(records) if r["split"] != split]
+    if not queries or not gallery:
+        raise UserError(f"model {row['name']!r}: dataset {dataset['name']!r} needs labelled images both in the "
+                        f"{split} split (queries) and outside it (gallery) to evaluate retrieval")
+    emb = np.concatenate(_batched(loaded, [r["path"] for r in records], "embed", progress, "embedding"))
+    labels = [r["labels"] for r in records]
+    figures = m.embedder_metrics(emb[queries], [labels[i] for i in queries], emb[gallery], [labels[i] for i in gallery])
+    rng = np.random.default_rng(0)
+    shown = np.arange(len(records))
+    if len(shown) > m.MAP_POINTS:
+        shown = np.sort(rng.choice(shown, m.MAP_POINTS, replace=False))
+    coords, method = m.embedding_map(emb[shown])
+    figures.update(
+        kind="embedder", split=split, map_method=method,
+        map=[{"x": float(x), "y": float(y), "item_id": records[i]["item_id"], "path": records[i]["path"],
+              "concept": records[i]["labels"][0], "labels": records[i]["labels"], "split": records[i]["split"]}
+             for (x, y), i in zip(coords.tolist(), shown.tolist())],
+    )
+    return figures, {"embeddings": emb.astype(np.float32), "item_ids": np.array([r["item_id"] for r in records])}
+
+
+def box_arrays(boxes: Sequence[dict], concepts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Box dicts ({"concept", "x", "y", "w", "h"[, "score"]}) as x1y1x2y2 arrays with concept indices."""
+    index = {c: i for i, c in enumerate(concepts)}
+    kept = [b for b in boxes if b.get("concept") in index]
+    xyxy = np.array([[b["x"], b["y"], b["x"] + b["w"], b["y"] + b["h"]] for b in kept], dtype=float).reshape(-1, 4)
+    return {"boxes": xyxy, "labels": np.array([index[b["concept"]] for b in kept], dtype=int),
+            "scores": np.array([float(b.get("score", 1.0)) for b in kept], dtype=float)}
+
+
+def _evaluate_detector(row, dataset, loaded, progress):
+    from core.store import datasets as ds
+
+    split = ds.eval_split(dataset["id"])
+    records = [r for r in ds.dataset_records(dataset["id"], split) if r["boxes"]]
+    if not records:
+        raise UserError(f"model {row['name']!r}: the {split} split of dataset {dataset['name']!r} has no boxes")
+    concepts = list(row["concepts"])
+    preds = [p["boxes"] for part in _batched(loaded, [r["path"] for r in records], "predict", progress, "detecting")
+             for p in part]  # LoadedModel.predict gives one {"boxes": [...]} per image
+    figures = m.detector_metrics([box_arrays(p, concepts) for p in preds],
+                                 [box_arrays(r["boxes"], concepts) for r in records], concepts)
+    sample = list(range(min(12, len(records))))
+    figures.update(kind="detector", split=split, concepts=concepts,
+                   samples=[{"item_id": records[i]["item_id"], "path": records[i]["path"],
+                             "truth": records[i]["boxes"], "predicted": preds[i]} for i in sample])
+    return figures, {"n": np.array([len(records)])}
+
+
+# ------------------------------------------------------------------------------------------------ views
+
+
+def per_concept_at(row: dict, threshold: float) -> list[dict]:
+    """The classifier's per-concept table at another threshold, from the cached probabilities (no network run)."""
+    a = arrays(row)
+    return m.per_concept_table(a["y_true"], a["probs"], list(row["concepts"]), float(threshold))
+
+
+def cell_items(row: dict, true_concept: str, predicted_concept: str) -> list[dict]:
+    """The evaluation items in one confusion-matrix cell: labelled ``true_concept``, top prediction the other."""
+    result = evaluate(row["owner"], row["id"])
+    a = arrays(row)
+    concepts = list(row["concepts"])
+    t, p = concepts.index(true_concept), concepts.index(predicted_concept)
+    top = a["probs"].argmax(axis=1)
+    hits = np.nonzero((a["y_true"][:, t] > 0) & (top == p))[0]
+    return [{**result["rows"][i], "probability": float(a["probs"][i, p])} for i in hits.tolist()]
+
+
+def summary(result: dict) -> dict:
+    """The headline figures of an evaluation, for tables and comparisons."""
+    kind = result["kind"]
+    if kind == "classifier":
+        f1s = [r["f1"] for r in result["per_concept"]]
+        return {"accuracy": result["accuracy"], "top5": result["top5"], "macro_roc_auc": result["macro_roc_auc"],
+                "macro_f1": float(np.mean(f1s)) if f1s else None, "items": result["items"]}
+    if kind == "embedder":
+        return {"recall_at_1": result["recall_at_1"], "recall_at_5": result["recall_at_5"],
+                "map_at_r": result["map_at_r"], "queries": result["queries"]}
+    return {"map": result["map"], "ap50": result["ap50"], "ap75": result["ap75"], "images": result["images"]}
+
+
+def compare(owner: str, models: Sequence[str | int]) -> dict:
+    """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay."""
+    rows = [get(owner, name) for name in models]
+    if len(rows) < 2:
+        raise UserError("compare: choose at least two models")
+    kinds = {r["kind"] for r in rows}
+    if len(kinds) > 1:
+        raise UserError(f"compare: models must be of one kind, got {', '.join(sorted(kinds))}")
+    versions = {(r["dataset_id"], r["dataset_version"]) for r in rows}
+    if len(versions) > 1:
+        names = "; ".join(f"{r['name']}: dataset {r['dataset_id']} v{r['dataset_version']}" for r in rows)
+        raise UserError(f"compare: models must be trained on the same dataset version ({names})")
+    table, curves = [], []
+    for r in rows:
+        res = evaluate(owner, r["id"])
+        table.append({"model": r["name"], "template": r["template"], **summary(res)})
+        if res["kind"] == "classifier" and "__micro__" in res["curves"]:
+            curves.append({"model": r["name"], **res["curves"]["__micro__"]})
+        elif res["kind"] == "embedder":
+            curves.append({"model": r["name"], "recall_at_k": res["recall_at_k"]})
+    return {"kind": kinds.pop(), "table": table, "curves": curves}
+
+
+# ------------------------------------------------------------------------------------------------ registry table
+
+HEADLINE_METRICS = ("top1", "top5", "recall_at_1", "map", "val_loss", "map50", "ap50")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def registry_rows(owner: str = DEFAULT_USER) -> list[dict]:
+    """Every model of the owner as a table row: template, dataset version, hyperparameters, when, how long, metrics."""
+    import time
+
+    from core.store import datasets as ds
+    from core.store.models import list_models
+
+    names: dict[int, str] = {d["id"]: d["name"] for d in ds.list_datasets(owner)}
+    out = []
+    for r in list_models(owner):
+        metrics = r.get("metrics") or {}
+        out.append({
+            "id": r["id"], "name": r["name"], "kind": r["kind"], "template": r["template"],
+            "dataset": (f"{names.get(r['dataset_id'], 'deleted')} v{r['dataset_version']}"
+                        if r.get("dataset_id") else "-"),
+            "trained": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
+            "train time": _duration(r.get("train_seconds")),
+            **{k: metrics[k] for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))},
+            "hyperparameters": ", ".join(f"{k}={v}" for k, v in sorted((r.get("params") or {}).items())),
+        })
+    return out
