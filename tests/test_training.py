@@ -1,0 +1,323 @@
+"""The training engine on tiny real data: every template trains and loads, schedules, resume, checkpoints, NaN, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from core.errors import UserError
+from core.store import models as mstore
+from core.templates import get_template, list_templates
+from core.training import Callbacks, train
+from core.training.checkpoint import LAST, load_checkpoint, read_state, save_checkpoint
+from tests.training_support import coco_dataset, manifest_dataset, tiny_params
+
+LITE0 = ("classifier", "Studio_EfficientNetLite0_Transfer")
+
+
+class Recorder(Callbacks):
+    """Keeps every step and epoch; asks to stop after ``stop_after`` steps when given."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.steps: list[dict] = []
+        self.epochs: list[tuple[int, dict]] = []
+        self.stop_after = stop_after
+        self.started: dict | None = None
+
+    def on_start(self, info: dict) -> None:
+        self.started = info
+
+    def on_step(self, p: dict) -> None:
+        if p.get("phase") == "train":
+            self.steps.append(p)
+
+    def on_epoch(self, epoch: int, metrics: dict) -> None:
+        self.epochs.append((epoch, metrics))
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and len(self.steps) >= self.stop_after
+
+
+def _config(kind: str, template: str, params: dict, dataset: str = "tiny", **extra) -> dict:
+    return {"dataset": dataset, "kind": kind, "template": template, "params": params, "seed": 0, **extra}
+
+
+@pytest.fixture
+def tiny(tmp_path) -> dict:
+    return manifest_dataset(tmp_path)
+
+
+def _one_image(kind: str) -> Image.Image:
+    from tests.training_support import CALTECH
+
+    return Image.open(sorted((CALTECH / "ant").iterdir())[0]).convert("RGB")
+
+
+@pytest.mark.parametrize("template", list_templates(), ids=lambda t: f"{t.kind}-{t.name}")
+def test_every_template_trains_two_steps_and_loads(template, tmp_path):
+    from core.models.io import load_model_dir
+
+    if template.kind == "detector":
+        coco_dataset(tmp_path, name="tiny")
+    else:
+        manifest_dataset(tmp_path)
+    params = tiny_params(template)
+    rec = Recorder()
+    result = train(_config(template.kind, template.name, params), tmp_path / "run", rec)
+
+    assert not result.stopped and result.model_id is not None
+    assert len(rec.steps) == 2 and rec.steps[-1]["step"] == 2
+    assert all(math.isfinite(s["loss"]) for s in rec.steps)
+    row = mstore.get_model_by_id(result.model_id)
+    assert row["kind"] == template.kind and row["template"] == template.name
+    assert row["concepts"] == ["accordion", "anchor"] and row["dataset_version"] >= 1
+    assert row["params"]["image_size"] == params["image_size"] and row["train_seconds"] > 0
+    epochs = mstore.get_epoch_metrics(row["run"])
+    assert [e["epoch"] for e in epochs] == [1]
+    for key in ("train_loss", "lr", "images_per_sec", "epoch_seconds"):
+        assert key in epochs[0]
+    if template.kind == "classifier":
+        assert 0 <= epochs[0]["top1"] <= epochs[0]["top5"] <= 1 and "val_loss" in epochs[0]
+    if template.kind == "embedder":
+        assert 0 <= epochs[0]["recall_at_1"] <= 1 and 0 <= epochs[0]["map"] <= 1
+    if template.kind == "detector":
+        assert math.isfinite(epochs[0]["val_loss"])
+    assert (Path(row["path"]) / "metrics.csv").is_file()
+
+    model = load_model_dir(row["path"])
+    out = model.predict([_one_image(template.kind)])
+    if template.kind == "detector":
+        assert isinstance(out, list) and len(out) == 1
+    else:
+        assert out.shape == (1, 2) and np.isfinite(out).all()
+        emb = model.embed([_one_image(template.kind)])
+        assert emb.shape == (1, model.embedding_dim)
+
+
+def test_step_schedule_applied_per_step(tmp_path):
+    """Clarifai step schedule: base rate for init_epochs, then x step_factor every step_epochs (1 step per epoch)."""
+    manifest_dataset(tmp_path)
+    template = get_template("classifier", "Clarifai_InceptionV2")
+    params = tiny_params(template, num_epochs=4, num_items_per_epoch=2, init_epochs=1, step_epochs=2,
+                         per_item_lrate=1e-4)
+    rec = Recorder()
+    train(_config("classifier", template.name, params), tmp_path / "run", rec)
+    factor = get_template("classifier", template.name)
+    step_factor = next(p.default for p in factor.params if p.name == "step_factor")
+    base = 2 * 1e-4
+    expected = [base, base * step_factor, base * step_factor, base * step_factor**2]
+    assert [s["lr"] for s in rec.steps] == pytest.approx(expected, rel=1e-9)
+
+
+def test_rsb_cosine_warmup_and_adamw(tmp_path):
+    """RSB-A1: linear warmup from warmup_ratio x lrate, cosine to batch_size x per_item_min_lrate; AdamW without
+    decay on norms and biases."""
+    manifest_dataset(tmp_path)
+    name = "MMClassification_ResNet_50_RSB_A1"
+    params = tiny_params(get_template("classifier", name), num_epochs=3, warmup_iters=2, warmup_ratio=0.1,
+                         per_item_lrate=1e-4, per_item_min_lrate=1e-6, batch_size=4)
+    rec = Recorder()
+    train(_config("classifier", name, params), tmp_path / "run", rec)
+    base, low, total = 4 * 1e-4, 4 * 1e-6, 3
+    expected = []
+    for step in range(total):
+        lr = low + (base - low) * 0.5 * (1 + math.cos(math.pi * step / total))
+        if step < 2:
+            lr *= 1 - (1 - step / 2) * (1 - 0.1)
+        expected.append(lr)
+    assert [s["lr"] for s in rec.steps] == pytest.approx(expected, rel=1e-9)
+    state = read_state(tmp_path / "run" / "checkpoints")
+    groups = state["optimizer"]["param_groups"]
+    assert {g["weight_decay"] for g in groups} == {0.0, params.get("weight_decay", 0.01)}
+    assert all("betas" in g for g in groups)  # AdamW
+
+
+def _weights(path: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(path) / "weights.safetensors"))
+
+
+def test_resume_after_stop_gives_the_same_weights(tmp_path):
+    """Stopped mid-epoch then resumed == uninterrupted, on CPU with a fixed seed (full network, image mode)."""
+    manifest_dataset(tmp_path, n_train=3)
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), num_epochs=2, num_items_per_epoch=6, base_gradient_multiplier=0.5,
+                         lrate=0.001, image_size=64)
+    whole = train(_config(kind, name, params, name="whole"), tmp_path / "whole")
+
+    rec = Recorder(stop_after=4)
+    first = train(_config(kind, name, params, name="parts"), tmp_path / "parts", rec)
+    assert first.stopped and first.model_id is None and first.epochs_done == 1
+    state = read_state(tmp_path / "parts" / "checkpoints")
+    assert state["epoch_done"] == 1 and state["step_in_epoch"] == 1
+    second = train(_config(kind, name, params, name="parts"), tmp_path / "parts", Recorder(), resume=True)
+    assert second.model_id is not None and second.epochs_done == 2
+
+    a, b = _weights(whole.model_path), _weights(second.model_path)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    run = mstore.get_model_by_id(second.model_id)["run"]
+    assert [e["epoch"] for e in mstore.get_epoch_metrics(run)] == [1, 2]
+
+
+def test_extend_a_finished_run_equals_a_longer_run(tmp_path, tiny):
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), num_epochs=3)
+    longer = train(_config(kind, name, params, name="longer"), tmp_path / "longer")
+    short = train(_config(kind, name, dict(params, num_epochs=2), name="short"), tmp_path / "short")
+    again = train(_config(kind, name, dict(params, num_epochs=2), name="short"), tmp_path / "short", resume=True)
+    assert again.model_id == short.model_id  # resuming a finished run registers nothing new
+    extended = train(_config(kind, name, params, name="short"), tmp_path / "short", resume=True)
+    assert extended.model_id != short.model_id and extended.epochs_done == 3
+    assert mstore.get_model_by_id(extended.model_id)["name"] == "short-2"
+    a, b = _weights(longer.model_path), _weights(extended.model_path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, tiny):
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name))
+    train(_config(kind, name, params), tmp_path / "run", Recorder(stop_after=1))
+    with pytest.raises(UserError, match="configuration differs"):
+        train(_config(kind, name, dict(params, lrate=0.5)), tmp_path / "run", resume=True)
+
+
+def test_checkpoint_survives_a_kill_between_write_and_rename(tmp_path, monkeypatch):
+    """A crash after the temporary files are written but before the rename keeps the old checkpoint loadable."""
+    ckpt = tmp_path / "ckpt"
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    save_checkpoint(ckpt, net, opt, {"epoch_done": 1, "step_in_epoch": 0})
+    good = {k: v.clone() for k, v in net.state_dict().items()}
+
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    real_replace = os.replace
+
+    def killed(src, dst):
+        if str(dst).endswith(LAST):
+            raise KeyboardInterrupt("killed between write and rename")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(ckpt, net, opt, {"epoch_done": 2, "step_in_epoch": 0})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert any(".tmp-" in f.name for f in ckpt.iterdir())  # the leftover temporary JSON
+
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
+    state = load_checkpoint(ckpt, fresh, fresh_opt)
+    assert state["epoch_done"] == 1
+    assert all(torch.equal(fresh.state_dict()[k], good[k]) for k in good)
+    assert "momentum_buffer" in fresh_opt.state[fresh.weight]
+    save_checkpoint(ckpt, fresh, fresh_opt, {"epoch_done": 2, "step_in_epoch": 0})
+    assert not any(".tmp-" in f.name for f in ckpt.iterdir())  # cleaned by the next save
+    assert len(list(ckpt.glob("*.safetensors"))) == 1
+
+
+def test_resume_after_a_crashed_save_uses_the_previous_epoch(tmp_path, tiny):
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), num_epochs=1)
+    train(_config(kind, name, params), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints"
+    (ckpt / "ckpt-00002-000000.safetensors.tmp-4242").write_bytes(b"half a file")
+    (ckpt / f"{LAST}.tmp-4242").write_text('{"epoch_done": 2, "fi')
+    result = train(_config(kind, name, dict(params, num_epochs=2), name="extended"), tmp_path / "run", resume=True)
+    assert result.epochs_done == 2
+    assert not any(".tmp-" in f.name for f in ckpt.iterdir())
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path, tiny):
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), num_epochs=3, lrate=1e30)
+    with pytest.raises(UserError, match="not a finite number.*learning rate"):
+        train(_config(kind, name, params), tmp_path / "run")
+    assert mstore.list_models() == []
+
+
+def test_early_stopping_and_best_checkpoint(tmp_path, tiny):
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), num_epochs=6, lrate=0.0)
+    rec = Recorder()
+    result = train(_config(kind, name, params, options={"early_stopping_patience": 2}), tmp_path / "run", rec)
+    assert result.epochs_done == 3 and len(rec.epochs) == 3  # epoch 1 best, 2 and 3 no better: stop
+    best = read_state(tmp_path / "run" / "checkpoints", "best.json")
+    assert best["epoch_done"] == 1 and result.metrics["epoch"] == 1
+    with pytest.raises(UserError, match="early_stopping_patience"):
+        train(_config(kind, name, params, options={"early_stopping_patience": -1}), tmp_path / "run2")
+
+
+def test_stop_request_returns_stopped(tmp_path, tiny):
+    kind, name = LITE0
+    result = train(_config(kind, name, tiny_params(get_template(kind, name))), tmp_path / "run", Recorder(0))
+    assert result.stopped and result.model_id is None
+
+
+def test_refusals(tmp_path, tiny):
+    kind, name = LITE0
+    with pytest.raises(UserError, match="batch_size"):
+        train(_config(kind, name, {"batch_size": 0}), tmp_path / "a")
+    with pytest.raises(UserError, match="nope"):
+        train(_config(kind, name, {}, dataset="nope"), tmp_path / "b")
+    with pytest.raises(UserError, match="no boxes"):
+        train(_config("detector", "Studio_RetinaNet", {}), tmp_path / "c")
+    params = tiny_params(get_template(kind, name))
+    train(_config(kind, name, params, name="mine"), tmp_path / "d")
+    with pytest.raises(UserError, match="already used"):
+        train(_config(kind, name, params, name="mine"), tmp_path / "e")
+
+
+def test_pixel_cache_matches_the_models_preprocessing(tmp_path, tiny):
+    """The cache decodes and resizes as core.models.make_transform does, so training sees what inference sees."""
+    from core.models import make_transform
+    from core.store.datasets import dataset_records, get_dataset
+    from core.training.data import image_cache, to_input
+
+    ds = get_dataset("local", "tiny")
+    records = dataset_records(ds["id"])
+    for resize in ("short_side_crop", "square"):
+        pre = {"image_size": 48, "resize": resize, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+        cache = image_cache(ds, records, 48, resize)
+        assert image_cache(ds, records, 48, resize).folder == cache.folder  # built once
+        x = to_input(torch.from_numpy(np.asarray(cache.pixels[:2])), torch.tensor(pre["mean"]),
+                     torch.tensor(pre["std"]), torch.device("cpu"), channels_last=False)
+        ref = torch.stack([make_transform(pre, train=False)(Image.open(r["path"])) for r in records[:2]])
+        assert (x - ref).abs().max() < 1.0 / 255 / 0.2 + 1e-5
+
+
+def test_angular_margin_loss_against_direct_computation():
+    from core.models.heads import angular_margin_loss
+
+    cos = torch.tensor([[0.8, 0.1, -0.3], [-0.95, 0.2, 0.4]])
+    y = torch.tensor([0, 0])
+    s, m = 16.0, 0.5
+    rows = []
+    for i in range(2):
+        theta = math.acos(cos[i, 0])
+        target = math.cos(theta + m) if theta + m <= math.pi else cos[i, 0].item() - m * math.sin(m)
+        logits = [s * target] + [s * c for c in cos[i, 1:].tolist()]
+        rows.append(-logits[0] + math.log(sum(math.exp(v) for v in logits)))
+    assert angular_margin_loss(cos, y, s, m).item() == pytest.approx(sum(rows) / 2, rel=1e-5)
+
+
+def test_cli_train_foreground_json(tmp_path, tiny, capsys):
+    from core.cli import main
+
+    argv = ["train", "--dataset", "tiny", "--kind", "classifier", "--template", LITE0[1], "--set",
+            "pretrained_weights=None", "--set", "image_size=32", "--set", "num_epochs=1", "--set", "batch_size=2"]
+    assert main(argv + ["--foreground", "--json", "--name", "cli-model"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model_id"] == mstore.get_model("local", "cli-model")["id"] and "top1" in out["metrics"]
+    assert main(argv + ["--set", "batch_size=0", "--foreground"]) == 2
+    assert "batch_size" in capsys.readouterr().err
