@@ -145,3 +145,23 @@ def search_embedder(key: str):
     from core.search import embed
 
     return _search_embedder(key, embed.model_stamp(key))
+
+
+def link_page(page: str, label: str, icon: str | None = None) -> None:
+    """A link to another page of the app; plain text naming the page when this page runs on its own (no app)."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.page_link(page, label=label, icon=icon)
+    except StreamlitAPIException:
+        st.caption(f"{label}: open it from the app's sidebar.")
+
+
+def go_to_page(page: str, label: str) -> None:
+    """Switch to another page of the app; when this page runs on its own, say where to go instead."""
+    from streamlit.errors import StreamlitAPIException
+
+    try:
+        st.switch_page(page)
+    except StreamlitAPIException:
+        st.info(f"Done: open the {label} page from the app's sidebar.")

@@ -135,3 +135,33 @@ if params is not None:
 # The dataset picker and the "Start training" button go here (jobs/training helpers). Available: st.session_state
 # ["train_params"] (validated params, None while invalid), ["train_kind"], ["train_template"]. Keep this section
 # free of function definitions.
+st.subheader("Start training")
+from core import jobs as launch_jobs  # noqa: E402  (the launch section is appended to the page as a unit)
+from core.store.datasets import list_datasets as launch_list_datasets  # noqa: E402
+
+launch_owner = ui.current_user()
+launch_names = [d["name"] for d in launch_list_datasets(launch_owner)]
+if not launch_names:
+    st.info("No dataset yet: import one on the Datasets page, then come back to start training.")
+    ui.link_page("pages/1_Datasets.py", "Go to Datasets", ":material/photo_library:")
+else:
+    launch_dataset = st.selectbox("Dataset", launch_names, key="train_dataset")
+    launch_model_name = st.text_input("Model name (optional)", key="train_model_name",
+                                      help="Unique among your models; left empty, one is made from the template.")
+    if st.button("Start training", key="train_start", type="primary", disabled=params is None,
+                 icon=":material/rocket_launch:",
+                 help="Validates the configuration and queues a background job; you can close the tab."):
+        try:
+            launch_job = launch_jobs.submit(launch_owner, "train", {
+                "dataset": launch_dataset, "kind": st.session_state["train_kind"],
+                "template": st.session_state["train_template"], "params": st.session_state["train_params"],
+                "name": launch_model_name.strip() or None,
+            })
+            st.session_state["train_last_job"] = launch_job
+            st.session_state["jobs_select_next"] = launch_job
+        except UserError as exc:
+            ui.show_error(exc)
+    if st.session_state.get("train_last_job"):
+        st.success(f"Job {st.session_state['train_last_job']} is queued; it runs in the background.")
+        ui.link_page("pages/3_Jobs.py", f"Follow job {st.session_state['train_last_job']} on the Jobs page",
+                     ":material/monitoring:")

@@ -24,7 +24,7 @@ everyone = st.toggle("Show every user's jobs", key="jobs_everyone")
 rows = jobs.list_jobs(None if everyone else owner)
 if not rows:
     st.info("No jobs yet. Start one from the Train page.")
-    st.page_link("pages/2_Train.py", label="Go to Train", icon=":material/model_training:")
+    ui.link_page("pages/2_Train.py", "Go to Train", ":material/model_training:")
     st.stop()
 
 live = any(r["state"] in ("queued",) + jobs.ACTIVE for r in rows)
@@ -37,6 +37,8 @@ st.dataframe(
 )
 
 ids = [r["id"] for r in rows]
+if st.session_state.get("jobs_select_next") in ids:  # a job just started here or on the Train page
+    st.session_state["jobs_selected"] = st.session_state.pop("jobs_select_next")
 if st.session_state.get("jobs_selected") not in ids:
     st.session_state["jobs_selected"] = ids[0]
 by_id = {r["id"]: r for r in rows}
@@ -112,7 +114,7 @@ def job_panel(job_id: int) -> None:
                       disabled=not is_train or state in ("queued",) + jobs.ACTIVE,
                       help="A new job that continues this one's checkpoint for more epochs"):
         try:
-            st.session_state["jobs_selected"] = jobs.extend(job_id, int(extra))
+            st.session_state["jobs_select_next"] = jobs.extend(job_id, int(extra))
             st.rerun()
         except UserError as exc:
             ui.show_error(exc)
@@ -120,7 +122,7 @@ def job_panel(job_id: int) -> None:
                       icon=":material/content_copy:", help="Open the Train page filled with this configuration"):
         cfg = st_["config"]
         ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"))
-        st.switch_page("pages/2_Train.py")
+        ui.go_to_page("pages/2_Train.py", "Train")
 
 
 job_panel(job_id)

@@ -210,6 +210,7 @@ def cancel(job_id: int, wait_s: float | None = None) -> dict:
     while time.monotonic() < deadline:
         reap()
         if store.get_job(job_id)["state"] not in ACTIVE:
+            _wait_exit(job, 5.0)  # it saved and reported; let it exit (and free its memory) before returning
             return status(job_id)
         time.sleep(0.1)
     job = store.get_job(job_id)
@@ -219,6 +220,15 @@ def cancel(job_id: int, wait_s: float | None = None) -> dict:
         f"Cancelled; the worker did not stop within {grace:.0f} s and was killed. "
         "Resume continues from the last completed epoch."))
     return status(job_id)
+
+
+def _wait_exit(job: dict, timeout: float) -> None:
+    pid = store.get_job(job["id"])["pid"] or job["pid"]
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout
+    while local.alive(pid, job["id"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def resume(job_id: int) -> int:

@@ -156,6 +156,11 @@ def kill(pid: int | None, job_id: int, term_wait_s: float = 3.0) -> None:
             return
         except PermissionError:
             os.kill(pid, sig)
+        if sig == signal.SIGTERM:  # a stopped (SIGSTOP) worker only acts on SIGTERM once continued
+            try:
+                os.killpg(pid, signal.SIGCONT)
+            except OSError:
+                pass
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not alive(pid, job_id):

@@ -72,7 +72,7 @@ class JobCallbacks(_Base):
             self.progress.update({
                 "phase": "training", "num_epochs": self.num_epochs, "items": info.get("items"),
                 "steps_per_epoch": info.get("steps_per_epoch"), "start_epoch": info.get("start_epoch"),
-                "device": info.get("device") or self.device,
+                "device": self.device or info.get("device"),
             })
             self._dirty = True
         self._set_running()
@@ -81,6 +81,12 @@ class JobCallbacks(_Base):
 
     def on_step(self, p: dict) -> None:
         epoch, step, spe = int(p.get("epoch", 1)), int(p.get("step", 0)), int(p.get("steps_per_epoch") or 1)
+        if epoch < 1:  # before the first epoch (caching backbone features): progress of that phase only
+            with self._lock:
+                self.progress.update({"phase": p.get("phase") or "preparing", "epoch": 0, "step": step,
+                                      "steps_per_epoch": spe, "fraction": 0.0, "updated_at": time.time()})
+                self._dirty = True
+            return
         x = (epoch - 1) + min(step, spe) / spe  # epochs done, as a float: the x of the live curves
         with self._lock:
             self.progress.update({k: v for k, v in p.items() if isinstance(v, (int, float, str)) or v is None})
@@ -195,6 +201,8 @@ def run(job_id: int) -> int:
 
         cb.device = device_info().label
         config = runners.validate(job["type"], job["owner"], job["config"])
+        if job["type"] == "train":
+            config.setdefault("run", str(job_id))  # the key of this job's per-epoch metrics in the models store
         run_dir = local.run_dir(job_id)
         if job["parent_id"] and job["resume"] and not any(run_dir.iterdir()):  # Extend: start from the parent's
             shutil.copytree(local.run_dir(job["parent_id"]), run_dir, dirs_exist_ok=True)
@@ -218,6 +226,7 @@ def run(job_id: int) -> int:
             cb.flush()
         except Exception:  # noqa: BLE001 - the final state below matters more than the last progress write
             pass
+    _free_gpu_memory()  # the next job may start on this GPU as soon as this one is marked finished
     if state == "succeeded":
         cb.progress["fraction"] = 1.0
         store.beat(job_id, cb.progress, None)
@@ -225,6 +234,18 @@ def run(job_id: int) -> int:
     cb.log(f"job {job_id} {state}")
     pump()
     return 0 if state in ("succeeded", "cancelled") else 1
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    gc.collect()
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    try:
+        if cuda is not None and cuda.is_initialized():
+            cuda.empty_cache()
+    except (AttributeError, RuntimeError):
+        pass
 
 
 def _jsonable(result: dict) -> dict:
