@@ -1,4 +1,8 @@
-"""Visual Search: build an index of a dataset, query it by upload, dataset image or concept, find near-duplicates."""
+"""Visual Search: build an index of a dataset, query it by upload, dataset image or concept, find near-duplicates.
+
+Other pages open it on one image ("find similar") with ``st.session_state["vs_next_item"] = item_id`` and
+``st.switch_page("pages/5_Visual_Search.py")``.
+"""
 
 from __future__ import annotations
 
@@ -183,6 +187,19 @@ if not indexes:
     st.info("No index yet: build one above (the general embedder needs no training).")
     st.stop()
 names = [f["name"] for f in indexes]
+if "vs_next_item" in st.session_state:  # "Find similar" from the Datasets page: an index of the item's dataset
+    try:
+        item_ds = ds_store.get_item(int(st.session_state["vs_next_item"]))["dataset_id"]
+        current = next((f for f in indexes if f["name"] == st.session_state.get("vs_index")), None)
+        if current is None or current["dataset_id"] != item_ds:
+            match = [f["name"] for f in indexes if f["dataset_id"] == item_ds]
+            if match:
+                st.session_state["vs_index"] = match[0]
+            else:
+                st.warning("No index of that image's dataset yet: build one above.")
+    except UserError as exc:
+        st.session_state.pop("vs_next_item")
+        st.error(str(exc))
 if st.session_state.get("vs_index") not in names:
     st.session_state["vs_index"] = names[0]
 name = st.selectbox("Index", names, key="vs_index")

@@ -69,6 +69,12 @@ def test_build_query_and_duplicates(small_folder):
     assert at.radio(key="vs_mode").value == "Dataset image"
     assert at.number_input(key="vs_item").value == int(first.key.rsplit("_", 1)[1])
 
+    # another page hands over one image ("find similar" on the Datasets page)
+    at.session_state["vs_next_item"] = ant["item_id"]
+    at.run()
+    assert at.radio(key="vs_mode").value == "Dataset image" and at.number_input(key="vs_item").value == ant["item_id"]
+    assert ant["item_id"] not in _result_items(at) and len(_result_items(at)) == 4
+
     at.slider(key="vs_dup_threshold").set_value(0.8).run()
     at.button(key="vs_dup_find").click().run()
     assert not at.exception
