@@ -29,6 +29,10 @@ from core.paths import DEFAULT_USER
 from core.store import datasets as store
 
 Progress = Callable[[float, str], None]
+# fork where the platform has it: workers start at once and need no import (everything they run, PIL and NumPy,
+# is loaded here already), and it does not depend on how __main__ was started (spawn re-runs __main__, which fails
+# for a script read from stdin). The children only decode files; they touch no lock of the server's threads.
+_START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 POOL_MIN_FILES = 48  # below this, decoding in-process beats starting worker processes
 _NAME_RE = re.compile(r"^[\w][\w .+()-]{0,99}$")
 
@@ -54,8 +58,7 @@ def _decode_all(entries: list[Entry], stage_blobs: Path, stage_thumbs: Path, max
         results: Iterator[dict[str, Any]] = map(process_image, tasks)
         pool = None
     else:
-        # spawn: safe inside a threaded server (Streamlit); the workers import only PIL and NumPy
-        pool = multiprocessing.get_context("spawn").Pool(workers)
+        pool = multiprocessing.get_context(_START_METHOD).Pool(workers)
         results = pool.imap(process_image, tasks, chunksize=8)
     try:
         for n, result in enumerate(results, 1):
