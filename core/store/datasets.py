@@ -513,16 +513,29 @@ def commit_import(owner: str, name: str, source: str, records: list[dict[str, An
 
 
 def _move_tree(src: Path, dest: Path, moved: list[Path]) -> None:
-    """Move every file of ``src`` into ``dest`` (same relative path) unless it exists; append each one moved to
-    ``moved`` as it goes, so a failure half-way still knows what to take back."""
+    """Move the staged fan-out folders of ``src`` into ``dest``; append every file moved to ``moved`` as it goes, so
+    a failure half-way still knows what to take back.
+
+    A fan-out folder missing from the store moves in one rename (the common case for a new store); otherwise its
+    files move one by one, skipping those the store has already. Plain ``os`` calls: this runs for every image.
+    """
     if not src.is_dir():
         return
-    for dirpath, _dirs, files in os.walk(src):
-        rel = Path(dirpath).relative_to(src)
-        for f in files:
-            target = dest / rel / f
-            if target.exists():
+    for sub in os.scandir(src):
+        target_dir = os.path.join(dest, sub.name)
+        if not os.path.exists(target_dir):
+            names = os.listdir(sub.path)
+            try:
+                os.rename(sub.path, target_dir)
+            except OSError:  # created meanwhile by another import: move file by file below
+                pass
+            else:
+                moved.extend(Path(target_dir, n) for n in names)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(Path(dirpath) / f, target)
-            moved.append(target)
+        os.makedirs(target_dir, exist_ok=True)
+        for f in os.scandir(sub.path):
+            target = os.path.join(target_dir, f.name)
+            if os.path.exists(target):
+                continue
+            os.replace(f.path, target)
+            moved.append(Path(target))
