@@ -155,7 +155,9 @@ with tab_browse:
     split_f = None if split == "(all)" else split
     total = store.count_items(ds["id"], concept_f, split_f)
     pages = max(1, -(-total // per_page))
-    page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key="ds_page"))
+    if st.session_state.get("ds_page", 1) > pages:  # the filter shrank the result
+        st.session_state["ds_page"] = 1
+    page = int(st.number_input("Page", 1, pages, 1, key="ds_page", help=f"{total:,} images, {pages} pages"))
     shown = store.find_items(ds["id"], concept_f, split_f, offset=(page - 1) * per_page, limit=per_page)
     cols_per_row = 10
     for start in range(0, len(shown), cols_per_row):

@@ -248,3 +248,11 @@ def test_pool_path_matches_inprocess(tmp_path):
     a = [(r["source_path"], Path(r["path"]).name) for r in store.dataset_records(store.get_dataset("local", "p")["id"])]
     b = [(r["source_path"], Path(r["path"]).name) for r in store.dataset_records(store.get_dataset("local", "q")["id"])]
     assert pooled["items"] == single["items"] == 60 and a == b
+
+
+def test_import_roots_limit_server_paths(small_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(tmp_path / "elsewhere"))
+    with pytest.raises(UserError, match="this server imports only from"):
+        import_dataset(small_folder, "r")
+    monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(small_folder.parent))
+    assert import_dataset(small_folder, "r")["items"] == 18

@@ -73,3 +73,20 @@ def test_browse_edit_rename_export_delete(small_folder):
     at.button(key="ds_delete_dataset").click().run()
     assert not at.exception
     assert store.list_datasets("local") == []
+
+
+def test_paging_and_filter(tmp_path):
+    from tests.conftest import caltech_slice
+
+    import_dataset(caltech_slice(tmp_path / "p", per_class=10), "paged")
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.selectbox(key="ds_per_page").set_value(25).run()
+    assert len(at.get("image")) == 25 + 1
+    at.number_input(key="ds_page").set_value(2).run()
+    assert len(at.get("image")) == 5 + 1
+    at.selectbox(key="ds_browse_concept").set_value("ant").run()  # 10 images: back to page 1
+    assert not at.exception
+    assert at.number_input(key="ds_page").value == 1 and len(at.get("image")) == 10 + 1
+    at.selectbox(key="ds_browse_split").set_value("val").run()
+    assert not at.exception
+    assert len(at.get("image")) == 2 + 1

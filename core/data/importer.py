@@ -46,6 +46,19 @@ def check_name(name: str) -> str:
     return cleaned
 
 
+def check_allowed(src: Path) -> None:
+    """On a shared server, ``DEEPTRAIN_IMPORT_ROOTS`` (folders joined by ``:``) limits which server paths a user may
+    import from; uploads and sample data under ``DEEPTRAIN_HOME`` are always allowed. Unset: any readable path."""
+    roots = os.environ.get("DEEPTRAIN_IMPORT_ROOTS")
+    if not roots:
+        return
+    allowed = [Path(r).expanduser().resolve() for r in roots.split(os.pathsep) if r.strip()] + [paths.home()]
+    real = src.resolve()
+    if not any(real == a or a in real.parents for a in allowed):
+        raise UserError(f"{src}: this server imports only from {', '.join(str(a) for a in allowed)} "
+                        "(DEEPTRAIN_IMPORT_ROOTS)")
+
+
 def _decode_all(entries: list[Entry], stage_blobs: Path, stage_thumbs: Path, max_pixels: int, workers: int,
                 progress: Progress | None) -> Iterator[dict[str, Any]]:
     """Decode entries in order, in a process pool when there are enough of them; yields one result per entry."""
@@ -100,6 +113,7 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
     limits = limits or ImportLimits.from_env()
     workers = workers or os.cpu_count() or 1
     src = Path(source).expanduser()
+    check_allowed(src)
     label = source_label or str(src)
     staging = paths.subdir("staging") / uuid.uuid4().hex
     try:
