@@ -176,8 +176,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         config["options"] = {"early_stopping_patience": args.patience}
     if args.base_model:
         config["base_model"] = args.base_model
-    if not args.foreground:
-        raise UserError("background jobs not available yet: add --foreground to train in this process")
+    if not args.foreground:  # a background job: queued at once, followed with --wait
+        from core import jobs
+
+        job_id = jobs.submit(args.owner, "train", config)
+        if args.wait:
+            return follow_job(job_id, args.json)
+        _print_json({"job": job_id}) if args.json else print(f"job {job_id} queued (follow: jobs wait {job_id})")
+        return 0
     from core.training import ConsoleCallbacks, train
 
     run_dir = paths.subdir("runs") / f"fg-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -495,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "improvement (0: off)")
     p.add_argument("--base-model", help="a trained embedder (id or name) or 'general' as the frozen base")
     p.add_argument("--foreground", action="store_true", help="train in this process with a progress bar")
+    p.add_argument("--wait", action="store_true", help="queue a background job and follow it with a progress bar")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--owner", default=DEFAULT_USER)
     p.set_defaults(func=cmd_train)
