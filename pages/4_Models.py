@@ -292,7 +292,8 @@ def import_section() -> None:
 
 rows = service.registry_rows(owner)
 if not rows:
-    st.info("No trained model yet. Train one on the Train page (sidebar), or import an exported model below.")
+    st.info("No trained model yet. Train one on the Train page, or import an exported model below.")
+    ui.link_page("pages/2_Train.py", "Go to Train", icon=":material/model_training:")
     with st.expander("Import an exported model"):
         import_section()
     st.stop()

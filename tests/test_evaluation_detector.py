@@ -1,0 +1,89 @@
+"""Detector evaluation and prediction on a tiny Faster R-CNN trained in the test on real photos with COCO boxes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.errors import UserError
+from tests.conftest import caltech_slice
+
+
+@pytest.fixture(scope="module")
+def detector_home(tmp_path_factory):
+    """COCO import of 9 Caltech photos (3 concepts) with one box each, and a 1-epoch Faster R-CNN on it."""
+    mp = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("dethome")
+    mp.setenv("DEEPTRAIN_HOME", str(home))
+    try:
+        _train_detector(tmp_path_factory.mktemp("detsrc"))
+    finally:
+        mp.undo()
+    return home
+
+
+@pytest.fixture
+def detector(detector_home, monkeypatch) -> str:
+    monkeypatch.setenv("DEEPTRAIN_HOME", str(detector_home))
+    return "det"
+
+
+def _train_detector(tmp_path) -> None:
+    from core.data.importer import import_dataset
+    from core.training import train
+
+    src = caltech_slice(tmp_path / "src", per_class=3)
+    images, anns, cats = [], [], {}
+    for i, f in enumerate(sorted(p for p in src.rglob("*.jpg"))):
+        w, h = Image.open(f).size
+        cat = cats.setdefault(f.parent.name, len(cats) + 1)
+        images.append({"id": i, "file_name": f"{f.parent.name}/{f.name}", "width": w, "height": h})
+        anns.append({"id": i, "image_id": i, "category_id": cat, "bbox": [w * 0.2, h * 0.2, w * 0.6, h * 0.6]})
+    coco = {"images": images, "annotations": anns, "categories": [{"id": v, "name": k} for k, v in cats.items()]}
+    (src / "ann.json").write_text(json.dumps(coco))
+    import_dataset(src / "ann.json", "boxes", val_fraction=0.34)
+    res = train({"owner": "local", "dataset": "boxes", "kind": "detector", "template": "Studio_FasterRCNN",
+                 "params": {"pretrained_weights": "None", "image_size": 128, "num_epochs": 1, "batch_size": 3,
+                            "detection_score_threshold": 0.0},
+                 "name": "det", "seed": 0}, tmp_path / "run")
+    assert res.model_id is not None
+
+
+def test_detector_evaluation_matches_direct_computation(detector):
+    from core.evaluation import metrics as m
+    from core.evaluation import service
+    from core.store import datasets as ds
+
+    row = service.get("local", detector)
+    result = service.evaluate("local", detector)
+    records = [r for r in ds.dataset_records(row["dataset_id"], ds.eval_split(row["dataset_id"])) if r["boxes"]]
+    assert result["images"] == len(records) > 0
+    preds = service.load_model(row).predict(service.open_images([r["path"] for r in records]))
+    direct = m.detector_metrics([service.box_arrays(p["boxes"], row["concepts"]) for p in preds],
+                                [service.box_arrays(r["boxes"], row["concepts"]) for r in records], row["concepts"])
+    assert result["map"] == pytest.approx(direct["map"]) and result["ap50"] == pytest.approx(direct["ap50"])
+    assert set(result["per_concept_ap"]) == set(row["concepts"])
+    for v in result["per_concept_ap"].values():
+        assert v is None or 0.0 <= v <= 1.0
+    assert result["samples"] and "truth" in result["samples"][0]
+
+
+def test_detector_predict_report_and_export_limits(detector, tmp_path):
+    from core.evaluation import export, service
+    from core.evaluation.predict import predict
+    from core.evaluation.report import build_report, draw_boxes
+
+    row = service.get("local", detector)
+    image = service.evaluate("local", detector)["samples"][0]["path"]
+    out = predict("local", detector, [image])
+    assert out[0]["image"] == image and isinstance(out[0]["boxes"], list)
+    for b in out[0]["boxes"]:
+        assert {"concept", "x", "y", "w", "h", "score"} <= set(b) and b["concept"] in row["concepts"]
+    assert np.asarray(draw_boxes(image, [], out[0]["boxes"])).ndim == 3
+    assert "Average precision per concept" in build_report("local", detector)
+    with pytest.raises(UserError, match="detectors export as a zip"):
+        export.export_model("local", detector, "onnx", tmp_path / "d.onnx")
+    assert export.export_model("local", detector, "zip", tmp_path / "d.zip")["format"] == "zip"
