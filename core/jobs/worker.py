@@ -55,7 +55,7 @@ class JobCallbacks(_Base):
         self.job_id = int(job["id"])
         self.device = device
         params = (job.get("config") or {}).get("params") or {}
-        self.num_epochs = int(params.get("num_epochs") or 0) or None
+        self.num_epochs = int(params.get("num_epochs") or 0) or (None if job.get("type") == "train" else 1)
         self.cancel = bool(job.get("cancel_requested"))
         self.series: list[list[float]] = [list(p) for p in (job.get("series") or [])]
         self.progress: dict = dict(job.get("progress") or {})
@@ -103,7 +103,8 @@ class JobCallbacks(_Base):
             self._set_running()
 
     def on_epoch(self, epoch: int, metrics: dict) -> None:
-        clean = {k: _num(v) if isinstance(v, (int, float)) or hasattr(v, "item") else v for k, v in metrics.items()}
+        clean = {k: v if isinstance(v, int) else _num(v) if isinstance(v, float) or hasattr(v, "item") else v
+                 for k, v in metrics.items()}
         store.add_history(self.job_id, int(epoch), clean)
         shown = ", ".join(f"{k} {v:.4g}" for k, v in clean.items() if isinstance(v, (int, float)))
         self.log(f"epoch {epoch}: {shown}")
