@@ -69,9 +69,8 @@ def browser_page(tmp_path: Path):
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_ARGS + [f"--user-data-dir={tmp_path / 'chrome-profile'}"]
-        )
+        # Playwright gives each launch a new empty profile directory of its own.
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
