@@ -331,3 +331,38 @@ def test_channels_last_gives_the_same_outputs():
         net = net.to(memory_format=torch.channels_last)
         fast = net(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(plain, fast, atol=1e-4)
+
+
+@pytest.mark.parametrize("base_kind", ["general", "trained"])
+def test_transfer_classifier_on_a_base_model_round_trip(base_kind, tmp_path, small_folder):
+    import copy
+
+    from core.models.general import general_config, general_embedder
+    from core.models.networks import base_description, build_on_base
+
+    torch.manual_seed(0)
+    if base_kind == "general":
+        base_config, base_net = general_config(), copy.deepcopy(general_embedder().net)
+    else:
+        folder, _ = _saved(tmp_path)
+        loaded_base = model_io.load_model_dir(folder)
+        base_config, base_net = loaded_base.config, loaded_base.net
+    base = base_description(base_config)
+    params = validate("classifier", "Studio_EfficientNetLite0_Transfer", {"image_size": 64})
+    net = build_on_base(base, "Studio_EfficientNetLite0_Transfer", 3, base_net=base_net).eval()
+    assert {id(p) for p in net.backbone_parameters()} == {id(p) for p in base_net.parameters()}
+    meta = {"kind": "classifier", "template": "Studio_EfficientNetLite0_Transfer", "params": params,
+            "concepts": ["x", "y", "z"], "base": base}
+    model_io.save_model_dir(tmp_path / "t", net, meta)
+    loaded = model_io.load_model_dir(tmp_path / "t")
+    expected = dict(base_config["preprocess"])
+    if base_kind == "general":  # the general embedder runs at the new template's image_size
+        expected["image_size"] = 64
+    assert loaded.preprocess == expected
+    images = photos(small_folder, 2)
+    x = torch.stack([loaded.transform(im) for im in images])
+    with torch.no_grad():
+        assert torch.equal(net(x), loaded.net(x))
+        np.testing.assert_allclose(loaded.embed(images), torch.nn.functional.normalize(base_net.embed(x)).numpy(),
+                                   atol=1e-5)
+    assert loaded.predict(images).shape == (2, 3)

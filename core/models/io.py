@@ -38,7 +38,9 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     """Write ``net``'s weights (safetensors) and ``meta`` plus the network facts (config JSON) into ``directory``.
 
     ``meta`` needs "kind", "template", "params" (validated) and "concepts" (list, in class-index order); anything
-    else (dataset, metrics) is kept as is. Both files are written atomically.
+    else (dataset, metrics) is kept as is. A transfer classifier on another model's embedding also has "base"
+    (``core.models.networks.base_description(base_config)``); its preprocessing is then the base's. Both files are
+    written atomically.
     """
     from safetensors.torch import save_file
 
@@ -51,7 +53,17 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = dict(meta)
     config["format_version"] = FORMAT_VERSION
-    config["preprocess"] = meta.get("preprocess") or preprocess_config(meta["kind"], meta["template"], meta["params"])
+    base = meta.get("base")
+    if meta.get("preprocess"):
+        config["preprocess"] = meta["preprocess"]
+    elif base and base.get("template") == "general":
+        from core.models.general import general_config
+
+        config["preprocess"] = general_config(int(meta["params"].get("image_size") or 224))["preprocess"]
+    elif base:
+        config["preprocess"] = base.get("preprocess") or preprocess_config(base["kind"], base["template"], base["params"])
+    else:
+        config["preprocess"] = preprocess_config(meta["kind"], meta["template"], meta["params"])
     config["embedding_dim"] = getattr(net, "embedding_dim", None)
     config["num_classes"] = len(meta["concepts"])
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
@@ -89,7 +101,7 @@ def load_model_dir(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from core.models.networks import build_network
+    from core.models.networks import build_network, build_on_base
 
     directory = Path(directory)
     config = read_config(directory)
@@ -111,7 +123,10 @@ def load_model_dir(
         ) from None
     params = dict(config["params"])
     build_params = dict(params, pretrained_weights="None")  # the saved weights replace any pretrained ones
-    net = build_network(kind, template, build_params, len(config["concepts"]))
+    if config.get("base"):  # a transfer classifier on another model's embedding
+        net = build_on_base(config["base"], template, len(config["concepts"]))
+    else:
+        net = build_network(kind, template, build_params, len(config["concepts"]))
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -198,14 +198,63 @@ def build_network(kind: str, name: str, params: dict, num_classes: int) -> nn.Mo
     raise AssertionError(f"unknown head {spec.head}")
 
 
-def build_lite0_imagenet() -> StudioNet:
-    """EfficientNet-Lite0 with its ImageNet-1k classifier (1000 classes): the general embedder's network."""
+def build_lite0_imagenet(pretrained: bool = True) -> StudioNet:
+    """EfficientNet-Lite0 with its ImageNet-1k classifier (1000 classes): the general embedder's network.
+
+    ``pretrained=False`` gives the same network with random weights (for loading a saved copy over it).
+    """
     import timm
 
     backbone = timm.create_model(W.LITE0_ARCH, pretrained=False, num_classes=0)
     classifier = nn.Linear(backbone.num_features, 1000)
-    state = W.lite0_imagenet_state_dict()
-    classifier.load_state_dict({"weight": state.pop("classifier.weight"), "bias": state.pop("classifier.bias")})
-    backbone.load_state_dict(state, strict=True)
+    if pretrained:
+        state = W.lite0_imagenet_state_dict()
+        classifier.load_state_dict({"weight": state.pop("classifier.weight"), "bias": state.pop("classifier.bias")})
+        backbone.load_state_dict(state, strict=True)
     nf = backbone.num_features
     return StudioNet("embedder", "general", backbone, nf, nn.Identity(), nf, classifier, 1000).eval()
+
+
+GENERAL_BASE = {"kind": "embedder", "template": "general"}
+
+
+class BaseEmbedding(nn.Module):
+    """A trained model's embedding used as the (frozen) backbone of a new transfer classifier."""
+
+    def __init__(self, base: StudioNet) -> None:
+        super().__init__()
+        self.base = base
+        self.num_features = base.embedding_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.embed(x)
+
+
+def base_description(config: dict) -> dict:
+    """What :func:`build_on_base` needs from a base model's ``config.json`` (or the general embedder's)."""
+    if config.get("template") == "general" or config.get("name") == "general":
+        return dict(GENERAL_BASE)
+    return {
+        "kind": config["kind"],
+        "template": config["template"],
+        "params": dict(config["params"]),
+        "num_classes": len(config["concepts"]),
+        "preprocess": config.get("preprocess"),
+    }
+
+
+def build_on_base(base: dict, template: str, num_classes: int, base_net: nn.Module | None = None) -> StudioNet:
+    """A transfer classifier on another model's embedding ("your own base models"): the base network (weights from
+    ``base_net`` when given, else random, to be replaced by a saved state) -> L2-normalised embedding -> linear
+    classifier. ``backbone_parameters()`` are the base's; freeze them and cache features to train in seconds."""
+    if base_net is None:
+        if base.get("template") == "general":
+            base_net = build_lite0_imagenet(pretrained=False)
+        else:
+            params = dict(base["params"], pretrained_weights="None")
+            base_net = build_network(base["kind"], base["template"], params, int(base["num_classes"]))
+    if getattr(base_net, "kind", None) == "detector" or not hasattr(base_net, "embed"):
+        raise UserError("A detector has no image embedding; choose an embedder or classifier as the base model.")
+    backbone = BaseEmbedding(base_net)
+    dim = backbone.num_features
+    return StudioNet("classifier", template, backbone, dim, L2Norm(), dim, nn.Linear(dim, num_classes), num_classes)
