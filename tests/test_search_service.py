@@ -100,7 +100,7 @@ def test_refusals_name_what_is_wrong(cal, capsys, tmp_path):
     assert "not in index" in capsys.readouterr().err
 
 
-def test_sync_add_remove_survives_reload_and_empties(cal, tmp_path):
+def test_sync_add_remove_survives_reload_and_empties(cal, tmp_path, capsys):
     name, ds = cal["name"], cal["dataset"]
     ant = [r["item_id"] for r in _by_concept(cal["records"], "ant")]
     ds_store.delete_items(ds["id"], ant[:2])
@@ -112,7 +112,8 @@ def test_sync_add_remove_survives_reload_and_empties(cal, tmp_path):
 
     more = caltech_slice(tmp_path / "more", classes=("airplanes",), per_class=3)
     import_dataset(more, "cal", workers=1)
-    out = service.sync_index("local", name)
+    assert main(["index", "sync", name, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert (out["added"], out["removed"], out["count"]) == (3, 0, 19) and not service.index_facts("local", name)["stale"]
     top = service.search("local", name, concept="airplanes", k=3)
     assert all(r["concepts"] == ["airplanes"] for r in top)
@@ -132,7 +133,7 @@ def test_sync_add_remove_survives_reload_and_empties(cal, tmp_path):
     assert service.search_vectors(service.open_index("local", name), emb, "general")[1].shape == (1, 0)
 
 
-def test_near_duplicates(small_folder, tmp_path):
+def test_near_duplicates(small_folder, tmp_path, capsys):
     src = tmp_path / "dups"
     shutil.copytree(small_folder, src)
     photo = sorted((src / "anchor").iterdir())[0]
@@ -148,6 +149,10 @@ def test_near_duplicates(small_folder, tmp_path):
     assert [(p["a"], p["b"]) for p in with_index] == [(p["a"], p["b"]) for p in pairs]
     with pytest.raises(UserError, match="threshold"):
         service.near_duplicates("local", "dups-general", threshold=1.5)
+    assert main(["index", "duplicates", "dups-general", "--threshold", "0.9", "--json"]) == 0
+    assert [(p["a"], p["b"]) for p in json.loads(capsys.readouterr().out)] == [(p["a"], p["b"]) for p in pairs]
+    assert main(["index", "delete", "dups-general"]) == 0
+    assert service.list_indexes("local") == []
 
 
 def test_build_stops_and_resumes_from_its_checkpoint(small_folder, tmp_path, monkeypatch):
