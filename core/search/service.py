@@ -138,7 +138,8 @@ def build_index(config: dict, run_dir: str | os.PathLike | None = None, callback
             keep = np.isin(p_ids, list(by_id))
             ids_done, vecs_done = p_ids[keep], [p_vecs[keep]]
             log(f"resumed: {len(ids_done)} of {len(records)} images already embedded")
-    todo = [i for i in by_id if i not in set(ids_done.tolist())]
+    done_set = set(ids_done.tolist())
+    todo = [i for i in by_id if i not in done_set]
     if callbacks is not None:
         callbacks.on_start({"kind": "index", "template": embedding.model_label(key), "items": len(records),
                             "epochs": 1, "steps_per_epoch": max(1, -(-len(records) // embedding.BATCH_SIZE)),
