@@ -352,7 +352,11 @@ def test_transfer_classifier_on_a_base_model_round_trip(base_kind, tmp_path, sma
     net = build_on_base(base, "Studio_EfficientNetLite0_Transfer", 3, base_net=base_net).eval()
     assert {id(p) for p in net.backbone_parameters()} == {id(p) for p in base_net.parameters()}
     meta = {"kind": "classifier", "template": "Studio_EfficientNetLite0_Transfer", "params": params,
-            "concepts": ["x", "y", "z"], "base": base}
+            "concepts": ["x", "y", "z"]}
+    if base_kind == "general":
+        meta["base"] = base
+    else:  # the trainer's form: a reference to the base model's folder
+        meta["base_model"] = {"id": 7, "name": "b", "path": str(folder)}
     model_io.save_model_dir(tmp_path / "t", net, meta)
     loaded = model_io.load_model_dir(tmp_path / "t")
     expected = dict(base_config["preprocess"])

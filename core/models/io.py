@@ -53,7 +53,7 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     config = dict(meta)
     config["format_version"] = FORMAT_VERSION
-    base = meta.get("base")
+    base = base_of(meta)
     if meta.get("preprocess"):
         config["preprocess"] = meta["preprocess"]
     elif base and base.get("template") == "general":
@@ -123,8 +123,9 @@ def load_model_dir(
         ) from None
     params = dict(config["params"])
     build_params = dict(params, pretrained_weights="None")  # the saved weights replace any pretrained ones
-    if config.get("base"):  # a transfer classifier on another model's embedding
-        net = build_on_base(config["base"], template, len(config["concepts"]))
+    base = base_of(config)
+    if base is not None:  # a transfer classifier on another model's embedding
+        net = build_on_base(base, template, len(config["concepts"]))
     else:
         net = build_network(kind, template, build_params, len(config["concepts"]))
     own = net.state_dict()
@@ -138,6 +139,23 @@ def load_model_dir(
         )
     net.load_state_dict(state, strict=True)
     return LoadedModel(config, net.to(device).eval(), device=device)
+
+
+def base_of(config: dict) -> dict | None:
+    """The base-model description of a transfer classifier: ``config["base"]``, or derived from the trainer's
+    ``config["base_model"]`` ({"id": "general"} or {"path": base model folder}); None for an ordinary model."""
+    from core.models.networks import GENERAL_BASE, base_description
+
+    if config.get("base"):
+        return config["base"]
+    ref = config.get("base_model")
+    if not ref:
+        return None
+    if ref.get("id") == "general" or ref.get("name") == "general":
+        return dict(GENERAL_BASE)
+    if ref.get("path"):
+        return base_description(read_config(ref["path"]))
+    raise UserError(f"Model {config.get('name', '')!r} names a base model without a folder: {ref}")
 
 
 class LoadedModel:
