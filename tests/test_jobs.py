@@ -58,6 +58,15 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     assert main(["jobs", "resume", str(job_id)]) == 2  # a finished job is extended, not resumed
     assert "Extend" in capsys.readouterr().err
 
+    ext = jobs.extend(job_id, 1)  # a new job continues the checkpoint for one more epoch: a new model
+    st2 = jobs.wait(ext, timeout=180)
+    assert st2["state"] == "succeeded", st2["error"]
+    assert st2["parent_id"] == job_id and st2["model_id"] not in (None, model["id"])
+    assert [m["epoch"] for m in st2["metrics"]] == [1, 2, 3]
+    assert [m["epoch"] for m in mstore.get_epoch_metrics(str(ext))] == [1, 2, 3]
+    assert "resuming after epoch 2" in jobs.logs(ext)
+    assert mstore.get_model_by_id(st2["model_id"])["name"] == "tiny-model-ext"
+
 
 def test_sigkill_mid_epoch_gives_interrupted_then_resume_repeats_no_epoch(tiny):
     job_id = jobs.submit("local", "train", train_config(epochs=2, items=600))

@@ -207,6 +207,11 @@ def run(job_id: int) -> int:
         run_dir = local.run_dir(job_id)
         if job["parent_id"] and job["resume"] and not any(run_dir.iterdir()):  # Extend: start from the parent's
             shutil.copytree(local.run_dir(job["parent_id"]), run_dir, dirs_exist_ok=True)
+            if job["type"] == "train":  # the new model's per-epoch record starts with the parent's epochs
+                from core.store import models as mstore
+
+                for m in mstore.get_epoch_metrics(str(job["parent_id"])):
+                    mstore.add_epoch_metrics(str(job_id), m["epoch"], {k: v for k, v in m.items() if k != "epoch"})
         resume = bool(job["resume"]) and any(run_dir.iterdir())
         result = runners.get(job["type"])(config, run_dir, cb, resume)
         if result.get("stopped"):
