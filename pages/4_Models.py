@@ -54,19 +54,24 @@ def classifier_view(row: dict, result: dict) -> None:
     concepts = result["concepts"]
     normalised = st.radio("Show", ["counts", "row-normalised"], horizontal=True, key="models_cm_mode") != "counts"
     picked = (st.session_state.get("models_cm_chart") or {}).get("selection", {}).get("points") or []
-    if picked and picked[0].get("x") in concepts and picked[0].get("y") in concepts:
-        st.session_state["models_cm_true"], st.session_state["models_cm_pred"] = picked[0]["y"], picked[0]["x"]
+    cell = (picked[0].get("y"), picked[0].get("x")) if picked else None
+    if cell and set(cell) <= set(concepts) and cell != st.session_state.get("models_cm_clicked"):
+        st.session_state["models_cm_clicked"] = cell  # apply a new click once; the select boxes stay editable
+        st.session_state["models_cm_true"], st.session_state["models_cm_pred"] = cell
     st.plotly_chart(charts.confusion_heatmap(result, normalised), key="models_cm_chart", on_select="rerun",
                     selection_mode="points")
+    for key, default in (("models_cm_true", concepts[0]), ("models_cm_pred", concepts[min(1, len(concepts) - 1)])):
+        if st.session_state.get(key) not in concepts:  # first visit, or another model's concepts
+            st.session_state[key] = default
     a, b = st.columns(2)
     true = a.selectbox("True concept", concepts, key="models_cm_true")
-    pred = b.selectbox("Predicted concept", concepts, key="models_cm_pred", index=min(1, len(concepts) - 1))
+    pred = b.selectbox("Predicted concept", concepts, key="models_cm_pred")
     cell = service.cell_items(row, true, pred)
     st.caption(f"{len(cell)} image(s) labelled {true!r} with top prediction {pred!r} (click a cell to pick it)")
     gallery(cell[:36], lambda it: f"p({pred}) = {it['probability']:.2f}")
 
     st.subheader("Precision-recall and ROC")
-    shown = st.multiselect("Concepts", concepts, default=concepts[:5], key="models_curve_concepts")
+    shown = st.multiselect("Concepts", concepts, default=concepts[:5], key=f"models_curve_concepts_{row['id']}")
     a, b = st.columns(2)
     a.plotly_chart(charts.pr_curves(result, shown), key="models_pr_chart")
     b.plotly_chart(charts.roc_curves(result, shown), key="models_roc_chart")
@@ -183,7 +188,7 @@ def predict_tab(row: dict) -> None:
         default = next((i for i, d in enumerate(datasets) if d["id"] == row.get("dataset_id")), 0)
         name = st.selectbox("Dataset", names, index=default, key="models_predict_dataset")
         records = ds_store.dataset_records(ds_store.get_dataset(owner, name)["id"])[:500]
-        picked = st.multiselect("Images", records, default=records[:1], key="models_predict_items",
+        picked = st.multiselect("Images", records, default=records[:1], key=f"models_predict_items_{name}",
                                 format_func=lambda r: f"#{r['item_id']} {r['source_path'] or ''} "
                                                       f"[{', '.join(r['labels'])}]", max_selections=12)
         images = [r["path"] for r in picked]

@@ -105,6 +105,37 @@ def test_threshold_changes_per_concept_table(home):
     assert low != high
 
 
+def test_other_threshold_reuses_cached_arrays(home):
+    from core.evaluation import service
+
+    row = _row("classifier")
+    base = service.evaluate("local", "classifier")
+    stamp = (Path(row["path"]) / "evaluation.json").stat().st_mtime_ns
+    low = service.evaluate("local", "classifier", threshold=0.0)
+    assert (Path(row["path"]) / "evaluation.json").stat().st_mtime_ns == stamp  # no re-run, no rewrite
+    assert low["threshold"] == 0.0 and low["per_concept"] == service.per_concept_at(row, 0.0)
+    assert low["accuracy"] == base["accuracy"] and low["per_concept"] != base["per_concept"]
+
+
+def test_compare_two_classifiers_on_same_dataset_version(home, tmp_path):
+    import shutil
+
+    from core.evaluation import charts, service
+    from core.store.models import register_model
+
+    row = _row("classifier")
+    shutil.copytree(row["path"], tmp_path / "twin")
+    for f in ("evaluation.json", "evaluation.npz"):
+        (tmp_path / "twin" / f).unlink(missing_ok=True)
+    register_model(owner="local", name="twin", kind=row["kind"], template=row["template"], params=row["params"],
+                   concepts=row["concepts"], preprocess=row["preprocess"], path=tmp_path / "twin",
+                   dataset_id=row["dataset_id"], dataset_version=row["dataset_version"])
+    cmp = service.compare("local", ["classifier", "twin"])
+    assert [t["model"] for t in cmp["table"]] == ["classifier", "twin"]
+    assert cmp["table"][0]["accuracy"] == cmp["table"][1]["accuracy"]  # same weights, same figures
+    assert len(cmp["curves"]) == 2 and len(charts.compare_curves(cmp)) == 2
+
+
 def test_confusion_cell_items(home):
     from core.evaluation import service
 

@@ -117,3 +117,24 @@ def test_compare_refuses_mixed_kinds(home):
     at.multiselect(key="models_compare").set_value(["classifier", "embedder"]).run()
     assert not at.exception
     assert any("one kind" in e.value for e in at.error)
+
+
+def test_fix_labels_from_misclassified_gallery(home):
+    """Last: relabels one item, which makes a new dataset version."""
+    from core.evaluation import service
+    from core.store import datasets as ds
+
+    at = _open("classifier")
+    row = service.get("local", "classifier")
+    result = service.evaluate("local", "classifier")
+    assert result["misclassified"], "the 1-epoch model from random weights gets some held-out images wrong"
+    miss = result["misclassified"][0]
+    new = [c for c in result["concepts"] if c not in miss["labels"]][:1]
+    version = ds.get_dataset_by_id(row["dataset_id"])["version"]
+    at.multiselect(key=f"models_fix_{miss['item_id']}").set_value(new).run()
+    at.button(key=f"models_fix_save_{miss['item_id']}").click().run()
+    assert not at.exception, at.exception
+    assert ds.get_item(miss["item_id"])["labels"] == new
+    assert ds.get_dataset_by_id(row["dataset_id"])["version"] == version + 1
+    assert any(f"version {version + 1}" in s.value for s in at.success)
+    assert service.cached(row) is None  # the evaluation is stale for the new version

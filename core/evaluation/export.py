@@ -20,7 +20,6 @@ from typing import Sequence
 from core import paths
 from core.errors import UserError
 from core.evaluation import service
-from core.paths import DEFAULT_USER
 
 FORMATS = ("zip", "torchscript", "onnx")
 TOLERANCE = 1e-4  # largest difference allowed between the exported and the original network's outputs
@@ -81,7 +80,7 @@ def _check_close(what: str, expected, got) -> float:
     return diff
 
 
-def export_model(owner: str = DEFAULT_USER, model: str | int = "", fmt: str = "zip", out: str | Path = "") -> dict:
+def export_model(owner: str, model: str | int, fmt: str = "zip", out: str | Path = "") -> dict:
     """Write the model to ``out`` as ``fmt`` (zip | torchscript | onnx). Returns {"path", "format", "max_diff"}."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -292,7 +291,7 @@ def unpack_archive(data: bytes, dest: Path, expect: tuple[str, str] | None = Non
     return config
 
 
-def import_archive(owner: str = DEFAULT_USER, data: bytes | str | Path = b"", name: str | None = None,
+def import_archive(owner: str, data: bytes | str | Path, name: str | None = None,
                    expect: tuple[str, str] | None = None) -> int:
     """Register an exported zip as a model of ``owner`` (checked as :func:`unpack_archive` says); returns its id."""
     from core.store import models as store

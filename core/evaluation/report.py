@@ -14,7 +14,6 @@ import time
 from typing import Sequence
 
 from core.evaluation import charts, service
-from core.paths import DEFAULT_USER
 
 MISCLASSIFIED_SAMPLE = 24  # images inlined in the report's misclassified gallery
 MAP_THUMBS = 300  # embedding-map points that carry a hover thumbnail (each ~3 KB)
@@ -74,7 +73,7 @@ def _fig(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 
-def build_report(owner: str = DEFAULT_USER, model: str | int = "", threshold: float = 0.5) -> str:
+def build_report(owner: str, model: str | int, threshold: float = 0.5) -> str:
     """The HTML text of the model's evaluation report."""
     from plotly.offline import get_plotlyjs
 

@@ -152,7 +152,7 @@ def _dataset_or_none(row: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(owner: str = DEFAULT_USER, model: str | int = "", *, refresh: bool = False, threshold: float = 0.5,
+def evaluate(owner: str, model: str | int, *, refresh: bool = False, threshold: float = 0.5,
              progress: Progress | None = None) -> dict:
     """Every figure for the model on its dataset's held-out split (test when present, else val), cached.
 
@@ -161,8 +161,10 @@ def evaluate(owner: str = DEFAULT_USER, model: str | int = "", *, refresh: bool 
     row = get(owner, model)
     if not refresh:
         hit = cached(row)
-        if hit is not None and hit.get("threshold", 0.5) == threshold:
+        if hit is not None and (hit["kind"] != "classifier" or hit["threshold"] == threshold):
             return hit
+        if hit is not None:
+            return at_threshold(row, hit, threshold)
     dataset = _dataset_or_none(row)
     if dataset is None:
         raise UserError(f"model {row['name']!r}: its dataset was deleted, so it cannot be evaluated again")
@@ -270,6 +272,17 @@ def _evaluate_detector(row, dataset, loaded, progress):
 
 
 # ------------------------------------------------------------------------------------------------ views
+
+
+def at_threshold(row: dict, result: dict, threshold: float) -> dict:
+    """A cached classifier evaluation with its threshold-dependent figures recomputed at ``threshold``."""
+    a = arrays(row)
+    concepts = list(row["concepts"])
+    wrong = m.misclassified(a["y_true"], a["probs"], concepts, result["multi_label"], threshold)
+    for miss in wrong:
+        miss.update(result["rows"][miss["index"]])
+    return {**result, "threshold": float(threshold), "misclassified": wrong,
+            "per_concept": m.per_concept_table(a["y_true"], a["probs"], concepts, float(threshold))}
 
 
 def per_concept_at(row: dict, threshold: float) -> list[dict]:
