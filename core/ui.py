@@ -36,31 +36,21 @@ def current_user() -> str:
 
 
 def home_overview() -> None:
-    """The home page's overview: datasets, models and the job queue at a glance (each shown once its area exists)."""
+    """The home page's overview: datasets, models and the job queue at a glance."""
+    from core import jobs as _jobs
     from core.paths import DEFAULT_USER
+    from core.store import datasets as _ds
+    from core.store import models as _models
 
     owner = st.session_state.get("user", DEFAULT_USER)
     st.subheader("At a glance")
+    summary = _jobs.queue_summary()
     cols = st.columns(3)
-    try:
-        from core.store import datasets as _ds
-
-        cols[0].metric("Datasets", len(_ds.list_datasets(owner)))
-    except ImportError:
-        cols[0].metric("Datasets", 0)
-    try:
-        from core.store import models as _models
-
-        cols[1].metric("Models", len(_models.list_models(owner)))
-    except ImportError:
-        cols[1].metric("Models", 0)
-    try:
-        from core import jobs as _jobs
-
-        summary = _jobs.queue_summary()
-        cols[2].metric("Jobs running / queued", f"{summary.get('running', 0)} / {summary.get('queued', 0)}")
-    except (ImportError, AttributeError):
-        cols[2].metric("Jobs running / queued", "0 / 0")
+    cols[0].metric("Datasets", len(_ds.list_datasets(owner)))
+    cols[1].metric("Models", len(_models.list_models(owner)))
+    cols[2].metric("Jobs running / queued", f"{summary['running']} / {summary['queued']}")
+    for job in summary.get("active", []):
+        st.caption(f"Running: job {job.get('id')} — {job.get('what', '')}")
 
 
 def prefill_train(kind: str, template: str, params: dict, dataset: str | None = None) -> None:
