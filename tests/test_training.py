@@ -321,3 +321,23 @@ def test_cli_train_foreground_json(tmp_path, tiny, capsys):
     assert out["model_id"] == mstore.get_model("local", "cli-model")["id"] and "top1" in out["metrics"]
     assert main(argv + ["--set", "batch_size=0", "--foreground"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_transfer_classifier_on_a_trained_embedder_base(tmp_path, tiny):
+    """A trained embedder as the frozen base of a new transfer classifier: same backbone weights, loadable model."""
+    from core.models.io import load_model_dir
+
+    name = LITE0[1]
+    params = tiny_params(get_template("embedder", name))
+    emb = train(_config("embedder", name, params, name="my-embedder"), tmp_path / "emb")
+    clf = train(_config("classifier", name, params, base_model="my-embedder", name="on-base"), tmp_path / "clf")
+    row = mstore.get_model_by_id(clf.model_id)
+    assert row["base_model_id"] == emb.model_id
+    base_w, new_w = _weights(emb.model_path), _weights(clf.model_path)
+    backbone = [k for k in base_w if k.startswith("backbone.")]  # the base's trunk inside the new model's base
+    assert backbone and all(torch.equal(base_w[k], new_w[f"backbone.base.{k}"]) for k in backbone)
+    assert load_model_dir(row["path"]).predict([_one_image("classifier")]).shape == (1, 2)
+    with pytest.raises(UserError, match="is a classifier"):
+        train(_config("classifier", name, params, base_model="on-base"), tmp_path / "bad")
+    general = train(_config("classifier", name, params, base_model="general", name="on-general"), tmp_path / "gen")
+    assert mstore.get_model_by_id(general.model_id)["base_model_id"] is None

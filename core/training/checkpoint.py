@@ -54,9 +54,10 @@ def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     os.replace(tmp, path)
 
 
-def _model_tensors(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    # clone: safetensors refuses tensors that share storage (tied weights), and the copy must not change under us
-    return {f"model.{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()}
+def _model_tensors(net: torch.nn.Module, frozen_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    # copies: safetensors refuses tensors that share storage (tied weights), and the copy must not change under us
+    return {f"model.{k}": v.detach().to("cpu", copy=True).contiguous() for k, v in net.state_dict().items()
+            if not k.startswith(frozen_prefixes) or not frozen_prefixes}
 
 
 def _optimizer_split(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -73,19 +74,24 @@ def _optimizer_split(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor
 
 
 def save_checkpoint(
-    ckpt_dir: Path, net: torch.nn.Module, opt: torch.optim.Optimizer | None, state: dict, *, best: bool = False
+    ckpt_dir: Path, net: torch.nn.Module, opt: torch.optim.Optimizer | None, state: dict, *, best: bool = False,
+    frozen_prefixes: tuple[str, ...] = (),
 ) -> Path:
-    """Save the model, the optimiser and ``state`` as the run's last checkpoint (and as its best when ``best``)."""
+    """Save the model, the optimiser and ``state`` as the run's last checkpoint (and as its best when ``best``).
+
+    ``frozen_prefixes``: state-dict prefixes of a frozen part (a frozen backbone) that never changes during the run
+    and is rebuilt identically on resume; it is left out so that a checkpoint of a head on cached features is small.
+    """
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tensors = _model_tensors(net)
+    tensors = _model_tensors(net, tuple(frozen_prefixes))
     opt_json: dict = {}
     if opt is not None:
         opt_tensors, opt_json = _optimizer_split(opt)
         tensors.update(opt_tensors)
     name = f"ckpt-{int(state.get('epoch_done', 0)):05d}-{int(state.get('step_in_epoch', 0)):06d}.safetensors"
     _atomic_save_tensors(ckpt_dir / name, tensors)
-    doc = {**state, "file": name, "optimizer": opt_json}
+    doc = {**state, "file": name, "optimizer": opt_json, "frozen_prefixes": list(frozen_prefixes)}
     atomic_write_json(ckpt_dir / LAST, doc)
     if best:
         atomic_write_json(ckpt_dir / BEST, doc)
@@ -131,7 +137,11 @@ def load_checkpoint(
         raise UserError(f"checkpoint {path}: missing; the run cannot be resumed")
     tensors = load_file(str(path))
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    net.load_state_dict(model_sd)
+    frozen = tuple(doc.get("frozen_prefixes") or ())
+    missing, unexpected = net.load_state_dict(model_sd, strict=not frozen)
+    bad = [k for k in missing if not k.startswith(frozen)] + list(unexpected) if frozen else []
+    if bad:
+        raise UserError(f"checkpoint {path}: does not fit the network (e.g. {bad[:2]}); start a new run")
     if opt is not None and doc.get("optimizer"):
         state: dict[int, dict] = {}
         for k, v in tensors.items():

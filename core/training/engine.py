@@ -48,6 +48,27 @@ CPU_CHANNELS_LAST_MIN_SIZE = 96
 NON_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
+@dataclass(frozen=True)
+class StepSettings:
+    """How a training step uses the device (shared with bench/bench_throughput.py so it measures this engine)."""
+
+    channels_last: bool
+    amp_bf16: bool
+    fused_optimizer: bool
+
+
+def step_settings(device: torch.device, image_size: int, detector: bool = False) -> StepSettings:
+    """bf16 autocast where the GPU has it; channels_last on CUDA, and on the CPU only from moderate image sizes
+    (measured here: at 32-64 px oneDNN's layout reorders cost more than the faster convolutions save); fused
+    optimiser steps (one kernel for all parameters) on both."""
+    cuda = device.type == "cuda"
+    return StepSettings(
+        channels_last=not detector and (cuda or int(image_size) >= CPU_CHANNELS_LAST_MIN_SIZE),
+        amp_bf16=cuda and torch.cuda.is_bf16_supported(),
+        fused_optimizer=True,
+    )
+
+
 class TrainingDiverged(UserError):
     """The loss stopped being a finite number; the last good checkpoint is kept."""
 
@@ -191,6 +212,28 @@ def _resolve_base_model(owner: str, ref: Any, kind: str, params: dict) -> dict:
     return row
 
 
+def _build_on_base(plan: Plan, num_classes: int) -> tuple[nn.Module, dict, dict]:
+    """A transfer classifier on a base model's embedding (``core.models.networks.build_on_base``): the base network
+    (a trained embedder's weights, or the general ImageNet EfficientNet-Lite0) -> L2-normalised embedding -> linear
+    classifier. Returns (network, base description for the saved config, preprocessing: the base's)."""
+    from core.models.io import load_model_dir, read_config
+    from core.models.networks import GENERAL_BASE, base_description, build_lite0_imagenet, build_on_base
+
+    base = plan.base_model
+    if base["id"] == "general":
+        from core.models.general import general_config
+
+        desc = dict(GENERAL_BASE)
+        base_net = build_lite0_imagenet(pretrained=True)  # a fresh copy: the shared general embedder is never mutated
+        preprocess = general_config(int(plan.params.get("image_size") or 224))["preprocess"]
+    else:
+        cfg = read_config(base["path"])
+        desc = base_description(cfg)
+        base_net = load_model_dir(base["path"]).net
+        preprocess = dict(cfg["preprocess"])
+    return build_on_base(desc, plan.template, num_classes, base_net), desc, preprocess
+
+
 # ------------------------------------------------------------------ targets, losses, optimisers
 
 
@@ -268,7 +311,7 @@ def _optimizer(plan: Plan, net: nn.Module, device: torch.device) -> torch.optim.
         groups = _param_groups(list(net.named_parameters()), net, _weight_decay(plan), 1.0)
     for g in groups:
         g["lr"] = 0.0
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = {"fused": True}  # one kernel per step for all parameters, on CUDA and CPU (torch >= 2.4)
     if plan.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.999), **fused)
     return torch.optim.SGD(groups, lr=0.0, momentum=SGD_MOMENTUM, **fused)
@@ -302,7 +345,7 @@ class _Session:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = torch_device()
         self.cuda = self.device.type == "cuda"
-        self.amp = self.cuda and torch.cuda.is_bf16_supported()
+        self.amp = self.cuda and torch.cuda.is_bf16_supported()  # the same rule as step_settings
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -318,17 +361,14 @@ class _Session:
         plan = self.plan
         torch.manual_seed(plan.seed)
         num_classes = len(plan.concepts)
+        self.base_desc = None
         if plan.base_model is not None:
-            from core.training.base import build_on_base
-
-            self.net, self.preprocess = build_on_base(plan, num_classes)
+            self.net, self.base_desc, self.preprocess = _build_on_base(plan, num_classes)
         else:
             self.net = build_network(plan.kind, plan.template, plan.params, num_classes)
             self.preprocess = preprocess_config(plan.kind, plan.template, plan.params)
-        # channels_last: always on CUDA; on the CPU only from moderate sizes (measured here: at 32-64 px oneDNN's
-        # layout reorders cost more than the faster convolutions save)
-        self.channels_last = plan.mode != "detector" and (self.cuda or int(self.preprocess["image_size"]) >=
-                                                          CPU_CHANNELS_LAST_MIN_SIZE)
+        self.settings = step_settings(self.device, int(self.preprocess["image_size"]), plan.mode == "detector")
+        self.channels_last = self.settings.channels_last
         self.net.to(self.device)
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
@@ -846,7 +886,9 @@ def _loop(s: _Session, state: dict) -> bool:
 
 
 def _save(s: _Session, state: dict, best: bool) -> None:
-    save_checkpoint(s.ckpt_dir, s.net, s.opt, json.loads(json.dumps(state, default=float)), best=best)
+    frozen = ("backbone.",) if s.plan.mode == "features" and hasattr(s.net, "backbone") else ()
+    save_checkpoint(s.ckpt_dir, s.net, s.opt, json.loads(json.dumps(state, default=float)), best=best,
+                    frozen_prefixes=frozen)
     _write_metrics_csv(s.run_dir / "metrics.csv", state["history"])
 
 
@@ -875,6 +917,8 @@ def _register(s: _Session, state: dict) -> TrainResult:
         "dataset": plan.dataset["name"], "metrics": metrics, "seed": plan.seed, "owner": plan.owner, "name": name,
         "base_model": _base_meta(plan), "train_seconds": state["train_seconds"], "run": plan.run,
     }
+    if s.base_desc is not None:
+        meta["base"] = s.base_desc
     save_model_dir(folder, net, meta)
     shutil.copy(s.run_dir / "metrics.csv", folder / "metrics.csv")
     try:
