@@ -45,7 +45,7 @@ def show_report(report: dict, where: str) -> None:
     left.markdown("**Image sizes (pixels)**")
     left.dataframe(pd.DataFrame({"width": sizes["width"], "height": sizes["height"]}).T, width="stretch")
     right.markdown("**Shorter side**")
-    right.bar_chart(pd.Series(sizes["short_side"], name="images"))
+    right.dataframe(pd.DataFrame([sizes["short_side"]], index=["images"]), width="stretch")
     if report.get("near_empty"):
         st.markdown(f"**Near-empty concepts:** {', '.join(report['near_empty'])}")
     if report.get("duplicate_groups"):
@@ -73,8 +73,6 @@ def run_import(action) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ import
-datasets = store.list_datasets(owner)
-names = [d["name"] for d in datasets]
 tab_import, tab_browse, tab_health, tab_manage = st.tabs(["Import", "Browse", "Health report", "Manage & export"])
 
 with tab_import:
@@ -131,8 +129,7 @@ with tab_import:
                    f"in {report['seconds']:.1f} s")
         show_report(report, "import")
 
-datasets = store.list_datasets(owner)
-names = [d["name"] for d in datasets]
+names = store.dataset_names(owner)
 if not names:
     for tab in (tab_browse, tab_health, tab_manage):
         tab.info("No dataset yet: import one first.")

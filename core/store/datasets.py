@@ -93,6 +93,12 @@ def get_dataset_by_id(dataset_id: int) -> dict[str, Any]:
         return _summary(conn, row)
 
 
+def dataset_names(owner: str = DEFAULT_USER) -> list[str]:
+    """The owner's dataset names, sorted (cheap: no counts)."""
+    with transaction() as conn:
+        return _names(conn, owner)
+
+
 def list_datasets(owner: str = DEFAULT_USER) -> list[dict[str, Any]]:
     """The owner's datasets by name, each with id, name, version, items, splits, concepts (counts)."""
     with transaction() as conn:
@@ -226,13 +232,14 @@ def _split_counts(conn: Connection, dataset_id: int) -> dict[str, int]:
 
 
 def _concept_counts(conn: Connection, dataset_id: int, split: str | None = None) -> dict[str, int]:
-    q = (sa.select(concepts.c.name, sa.func.count(labels.c.item_id))
-         .select_from(concepts.outerjoin(labels, labels.c.concept_id == concepts.c.id)
-                      .outerjoin(items, items.c.id == labels.c.item_id))
-         .where(concepts.c.dataset_id == dataset_id).group_by(concepts.c.name).order_by(concepts.c.name))
+    names = dict(conn.execute(sa.select(concepts.c.id, concepts.c.name).where(concepts.c.dataset_id == dataset_id))
+                 .all())
+    q = (sa.select(labels.c.concept_id, sa.func.count()).join(items, items.c.id == labels.c.item_id)
+         .where(items.c.dataset_id == dataset_id).group_by(labels.c.concept_id))
     if split is not None:
         q = q.where(items.c.split == split)
-    return {name: n for name, n in conn.execute(q).all()}
+    counts = dict(conn.execute(q).all())
+    return {name: counts.get(cid, 0) for cid, name in sorted(names.items(), key=lambda kv: kv[1])}
 
 
 def concept_counts(dataset_id: int, split: str | None = None) -> dict[str, int]:
@@ -282,9 +289,10 @@ def find_items(dataset_id: int, concept: str | None = None, split: str | None = 
                       blobs.c.height).join(blobs, blobs.c.hash == items.c.blob)
             .where(*_filtered(dataset_id, concept, split)).order_by(items.c.id).offset(offset).limit(limit)).all()
         labs = _labels_by_item(conn, dataset_id, [r.id for r in rows])
+    blobs_root, thumbs_root = str(paths.subdir("blobs")), str(paths.subdir("thumbs"))
     return [{"item_id": r.id, "split": r.split, "source_path": r.source_path, "labels": labs.get(r.id, []),
-             "thumb": str(thumb_file(r.blob)), "path": str(blob_file(r.blob, r.ext)), "width": r.width,
-             "height": r.height} for r in rows]
+             "thumb": f"{thumbs_root}/{r.blob[:2]}/{r.blob}.jpg", "path": f"{blobs_root}/{r.blob[:2]}/{r.blob}.{r.ext}",
+             "width": r.width, "height": r.height} for r in rows]
 
 
 def get_item(item_id: int) -> dict[str, Any]:
@@ -506,6 +514,12 @@ def commit_import(owner: str, name: str, source: str, records: list[dict[str, An
                                                         report=report))
             _move_tree(staged_blobs, paths.subdir("blobs"), moved)
             _move_tree(staged_thumbs, paths.subdir("thumbs"), moved)
+    except sa.exc.IntegrityError as exc:
+        _unlink(moved)
+        if "datasets" in str(exc.orig) or "owner" in str(exc.orig):
+            raise UserError(f"A dataset named {name!r} was created by another import meanwhile; import again to "
+                            "add these images to it") from None
+        raise
     except BaseException:
         _unlink(moved)
         raise

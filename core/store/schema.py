@@ -40,6 +40,8 @@ items = sa.Table(
     sa.Column("video", sa.String),  # source video for frames
     sa.Column("video_time", sa.Float),
     sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_items_dataset_split", "dataset_id", "split"),
+    sa.Index("ix_items_blob", "blob"),  # is a blob still used (deletes)
 )
 
 concepts = sa.Table(
@@ -54,6 +56,7 @@ labels = sa.Table(
     "labels", metadata,
     sa.Column("item_id", sa.Integer, sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("concept_id", sa.Integer, sa.ForeignKey("concepts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Index("ix_labels_concept", "concept_id", "item_id"),  # images per concept, filter by concept
 )
 
 boxes = sa.Table(
