@@ -9,6 +9,7 @@ module's ``EVAL_VERSION`` are unchanged.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -183,8 +184,12 @@ def evaluate(owner: str, model: str | int, *, refresh: bool = False, threshold: 
         "cache_key": _cache_key(row, dataset),
     })
     jf, nf = _cache_files(row)
-    np.savez_compressed(nf, **arrs)
-    jf.write_text(json.dumps(result, default=float))
+    suffix = f".{os.getpid()}.{threading.get_ident()}.tmp"  # atomic replace: a concurrent reader sees old or new
+    with open(nf.with_name(nf.name + suffix), "wb") as fh:
+        np.savez_compressed(fh, **arrs)
+    nf.with_name(nf.name + suffix).replace(nf)
+    jf.with_name(jf.name + suffix).write_text(json.dumps(result, default=float))
+    jf.with_name(jf.name + suffix).replace(jf)
     return result
 
 
