@@ -370,3 +370,22 @@ def test_transfer_classifier_on_a_base_model_round_trip(base_kind, tmp_path, sma
         np.testing.assert_allclose(loaded.embed(images), torch.nn.functional.normalize(base_net.embed(x)).numpy(),
                                    atol=1e-5)
     assert loaded.predict(images).shape == (2, 3)
+
+
+def test_bn_inception_follows_the_paper():
+    """Ioffe & Szegedy 2015, Figure 5: output widths and spatial sizes per module at 224 px, ~10.3M trunk weights."""
+    from core.models.bn_inception import BNInception
+
+    net = BNInception().eval()
+    widths = {"3a": 256, "3b": 320, "3c": 576, "4a": 576, "4b": 576, "4c": 608, "4d": 608, "4e": 1056, "5a": 1024,
+              "5b": 1024}
+    sides = {"3": 28, "4": 14, "5": 7}
+    with torch.no_grad():
+        y = net.stem(torch.rand(1, 3, 224, 224))
+        assert y.shape == (1, 192, 28, 28)
+        for name, block in net.blocks.named_children():
+            y = block(y)
+            key = name.removeprefix("inception_")
+            side = sides[key[0]] // (2 if key in ("3c", "4e") else 1)
+            assert tuple(y.shape) == (1, widths[key], side, side), name
+    assert 10.0e6 < sum(p.numel() for p in net.parameters()) < 10.5e6
