@@ -219,25 +219,62 @@ def test_zip_import(tmp_path, small_folder):
     assert list(paths.subdir("staging").iterdir()) == []
 
 
-def test_video_frames(tmp_path):
+def _write_video(path: Path, codec: str, seconds: int = 3, rate: int = 10, tint: int = 0) -> None:
     import av
     import numpy as np
 
-    video = tmp_path / "clip.mp4"
-    with av.open(str(video), "w") as out:
-        stream = out.add_stream("mpeg4", rate=10)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for i in range(30):  # 3 seconds
-            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), i * 8, np.uint8), format="rgb24")
+        for i in range(seconds * rate):
+            pixels = np.full((32, 32, 3), i * 8, np.uint8)
+            pixels[..., 2] = tint
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
+
+
+@pytest.mark.parametrize("suffix, codec", [("mp4", "mpeg4"), ("webm", "libvpx")])
+def test_video_frames(tmp_path, suffix, codec):
+    video = tmp_path / f"clip.{suffix}"
+    _write_video(video, codec)
     report = import_dataset(video, "v", video_fps=2.0)
     assert report["items"] == 6 and report["concepts"] == {"clip": 6}
     ds = store.get_dataset("local", "v")
-    item = store.get_item(store.dataset_records(ds["id"])[1]["item_id"])
-    assert item["video"] == "clip.mp4" and item["video_time"] == pytest.approx(0.5, abs=0.11)
+    recs = store.dataset_records(ds["id"])
+    item = store.get_item(recs[1]["item_id"])
+    assert item["video"] == f"clip.{suffix}" and item["video_time"] == pytest.approx(0.5, abs=0.11)
+    assert {r["split"] for r in recs} == {"train", "val"}  # one video alone: split by frame
+
+
+def test_videos_in_concept_folders_keep_together(tmp_path):
+    root = tmp_path / "vids"
+    for concept in ("up", "down"):
+        (root / concept).mkdir(parents=True)
+        for k in range(5):
+            _write_video(root / concept / f"{concept}{k}.mp4", "mpeg4", seconds=1, rate=4,
+                         tint=20 * k + (120 if concept == "up" else 0))
+    (root / "up" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
+    report = import_dataset(root, "vf", video_fps=4.0)
+    assert [s["path"] for s in report["skipped"]] == ["up/broken.mp4"]
+    assert "not a readable video" in report["skipped"][0]["reason"]
+    recs = store.dataset_records(store.get_dataset("local", "vf")["id"])
+    videos = store.item_videos(store.get_dataset("local", "vf")["id"])
+    by_video: dict[str, set[str]] = {}
+    for r in recs:
+        by_video.setdefault(videos[r["item_id"]], set()).add(r["split"])
+    assert len(by_video) == 10 and all(len(s) == 1 for s in by_video.values())  # no video straddles the split
+    assert sum(1 for s in by_video.values() if s == {"val"}) == 2
+
+
+def test_broken_single_video_aborts(tmp_path):
+    bad = tmp_path / "bad.webm"
+    bad.write_bytes(b"\x1a\x45\xdf\xa3" + b"\x00" * 50)
+    with pytest.raises(UserError, match="bad.webm"):
+        import_dataset(bad, "bv")
+    assert store.list_datasets("local") == []
 
 
 @pytest.mark.skipif(not (CALTECH / "101_ObjectCategories").is_dir(), reason="Caltech-101 slice absent")
@@ -256,3 +293,33 @@ def test_import_roots_limit_server_paths(small_folder, tmp_path, monkeypatch):
         import_dataset(small_folder, "r")
     monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(small_folder.parent))
     assert import_dataset(small_folder, "r")["items"] == 18
+
+
+def test_every_mode_stored_as_rgb(tmp_path):
+    import numpy as np
+
+    src = tmp_path / "modes"
+    (src / "a").mkdir(parents=True)
+    (src / "b").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), "RGB")
+    rgb.convert("CMYK").save(src / "a" / "cmyk.jpg")
+    rgb.convert("P").save(src / "a" / "palette.gif")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(src / "a" / "transparent.png")  # fully transparent: composited on white
+    rgb.convert("LA").save(src / "b" / "la.png")
+    Image.fromarray((rng.integers(0, 65535, (20, 20))).astype(np.uint16)).save(src / "b" / "deep.png")
+    rgb.convert("1").save(src / "b" / "bits.bmp")
+    rgb.save(src / "b" / "pic.webp", lossless=True)
+    rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(src / "b" / "pic.tiff")  # the same pixels would dedupe
+    report = import_dataset(src, "modes")
+    assert report["skipped"] == [] and report["items"] == 8
+    for rec in store.dataset_records(store.get_dataset("local", "modes")["id"]):
+        with Image.open(rec["path"]) as im:
+            im.load()
+            assert im.mode == "RGB", rec["source_path"]
+            if rec["source_path"] == "a/transparent.png":
+                assert im.getextrema() == ((255, 255), (255, 255), (255, 255))
+            if rec["source_path"] == "b/pic.webp":  # lossless source stays lossless
+                assert np.array_equal(np.asarray(im), np.asarray(rgb))
