@@ -142,12 +142,18 @@ def test_duplicates_stored_once(tmp_path, caltech):
     assert sorted(group["paths"]) == sorted(["accordion/copy.jpg", "anchor/also.jpg", f"accordion/{first.name}"])
     assert group["labels"] == ["accordion", "anchor"]  # one item, both labels
     blobs_before = _files("blobs")
+    assert report["new_bytes"] == sum(p.stat().st_size for p in blobs_before)
     # a second dataset of the same images reuses the blobs
-    import_dataset(src, "dup2")
+    assert import_dataset(src, "dup2")["new_bytes"] == 0
     assert _files("blobs") == blobs_before
     # re-importing into the same dataset adds nothing new
     with pytest.raises(UserError, match="already in dataset"):
         import_dataset(src, "dup")
+    # adding one new image to it: a new version with that image; the rest reported as already there
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(src / "anchor" / "new.png")
+    again = import_dataset(src, "dup")
+    assert again["version"] == 2 and again["items"] == 1 and again["duplicates"] == 8
+    assert store.get_dataset("local", "dup")["items"] == 7
 
 
 def test_edit_labels_rename_merge_delete(small_folder):

@@ -83,7 +83,8 @@ def process_image(task: tuple[str, str, str, str, str, int]) -> dict[str, Any]:
             pixel limit). Blobs and thumbnails already in the store are not written again.
 
     Returns:
-        {"hash", "ext", "width", "height", "grayscale", "nbytes", "format"} or {"skip": reason}.
+        {"hash", "ext", "width", "height", "grayscale", "nbytes", "format", "new" (not in the store yet)} or
+        {"skip": reason}.
     """
     src, stage_blobs, stage_thumbs, store_blobs, store_thumbs, max_pixels = task
     try:
@@ -152,7 +153,8 @@ def process_bytes(data: bytes, stage_blobs: Path, stage_thumbs: Path, store_blob
     grayscale = _is_grayscale(thumb, source_mode)
 
     rel = blob_relpath(digest, ext)
-    if not (store_blobs / rel).exists():
+    new = not (store_blobs / rel).exists()
+    if new:
         _write_new(stage_blobs / rel, stored)
     trel = thumb_relpath(digest)
     if not (store_thumbs / trel).exists():
@@ -160,4 +162,4 @@ def process_bytes(data: bytes, stage_blobs: Path, stage_thumbs: Path, store_blob
         thumb.save(tbuf, "JPEG", quality=85)
         _write_new(stage_thumbs / trel, tbuf.getvalue())
     return {"hash": digest, "ext": ext, "width": rgb.width, "height": rgb.height, "grayscale": grayscale,
-            "nbytes": len(stored), "format": fmt}
+            "nbytes": len(stored), "format": fmt, "new": new}

@@ -51,7 +51,7 @@ def health_report(records: Sequence[dict[str, Any]], skipped: Sequence[dict[str,
     if unlabeled:
         warnings.append(f"{unlabeled:,} image(s) have no label.")
     if duplicates:
-        warnings.append(f"{sum(len(d['paths']) - 1 for d in duplicates):,} duplicate file(s) were stored once.")
+        warnings.append(f"{sum(d['extra'] for d in duplicates):,} duplicate file(s) were stored once.")
     if skipped:
         warnings.append(f"{len(skipped):,} file(s) skipped; see the list for why.")
 
@@ -70,7 +70,7 @@ def health_report(records: Sequence[dict[str, Any]], skipped: Sequence[dict[str,
         "sizes": {"width": stats(widths), "height": stats(heights),
                   "short_side": {_bin_name(lo, hi): short.get(_bin_name(lo, hi), 0) for lo, hi in SIZE_BINS}},
         "color": {"grayscale": gray, "colour": len(records) - gray},
-        "duplicates": sum(len(d["paths"]) - 1 for d in duplicates),
+        "duplicates": sum(d["extra"] for d in duplicates),
         "duplicate_groups": list(duplicates[:200]),
         "near_empty": near_empty,
         "unlabeled": unlabeled,

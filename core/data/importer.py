@@ -9,6 +9,7 @@ raises ``UserError`` and the staging area is removed: the store is exactly as it
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import re
@@ -130,28 +131,30 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
         first: dict[str, dict[str, Any]] = {}  # hash -> record kept
         dup_paths: dict[str, list[str]] = {}
         already: list[str] = []
-        for entry, res in zip(plan.entries, _decode_all(plan.entries, stage_blobs, stage_thumbs, limits.max_pixels,
-                                                          workers, progress)):
-            if "skip" in res:
-                skipped.append({"path": entry.rel, "reason": res["skip"]})
-                continue
-            digest = res["hash"]
-            if digest in in_dataset:
-                already.append(entry.rel)
-                continue
-            for box in entry.boxes:
-                check_box(f"{Path(label).name}: a box of {entry.rel}", entry.rel,
-                          (box["x"], box["y"], box["w"], box["h"]), (res["width"], res["height"]))
-            kept = first.get(digest)
-            if kept is not None:  # same content again: one item, labels and boxes merged
-                dup_paths.setdefault(digest, [kept["source_path"]]).append(entry.rel)
-                kept["labels"] = sorted(set(kept["labels"]) | set(entry.labels))
-                kept["boxes"] += [b for b in entry.boxes if b not in kept["boxes"]]
-                continue
-            rec = dict(res, source_path=entry.rel, labels=sorted(set(entry.labels)), split=entry.split,
-                       boxes=list(entry.boxes), video=entry.video, video_time=entry.video_time, group=entry.group)
-            first[digest] = rec
-            records.append(rec)
+        decoded = contextlib.closing(_decode_all(plan.entries, stage_blobs, stage_thumbs, limits.max_pixels, workers,
+                                                 progress))  # closing: the pool stops before staging goes
+        with decoded as results:
+            for entry, res in zip(plan.entries, results):
+                if "skip" in res:
+                    skipped.append({"path": entry.rel, "reason": res["skip"]})
+                    continue
+                digest = res["hash"]
+                if digest in in_dataset:
+                    already.append(entry.rel)
+                    continue
+                for box in entry.boxes:
+                    check_box(f"{Path(label).name}: a box of {entry.rel}", entry.rel,
+                              (box["x"], box["y"], box["w"], box["h"]), (res["width"], res["height"]))
+                kept = first.get(digest)
+                if kept is not None:  # same content again: one item, labels and boxes merged
+                    dup_paths.setdefault(digest, [kept["source_path"]]).append(entry.rel)
+                    kept["labels"] = sorted(set(kept["labels"]) | set(entry.labels))
+                    kept["boxes"] += [b for b in entry.boxes if b not in kept["boxes"]]
+                    continue
+                rec = dict(res, source_path=entry.rel, labels=sorted(set(entry.labels)), split=entry.split,
+                           boxes=list(entry.boxes), video=entry.video, video_time=entry.video_time, group=entry.group)
+                first[digest] = rec
+                records.append(rec)
         if not records:
             if already:
                 raise UserError(f"{Path(label).name}: every image is already in dataset {name!r}; nothing to add")
@@ -168,11 +171,11 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
             for r, split in zip(records, assigned):
                 r["split"] = split
 
-        duplicates = [{"hash": h, "paths": p, "labels": first[h]["labels"]} for h, p in dup_paths.items()]
-        duplicates += [{"hash": None, "paths": [p, p], "labels": [], "note": "already in the dataset"}
+        duplicates = [{"hash": h, "paths": p, "labels": first[h]["labels"], "extra": len(p) - 1}
+                      for h, p in dup_paths.items()]
+        duplicates += [{"hash": None, "paths": [p], "labels": [], "extra": 1, "note": "already in the dataset"}
                        for p in already]
-        new_bytes = sum(f.stat().st_size for f in stage_blobs.rglob("*") if f.is_file()) if stage_blobs.exists() \
-            else 0
+        new_bytes = sum(r["nbytes"] for r in records if r.get("new"))
         if progress:
             progress(0.92, "Saving")
         report = health_report(records, skipped, duplicates, label, plan.kind, time.perf_counter() - t0, new_bytes)
