@@ -90,3 +90,21 @@ def test_paging_and_filter(tmp_path):
     at.selectbox(key="ds_browse_split").set_value("val").run()
     assert not at.exception
     assert len(at.get("image")) == 2 + 1
+
+
+def test_upload_saved_to_disk_then_imported(tmp_path, small_folder):
+    """What the page does with an uploaded zip: written to disk in chunks, imported, removed."""
+    from streamlit.proto.Common_pb2 import FileURLs
+    from streamlit.runtime.uploaded_file_manager import UploadedFile, UploadedFileRec
+
+    from core import ui
+
+    archive = shutil.make_archive(str(tmp_path / "up"), "zip", small_folder)
+    data = Path(archive).read_bytes()
+    upload = UploadedFile(UploadedFileRec("f1", "My Photos.zip", "application/zip", data), FileURLs())
+    upload.read(10)  # a partly read upload is saved whole
+    saved = ui.save_upload(upload, chunk_bytes=4096)
+    assert saved.suffix == ".zip" and saved.read_bytes() == data
+    report = import_dataset(saved, "uploaded", source_label=upload.name)
+    saved.unlink()
+    assert report["items"] == 18 and report["source"] == "My Photos.zip"
