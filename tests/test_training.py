@@ -146,13 +146,13 @@ def _weights(path: str) -> dict[str, torch.Tensor]:
 
 def test_resume_after_stop_gives_the_same_weights(tmp_path):
     """Stopped mid-epoch then resumed == uninterrupted, on CPU with a fixed seed (full network, image mode)."""
-    manifest_dataset(tmp_path, n_train=3)
+    manifest_dataset(tmp_path)
     kind, name = LITE0
-    params = tiny_params(get_template(kind, name), num_epochs=2, num_items_per_epoch=6, base_gradient_multiplier=0.5,
+    params = tiny_params(get_template(kind, name), num_epochs=2, num_items_per_epoch=4, base_gradient_multiplier=0.5,
                          lrate=0.001, image_size=64)
     whole = train(_config(kind, name, params, name="whole"), tmp_path / "whole")
 
-    rec = Recorder(stop_after=4)
+    rec = Recorder(stop_after=3)
     first = train(_config(kind, name, params, name="parts"), tmp_path / "parts", rec)
     assert first.stopped and first.model_id is None and first.epochs_done == 1
     state = read_state(tmp_path / "parts" / "checkpoints")
@@ -290,7 +290,7 @@ def test_pixel_cache_matches_the_models_preprocessing(tmp_path, tiny):
         pre = {"image_size": 48, "resize": resize, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
         cache = image_cache(ds, records, 48, resize)
         assert image_cache(ds, records, 48, resize).folder == cache.folder  # built once
-        x = to_input(torch.from_numpy(np.asarray(cache.pixels[:2])), torch.tensor(pre["mean"]),
+        x = to_input(torch.from_numpy(np.array(cache.pixels[:2])), torch.tensor(pre["mean"]),
                      torch.tensor(pre["std"]), torch.device("cpu"), channels_last=False)
         ref = torch.stack([make_transform(pre, train=False)(Image.open(r["path"])) for r in records[:2]])
         assert (x - ref).abs().max() < 1.0 / 255 / 0.2 + 1e-5

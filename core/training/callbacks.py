@@ -13,7 +13,11 @@ class Callbacks:
         """Once, before the first step: kind, template, params, device, items, steps_per_epoch, epochs, start_epoch."""
 
     def on_step(self, p: dict) -> None:
-        """After each step: epoch, step, steps_per_epoch, images_per_sec, loss, lr, eta_s."""
+        """After each step: epoch, step, steps_per_epoch, images_per_sec, loss, lr, eta_s, phase.
+
+        ``phase`` is "train" for optimiser steps, "features" while a frozen backbone's features are computed once
+        (then epoch is 0, step counts batches of images and loss is NaN).
+        """
 
     def on_epoch(self, epoch: int, metrics: dict) -> None:
         """After each completed epoch (1-based) with its metrics."""

@@ -117,7 +117,8 @@ class Plan:
         params = {k: v for k, v in self.params.items() if k != "num_epochs"}
         return {
             "owner": self.owner, "kind": self.kind, "template": self.template, "params": params,
-            "dataset_id": self.dataset["id"], "seed": self.seed, "concepts": self.concepts,
+            "dataset_id": self.dataset["id"], "dataset_version": self.dataset["version"], "seed": self.seed,
+            "concepts": self.concepts,
             "base_model": self.base_model["id"] if self.base_model else None,
         }
 
@@ -742,9 +743,14 @@ def train(config: dict, run_dir: Path, callbacks: Callbacks | None = None, resum
                              "bad_epochs": 0, "history": [], "finished": False}
     if resume and read_state(s.ckpt_dir) is not None:
         prev = read_state(s.ckpt_dir)
-        if prev.get("identity") != json.loads(json.dumps(plan.config_identity())):
-            raise UserError("resume: the configuration differs from the checkpoint's (only num_epochs may change); "
-                            "start a new run instead")
+        before, now_ = prev.get("identity") or {}, json.loads(json.dumps(plan.config_identity()))
+        if before.get("dataset_version") != now_["dataset_version"] and before.get("dataset_id") == now_["dataset_id"]:
+            raise UserError(f"resume: dataset {plan.dataset['name']!r} changed since this run started (version "
+                            f"{before.get('dataset_version')} -> {now_['dataset_version']}); start a new run")
+        if before != now_:
+            changed = sorted(k for k in now_ if before.get(k) != now_[k])
+            raise UserError(f"resume: the configuration differs from the checkpoint's ({', '.join(changed)}; only "
+                            "num_epochs may change); start a new run instead")
         state = load_checkpoint(s.ckpt_dir, s.net, s.opt)
         state.pop("file", None)
         state.pop("optimizer", None)
@@ -815,48 +821,13 @@ def _loop(s: _Session, state: dict) -> bool:
             batch_rows = {step: rows for step, rows in tdata.batches(order, s.batch_size, start)}
             source = ((step, batch_rows[step], u8) for step, _, u8 in prefetch)
         step_times: list[float] = []
-        for step, rows, u8 in source:
-            if cb.should_stop():
-                state["epoch_seconds"] += time.perf_counter() - t_epoch
-                state["train_seconds"] += time.perf_counter() - t_epoch
-                _save(s, state, best=False)
-                return True
-            t0 = time.perf_counter()
-            seed = tdata.step_seed(plan.seed, epoch, step)
-            torch.manual_seed(seed)
-            gen = torch.Generator().manual_seed(seed)
-            lr = s._lr(state["global_step"])
-            s._set_lr(lr)
-            if plan.mode == "features":
-                loss = s._step_features(rows, gen)
-            elif plan.mode == "detector":
-                loss = s._step_detector(u8, rows, gen)
-            else:
-                loss = s._step_images(u8, rows, gen)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"training stopped at epoch {epoch}, step {step + 1}: the loss became {value} (not a finite "
-                    f"number) at learning rate {lr:.3g}. Lower the learning rate (per_item_lrate / lrate / "
-                    f"per_128_lrate) and start a new run; the last good checkpoint (epoch {state['epoch_done']}) "
-                    "is kept."
-                )
-            s.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            s.opt.step()
-            dt = time.perf_counter() - t0
-            step_times.append(dt)
-            state["global_step"] += 1
-            state["step_in_epoch"] = step + 1
-            state["loss_sum"] += value * len(rows)
-            state["loss_n"] += len(rows)
-            state["epoch_images"] += len(rows)
-            recent = step_times[-20:]
-            ips = len(rows) / max(sum(recent) / len(recent), 1e-9)
-            remaining = (s.num_epochs - epoch) * s.steps_per_epoch + (s.steps_per_epoch - step - 1)
-            cb.on_step({"epoch": epoch, "step": step + 1, "steps_per_epoch": s.steps_per_epoch,
-                        "images_per_sec": ips, "loss": value, "lr": lr,
-                        "eta_s": remaining * (sum(recent) / len(recent)), "phase": "train"})
+        try:
+            stopped = _epoch_steps(s, state, epoch, source, t_epoch, step_times)
+        finally:
+            if plan.mode != "features":
+                prefetch.close()
+        if stopped:
+            return True
         train_wall = state["epoch_seconds"] + (time.perf_counter() - t_epoch)  # this epoch's training, all sessions
         metrics = {"train_loss": state["loss_sum"] / max(state["loss_n"], 1)}
         metrics.update(s.evaluate(epoch))
@@ -882,6 +853,54 @@ def _loop(s: _Session, state: dict) -> bool:
             cb.log(f"early stopping: {selection} did not improve for {patience} epochs (best: epoch "
                    f"{state['best']['epoch']})")
             break
+    return False
+
+
+def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, step_times: list[float]) -> bool:
+    """The optimiser steps of one epoch (from the checkpoint's step); True when stopped by the callbacks."""
+    plan, cb = s.plan, s.cb
+    for step, rows, u8 in source:
+        if cb.should_stop():
+            state["epoch_seconds"] += time.perf_counter() - t_epoch
+            state["train_seconds"] += time.perf_counter() - t_epoch
+            _save(s, state, best=False)
+            return True
+        t0 = time.perf_counter()
+        seed = tdata.step_seed(plan.seed, epoch, step)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        lr = s._lr(state["global_step"])
+        s._set_lr(lr)
+        if plan.mode == "features":
+            loss = s._step_features(rows, gen)
+        elif plan.mode == "detector":
+            loss = s._step_detector(u8, rows, gen)
+        else:
+            loss = s._step_images(u8, rows, gen)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"training stopped at epoch {epoch}, step {step + 1}: the loss became {value} (not a finite "
+                f"number) at learning rate {lr:.3g}. Lower the learning rate (per_item_lrate / lrate / "
+                f"per_128_lrate) and start a new run; the last good checkpoint (epoch {state['epoch_done']}) "
+                "is kept."
+            )
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt.step()
+        dt = time.perf_counter() - t0
+        step_times.append(dt)
+        state["global_step"] += 1
+        state["step_in_epoch"] = step + 1
+        state["loss_sum"] += value * len(rows)
+        state["loss_n"] += len(rows)
+        state["epoch_images"] += len(rows)
+        recent = step_times[-20:]
+        ips = len(rows) / max(sum(recent) / len(recent), 1e-9)
+        remaining = (s.num_epochs - epoch) * s.steps_per_epoch + (s.steps_per_epoch - step - 1)
+        cb.on_step({"epoch": epoch, "step": step + 1, "steps_per_epoch": s.steps_per_epoch,
+                    "images_per_sec": ips, "loss": value, "lr": lr,
+                    "eta_s": remaining * (sum(recent) / len(recent)), "phase": "train"})
     return False
 
 
