@@ -48,6 +48,8 @@ def classifier_view(row: dict, result: dict) -> None:
     st.dataframe(table, key="models_concept_table", hide_index=True, column_config={
         k: st.column_config.NumberColumn(format="%.3f") for k in ("precision", "recall", "f1", "best F1 threshold",
                                                                    "best F1")})
+    st.caption("best F1 threshold: per concept, the threshold that maximises F1 on this split (its F1 beside it); "
+               "the chart below marks both.")
     st.plotly_chart(charts.per_concept_f1(table, best), key="models_f1_chart")
 
     st.subheader("Confusion matrix")
