@@ -329,3 +329,22 @@ def test_every_mode_stored_as_rgb(tmp_path):
                 assert im.getextrema() == ((255, 255), (255, 255), (255, 255))
             if rec["source_path"] == "b/pic.webp":  # lossless source stays lossless
                 assert np.array_equal(np.asarray(im), np.asarray(rgb))
+
+
+def test_stale_staging_pruned(small_folder):
+    import os
+    import time
+
+    from core.data.importer import prune_staging
+
+    stale = paths.subdir("staging") / "dead-import"
+    (stale / "blobs").mkdir(parents=True)
+    (stale / "blobs" / "x.jpg").write_bytes(b"x")
+    old = time.time() - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    fresh = paths.subdir("staging") / "running-import"
+    fresh.mkdir()
+    assert prune_staging() == 1
+    assert not stale.exists() and fresh.exists()
+    import_dataset(small_folder, "after")
+    assert [p.name for p in paths.subdir("staging").iterdir()] == ["running-import"]

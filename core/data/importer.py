@@ -47,6 +47,23 @@ def check_name(name: str) -> str:
     return cleaned
 
 
+STALE_STAGING_S = 24 * 3600  # a staging folder this old belongs to an import whose process died
+
+
+def prune_staging(max_age_s: float = STALE_STAGING_S) -> int:
+    """Remove staging folders left by imports that were killed (a live import removes its own); return how many."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for entry in paths.subdir("staging").iterdir():
+        try:
+            if entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def check_allowed(src: Path) -> None:
     """On a shared server, ``DEEPTRAIN_IMPORT_ROOTS`` (folders joined by ``:``) limits which server paths a user may
     import from; uploads and sample data under ``DEEPTRAIN_HOME`` are always allowed. Unset: any readable path."""
@@ -116,6 +133,7 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
     src = Path(source).expanduser()
     check_allowed(src)
     label = source_label or str(src)
+    prune_staging()
     staging = paths.subdir("staging") / uuid.uuid4().hex
     try:
         if progress:
