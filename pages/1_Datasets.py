@@ -14,6 +14,7 @@ from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, resplit
 from core.data.sources import FORMATS
 from core.errors import UserError
+from core.search.service import dataset_near_duplicates as near_duplicates
 from core.store import datasets as store
 
 st.set_page_config(page_title="Datasets", layout="wide")
@@ -178,7 +179,10 @@ with tab_browse:
             new_labels = st.multiselect("Labels", sorted(set(concepts) | set(item["labels"])),
                                         default=item["labels"], key=f"ds_labels_{item_id}")
             extra = st.text_input("Add a new concept", key=f"ds_new_label_{item_id}")
-            b1, b2 = st.columns(2)
+            b1, b2, b3 = st.columns(3)
+            if b3.button("Find similar", key="ds_find_similar", help="Open Visual Search with this image as the query"):
+                st.session_state["vs_next_item"] = item_id
+                ui.go_to_page("pages/5_Visual_Search.py", "Visual Search")
             if b1.button("Save labels", key="ds_save_labels"):
                 try:
                     version = store.set_item_labels(item_id, new_labels + ([extra] if extra.strip() else []))
@@ -210,6 +214,23 @@ with tab_health:
     if report:
         st.subheader(f"Last import (version {report.get('version')})")
         show_report(report, "health")
+    st.subheader("Near-duplicates")
+    st.caption("Pairs of different images whose general-purpose embeddings (EfficientNet-Lite0, cosine similarity) "
+               "are at least the threshold: resized copies, crops, bursts. Exact duplicates are merged on import.")
+    threshold = st.slider("Similarity threshold", 0.80, 1.0, 0.90, 0.01, key="ds_dup_threshold",
+                          help="0.90 catches resized copies of small photos; raise it for stricter pairs")
+    if st.button("Find near-duplicates", key="ds_dup_find"):
+        with st.spinner("Embedding the images..."):
+            pairs = near_duplicates(owner, ds["name"], threshold=threshold)
+        if pairs:
+            st.write(f"{len(pairs)} pair(s) at similarity {threshold:.2f} or more")
+            for pair in pairs[:50]:
+                c1, c2, c3 = st.columns([2, 2, 1])
+                c1.image(pair["a_path"], caption=f"#{pair['a']} {', '.join(pair['a_concepts'])}", width=160)
+                c2.image(pair["b_path"], caption=f"#{pair['b']} {', '.join(pair['b_concepts'])}", width=160)
+                c3.metric("similarity", f"{pair['score']:.3f}")
+        else:
+            st.success(f"No pair of images at similarity {threshold:.2f} or more.")
 
 # ------------------------------------------------------------------------------------------------ manage
 with tab_manage:
