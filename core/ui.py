@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
 from core import device as _device
@@ -78,7 +80,7 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
         st.session_state["train_dataset"] = dataset
 
 
-def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> "Path":
+def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:
     """Write an uploaded file to a temporary file under ``DEEPTRAIN_HOME/uploads`` in chunks; return its path.
 
     The caller deletes it when done. The suffix is kept (importers read it to tell a zip from a video).
@@ -99,7 +101,7 @@ def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> "Path":
     return Path(out.name)
 
 
-def export_path(filename: str) -> "Path":
+def export_path(filename: str) -> Path:
     """A path under ``DEEPTRAIN_HOME/exports`` for a file offered for download."""
     import re
 

@@ -5,8 +5,6 @@ the config and gives a :class:`LoadedModel` that predicts and embeds PIL images.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,22 +14,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.errors import UserError
+from core.fsutil import atomic_path, atomic_write_bytes
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 BATCH = 32
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
@@ -67,9 +55,10 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     config["embedding_dim"] = getattr(net, "embedding_dim", None)
     config["num_classes"] = len(meta["concepts"])
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
-    _atomic_write(directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_bytes(directory / CONFIG_FILE, text.encode())
     return directory
 
 

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from core.errors import UserError
+from core.fsutil import atomic_path
 
 # --- named limits and tuning constants (figures measured by bench/bench_search.py on the 2-core machine) ---
 EXACT_MAX_VECTORS = 20_000  # Flat single-query search: ~0.9 ms at 10k, ~2 ms at 20k x 512-d (1 thread); IVF above
@@ -163,21 +163,13 @@ class VectorIndex(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         header = json.dumps({"backend": self.backend, "dim": self.dim, "params": self.params(),
                              "state": self._state()}).encode()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with self._lock, os.fdopen(fd, "wb") as fh:
-                fh.write(_MAGIC)
-                fh.write(struct.pack("<Q", len(header)))
-                fh.write(header)
-                fh.write(struct.pack("<Q", self.count))
-                fh.write(self._ids.tobytes())
-                self._write_payload(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, self._lock, open(tmp, "wb") as fh:
+            fh.write(_MAGIC)
+            fh.write(struct.pack("<Q", len(header)))
+            fh.write(header)
+            fh.write(struct.pack("<Q", self.count))
+            fh.write(self._ids.tobytes())
+            self._write_payload(fh)
 
     # ----------------------------------------------------------------- backend hooks
     @abstractmethod

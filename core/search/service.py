@@ -24,6 +24,7 @@ import numpy as np
 
 from core import paths
 from core.errors import UserError
+from core.fsutil import atomic_path
 from core.search import embed as embedding
 from core.search import index as vindex
 from core.store import datasets as ds_store
@@ -41,18 +42,8 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.95  # cosine similarity above which two images c
 
 def _save_embeddings(path: Path, ids: np.ndarray, vectors: np.ndarray, model: str) -> None:
     """Write ids, vectors and model key to one .npz, atomically (temporary file + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, ids=np.asarray(ids, np.int64), vectors=np.asarray(vectors, np.float32),
-                     model=np.array(model))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ids=np.asarray(ids, np.int64), vectors=np.asarray(vectors, np.float32), model=np.array(model))
 
 
 def _load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, str]:

@@ -10,7 +10,6 @@ save removes. Optimiser state is read back with safetensors only, so loading a c
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from core.errors import UserError
+from core.fsutil import atomic_path, atomic_write_bytes
 
 LAST = "last.json"
 BEST = "best.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsynced, then ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -47,11 +36,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    save_file(tensors, str(tmp))
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def _model_tensors(net: torch.nn.Module, frozen_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
