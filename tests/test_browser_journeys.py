@@ -1,0 +1,208 @@
+"""Browser journeys: what a user does in a real chromium against the running app, from data to a model and a search.
+
+Each journey drives the widgets the way a person does (clicks, typing, keyboard on sliders), waits for text that only
+appears when the server finished its work, and checks every page it visits shows no traceback. Kept small (18
+Caltech-101 photos, 32 px, 2 epochs) so the file runs in a few minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import expect
+
+from tests.browser import browser_page, streamlit_server, wait_idle
+from tests.conftest import caltech_slice
+
+pytestmark = pytest.mark.browser
+
+TRAIN_TIMEOUT_MS = 240_000  # a 2-epoch job: worker start, feature caching and evaluation on a loaded 2-core CPU
+
+
+def open_page(page, name: str, ready_text: str) -> None:
+    """Go to another page through the sidebar (the same browser session) and wait until its script run finished."""
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name, exact=True).click()
+    page.get_by_text(ready_text, exact=True).first.wait_for()
+    wait_idle(page)
+    assert_clean(page)
+
+
+def assert_clean(page) -> None:
+    """No traceback and no Streamlit exception box anywhere on the page."""
+    assert "Traceback" not in page.inner_text("body")
+    assert page.get_by_test_id("stException").count() == 0
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the select box labelled ``label``.
+
+    The list closes when the page scrolls, as it does when a click first brings the box into view: scroll, let it
+    settle, then click (and open it from the keyboard if the click still landed during a scroll).
+    """
+    box = page.get_by_role("combobox", name=label, exact=True)
+    box.scroll_into_view_if_needed()
+    page.wait_for_timeout(300)
+    box.click()
+    item = page.get_by_role("option", name=option, exact=True)
+    try:
+        item.wait_for(timeout=2_000)
+    except PlaywrightTimeout:
+        box.press("ArrowDown")
+    item.click()
+    wait_idle(page)
+
+
+def type_into(page, label: str, text: str) -> None:
+    """Type into the text input labelled ``label`` and commit it with Enter."""
+    box = page.get_by_role("textbox", name=label, exact=True)
+    box.fill(text)
+    box.press("Enter")
+    wait_idle(page)
+
+
+def slide(page, param: str, keys: list[str], expected: int) -> None:
+    """Move the slider of hyperparameter ``param`` with the keyboard; wait until the configuration shows ``expected``.
+
+    A slider sends its value a moment after the last key, so the page's configuration is what says it arrived.
+    """
+    slider = page.get_by_role("slider", name=f"`{param}`")
+    slider.focus()
+    for key in keys:
+        slider.press(key)
+    expect(slider).to_have_value(str(expected))
+    expect(page.get_by_test_id("stJson")).to_contain_text(re.compile(rf'"{param}":\s*{expected}\b'))
+    wait_idle(page)
+
+
+def import_from_server(page, name: str, path: str) -> None:
+    page.get_by_text("Path on the server", exact=True).click()
+    wait_idle(page)
+    type_into(page, "Dataset name", name)
+    type_into(page, "Folder or file on the server", path)
+    page.get_by_role("button", name="Import", exact=True).click()
+
+
+def test_data_to_model(tmp_path, deeptrain_home):
+    """Import a server folder, read its health report, train a small classifier, follow the job, open the model."""
+    src = caltech_slice(tmp_path / "caltech3")
+    with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
+        page.goto(url)
+        page.get_by_text("At a glance").wait_for()
+        wait_idle(page)
+        open_page(page, "Datasets", "Dataset name")
+
+        import_from_server(page, "caltech3", str(src))
+        page.get_by_text(re.compile(r"Imported 18 images into 'caltech3'")).wait_for()
+        wait_idle(page)
+        assert_clean(page)
+        chart = page.get_by_test_id("stPlotlyChart").first
+        expect(chart).to_contain_text("Images per concept")
+        for concept in ("accordion", "anchor", "ant"):  # the chart's x axis: one bar group per concept
+            expect(chart).to_contain_text(concept)
+        page.screenshot(path=str(tmp_path / "journey1_datasets.png"), full_page=True)
+
+        open_page(page, "Train", "Hyperparameters")
+        page.get_by_text("Visual Classifier", exact=True).click()
+        choose(page, "Template", "Studio_EfficientNetLite0_Transfer")
+        page.get_by_text("EfficientNet-Lite0 ImageNet-1k weights", exact=False).first.wait_for()
+        slide(page, "image_size", ["Home"], 32)
+        slide(page, "num_epochs", ["Home", "ArrowRight"], 2)
+        slide(page, "batch_size", ["Home"] + ["ArrowRight"] * 7, 8)
+        choose(page, "Dataset", "caltech3")
+        type_into(page, "Model name (optional)", "journey-model")
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text(re.compile(r"Job \d+ is queued")).wait_for()
+        wait_idle(page)
+        assert_clean(page)
+
+        open_page(page, "Jobs", "Show every user's jobs")
+        page.get_by_text(re.compile(r"Job \d+: classifier Studio_EfficientNetLite0_Transfer on caltech3")).wait_for()
+        # The job's panel is a fragment polling every 2 s: the result appears without reloading the page.
+        page.get_by_text(re.compile(r"Finished .*Model \d+ is on the Models page")).wait_for(timeout=TRAIN_TIMEOUT_MS)
+        wait_idle(page)
+        assert_clean(page)
+        assert "succeeded" in page.inner_text("body").lower()
+        page.screenshot(path=str(tmp_path / "journey1_jobs.png"), full_page=True)
+
+        open_page(page, "Models", "Open model")
+        expect(page.get_by_role("combobox", name="Open model", exact=True)).to_have_value(
+            re.compile(r"journey-model · Visual Classifier · Studio_EfficientNetLite0_Transfer · caltech3"))
+        evaluate = page.get_by_role("button", name="Evaluate", exact=True)
+        if evaluate.count():
+            evaluate.click()
+        page.get_by_text("Accuracy (top-1)").wait_for(timeout=120_000)
+        page.get_by_text("Confusion matrix", exact=True).wait_for()
+        wait_idle(page)
+        assert_clean(page)
+        accuracy = page.get_by_test_id("stMetric").filter(has_text="Accuracy (top-1)").inner_text()
+        assert re.search(r"\b[01]\.\d{3}\b", accuracy), accuracy
+        assert page.get_by_test_id("stPlotlyChart").count() >= 2  # per-concept F1 and the confusion matrix
+        page.screenshot(path=str(tmp_path / "journey1_models.png"), full_page=True)
+
+
+def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
+    """Build an index with the general embedder, query with a dataset image, read the result cards' scores."""
+    from core.data.importer import import_dataset
+
+    import_dataset(caltech_slice(tmp_path / "caltech3"), "caltech3", workers=1)
+    with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
+        page.goto(url)
+        page.get_by_text("At a glance").wait_for()
+        wait_idle(page)
+        open_page(page, "Visual Search", "Build an index")
+        expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("caltech3")
+        expect(page.get_by_role("combobox", name="Embedding model", exact=True)).to_have_value(
+            re.compile("General embedder"))
+        page.get_by_text("Run as a background job", exact=False).click()  # build here, with a progress bar
+        wait_idle(page)
+        page.get_by_role("button", name="Build index").click()
+        page.get_by_text(re.compile(r"Index '.+' built: 18 images")).wait_for(timeout=180_000)
+        wait_idle(page)
+        assert_clean(page)
+
+        page.get_by_text("Dataset image", exact=True).click()
+        page.get_by_text("Nearest concepts:").wait_for(timeout=120_000)
+        expect(page.get_by_role("button", name="Find similar")).to_have_count(10)  # k defaults to 10 result cards
+        wait_idle(page)
+        assert_clean(page)
+        body = page.inner_text("body")
+        query_item, query_concept = re.search(r"^item (\d+): (\w+)$", body, flags=re.M).groups()
+        cards = re.findall(r"^(-?\d\.\d{3}) · (\w+)\nitem (\d+)$", body, flags=re.M)
+        assert len(cards) == 10, body  # each card shows its similarity, concept and item
+        scores = [float(score) for score, _, _ in cards]
+        assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
+        assert query_item not in [item for _, _, item in cards]  # the query image itself is left out
+        assert cards[0][1] == query_concept  # an accordion's nearest neighbour is another accordion
+        assert f"Nearest concepts: {query_concept} (" in body
+        page.screenshot(path=str(tmp_path / "journey2_search.png"), full_page=True)
+
+
+def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
+    """A missing server path and an out-of-range hyperparameter each get a message, never a traceback."""
+    missing = tmp_path / "no" / "such-folder"
+    with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
+        page.goto(url)
+        page.get_by_text("At a glance").wait_for()
+        wait_idle(page)
+        open_page(page, "Datasets", "Dataset name")
+        import_from_server(page, "broken", str(missing))
+        error = page.get_by_test_id("stAlertContentError").filter(has_text="Import refused")
+        error.wait_for()
+        wait_idle(page)
+        assert str(missing) in error.inner_text()
+        assert_clean(page)
+        page.screenshot(path=str(tmp_path / "journey3_datasets.png"), full_page=True)
+
+        open_page(page, "Train", "Hyperparameters")
+        choose(page, "Template", "Studio_EfficientNetLite0_Transfer")
+        box = page.get_by_role("spinbutton", name="`base_gradient_multiplier`")
+        box.fill("5")
+        box.press("Enter")
+        wait_idle(page)
+        page.get_by_text(re.compile("outside the allowed range")).wait_for()
+        assert_clean(page)
+        config = page.get_by_test_id("stJson").inner_text().replace(" ", "")
+        assert '"base_gradient_multiplier":0' in config  # the refused value never reached the configuration
+        page.screenshot(path=str(tmp_path / "journey3_train.png"), full_page=True)
