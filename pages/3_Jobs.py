@@ -42,8 +42,9 @@ if st.session_state.get("jobs_select_next") in ids:  # a job just started here o
 if st.session_state.get("jobs_selected") not in ids:
     st.session_state["jobs_selected"] = ids[0]
 by_id = {r["id"]: r for r in rows}
-job_id = st.selectbox("Job", ids, key="jobs_selected",
-                      format_func=lambda i: f"#{i} · {by_id[i]['state']} · {by_id[i]['what']}")
+# The label leaves the state out: a keyed select box keeps showing the label it first drew (Streamlit 1.67), so a
+# state in it went stale ("starting" beside a finished job); the table above and the panel below show the state.
+job_id = st.selectbox("Job", ids, key="jobs_selected", format_func=lambda i: f"#{i} · {by_id[i]['what']}")
 
 
 @st.fragment(run_every=POLL_S if live else None)

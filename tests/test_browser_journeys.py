@@ -101,7 +101,7 @@ def test_data_to_model(tmp_path, deeptrain_home):
         expect(chart).to_contain_text("Images per concept")
         for concept in ("accordion", "anchor", "ant"):  # the chart's x axis: one bar group per concept
             expect(chart).to_contain_text(concept)
-        page.screenshot(path=str(tmp_path / "journey1_datasets.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "journey1_datasets.png"))
 
         open_page(page, "Train", "Hyperparameters")
         page.get_by_text("Visual Classifier", exact=True).click()
@@ -123,8 +123,12 @@ def test_data_to_model(tmp_path, deeptrain_home):
         page.get_by_text(re.compile(r"Finished .*Model \d+ is on the Models page")).wait_for(timeout=TRAIN_TIMEOUT_MS)
         wait_idle(page)
         assert_clean(page)
-        assert "succeeded" in page.inner_text("body").lower()
-        page.screenshot(path=str(tmp_path / "journey1_jobs.png"), full_page=True)
+        assert "Succeeded · epoch 2/2" in page.inner_text("body")
+        # The job picker names the job without a state that could go stale once it finished.
+        expect(page.get_by_role("combobox", name="Job", exact=True)).to_have_value(
+            re.compile(r"^#\d+ · classifier Studio_EfficientNetLite0_Transfer on caltech3 -> journey-model$"))
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(tmp_path / "journey1_jobs.png"))
 
         open_page(page, "Models", "Open model")
         expect(page.get_by_role("combobox", name="Open model", exact=True)).to_have_value(
@@ -139,7 +143,9 @@ def test_data_to_model(tmp_path, deeptrain_home):
         accuracy = page.get_by_test_id("stMetric").filter(has_text="Accuracy (top-1)").inner_text()
         assert re.search(r"\b[01]\.\d{3}\b", accuracy), accuracy
         assert page.get_by_test_id("stPlotlyChart").count() >= 2  # per-concept F1 and the confusion matrix
-        page.screenshot(path=str(tmp_path / "journey1_models.png"), full_page=True)
+        page.mouse.move(0, 0)  # no tooltip over the page in the screenshot
+        page.get_by_text("Confusion matrix", exact=True).scroll_into_view_if_needed()
+        page.screenshot(path=str(tmp_path / "journey1_models.png"))
 
 
 def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
@@ -176,7 +182,8 @@ def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
         assert query_item not in [item for _, _, item in cards]  # the query image itself is left out
         assert cards[0][1] == query_concept  # an accordion's nearest neighbour is another accordion
         assert f"Nearest concepts: {query_concept} (" in body
-        page.screenshot(path=str(tmp_path / "journey2_search.png"), full_page=True)
+        page.get_by_role("button", name="Find similar").last.scroll_into_view_if_needed()  # the result cards
+        page.screenshot(path=str(tmp_path / "journey2_search.png"))
 
 
 def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
@@ -193,7 +200,7 @@ def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
         wait_idle(page)
         assert str(missing) in error.inner_text()
         assert_clean(page)
-        page.screenshot(path=str(tmp_path / "journey3_datasets.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "journey3_datasets.png"))
 
         open_page(page, "Train", "Hyperparameters")
         choose(page, "Template", "Studio_EfficientNetLite0_Transfer")
@@ -205,4 +212,4 @@ def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
         assert_clean(page)
         config = page.get_by_test_id("stJson").inner_text().replace(" ", "")
         assert '"base_gradient_multiplier":0' in config  # the refused value never reached the configuration
-        page.screenshot(path=str(tmp_path / "journey3_train.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / "journey3_train.png"))
