@@ -14,31 +14,13 @@ import numpy as np
 import pytest
 
 from core.errors import UserError
-from tests.conftest import ROOT, caltech_slice
-
-TEMPLATE = "Studio_EfficientNetLite0_Transfer"
-PARAMS = {"pretrained_weights": "None", "image_size": 64, "num_epochs": 1, "batch_size": 8}
+from tests.conftest import ROOT
+from tests.model_support import TEMPLATE, make_trained_home
 
 
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory) -> Path:
-    """A data directory with dataset "ds" (3 concepts x 8 photos) and a tiny classifier and embedder trained on it."""
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("evalhome")
-    mp.setenv("DEEPTRAIN_HOME", str(home))
-    try:
-        from core.data.importer import import_dataset
-        from core.training import train
-
-        src = caltech_slice(tmp_path_factory.mktemp("src"), per_class=8)
-        import_dataset(str(src), "ds")
-        for kind in ("classifier", "embedder"):
-            res = train({"owner": "local", "dataset": "ds", "kind": kind, "template": TEMPLATE, "params": PARAMS,
-                         "name": kind, "seed": 0}, home / f"run-{kind}")
-            assert res.model_id is not None
-    finally:
-        mp.undo()
-    return home
+    return make_trained_home(tmp_path_factory, "evalhome")
 
 
 @pytest.fixture

@@ -7,29 +7,15 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, caltech_slice
+from tests.conftest import ROOT
+from tests.model_support import make_trained_home
 
 PAGE = str(ROOT / "pages" / "4_Models.py")
-TEMPLATE = "Studio_EfficientNetLite0_Transfer"
-PARAMS = {"pretrained_weights": "None", "image_size": 64, "num_epochs": 1, "batch_size": 8}
 
 
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory) -> Path:
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("pagehome")
-    mp.setenv("DEEPTRAIN_HOME", str(home))
-    try:
-        from core.data.importer import import_dataset
-        from core.training import train
-
-        import_dataset(str(caltech_slice(tmp_path_factory.mktemp("src"), per_class=8)), "ds")
-        for kind in ("classifier", "embedder"):
-            train({"owner": "local", "dataset": "ds", "kind": kind, "template": TEMPLATE, "params": PARAMS,
-                   "name": kind, "seed": 0}, home / f"run-{kind}")
-    finally:
-        mp.undo()
-    return home
+    return make_trained_home(tmp_path_factory, "pagehome")
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from torch import nn
 
 from core.errors import UserError
 from core.fsutil import atomic_path, atomic_write_bytes
+from core.models.weights import state_mismatch
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -118,9 +119,7 @@ def load_model_dir(
     else:
         net = build_network(kind, template, build_params, len(config["concepts"]))
     own = net.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, wrong = state_mismatch(own, state)
     if missing or unexpected or wrong:
         raise UserError(
             f"Weights in {wpath} do not belong to template {kind}/{template} with {len(config['concepts'])} concepts "

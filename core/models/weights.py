@@ -34,6 +34,14 @@ HUB_HOST = ("huggingface.co", 443)
 HUB_PROBE_TIMEOUT_S = 3.0
 
 
+def state_mismatch(own: dict, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """Keys of a network's ``own`` state dict missing from ``state``, keys of ``state`` it does not have, and keys whose
+    shapes differ: what a clear "these weights do not fit" message names."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    return missing, unexpected, wrong
+
 def wants_pretrained(params: dict) -> bool:
     """True unless ``pretrained_weights`` is "None" / "random" (random init). Templates without the parameter: True."""
     value = params.get("pretrained_weights", "ImageNet-1k")
@@ -210,9 +218,7 @@ def load_timm_pretrained(model: nn.Module, tagged: str) -> None:
         return key.startswith(heads) or key.endswith("num_batches_tracked")
 
     usable = {k: v for k, v in state.items() if not skip(k)}
-    missing = [k for k in own if k not in usable and not skip(k)]
-    unexpected = [k for k in usable if k not in own]
-    wrong = [k for k in usable if k in own and tuple(usable[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, wrong = state_mismatch({k: v for k, v in own.items() if not skip(k)}, usable)
     if missing or unexpected or wrong:
         raise UserError(
             f"Weights file {path} does not fit {tagged}: missing {missing[:3]}, unexpected {unexpected[:3]}, "

@@ -155,17 +155,21 @@ def _unlink(files: Iterable[Path]) -> None:
 
 # ------------------------------------------------------------------------------------------------ records
 
+def _rows_for_items(conn: Connection, query, item_col, order: tuple, item_ids: Sequence[int] | None) -> list:
+    """Run ``query`` for every item of the dataset, or only for ``item_ids`` (in chunks under SQLite's variable cap)."""
+    if item_ids is None:
+        return conn.execute(query.order_by(*order)).all()
+    rows: list = []
+    for chunk in _chunks(list(item_ids)):
+        rows += conn.execute(query.where(item_col.in_(chunk)).order_by(*order)).all()
+    return rows
+
+
 def _labels_by_item(conn: Connection, dataset_id: int, item_ids: Sequence[int] | None = None) -> dict[int, list[str]]:
     q = (sa.select(labels.c.item_id, concepts.c.name).join(concepts, concepts.c.id == labels.c.concept_id)
          .where(concepts.c.dataset_id == dataset_id))
     out: dict[int, list[str]] = defaultdict(list)
-    if item_ids is None:
-        rows = conn.execute(q.order_by(labels.c.item_id, concepts.c.name)).all()
-    else:
-        rows = []
-        for chunk in _chunks(list(item_ids)):
-            rows += conn.execute(q.where(labels.c.item_id.in_(chunk)).order_by(labels.c.item_id, concepts.c.name)).all()
-    for item_id, name in rows:
+    for item_id, name in _rows_for_items(conn, q, labels.c.item_id, (labels.c.item_id, concepts.c.name), item_ids):
         out[item_id].append(name)
     return out
 
@@ -174,13 +178,7 @@ def _boxes_by_item(conn: Connection, dataset_id: int, item_ids: Sequence[int] | 
     q = (sa.select(boxes.c.item_id, concepts.c.name, boxes.c.x, boxes.c.y, boxes.c.w, boxes.c.h)
          .join(concepts, concepts.c.id == boxes.c.concept_id).where(concepts.c.dataset_id == dataset_id))
     out: dict[int, list[dict]] = defaultdict(list)
-    if item_ids is None:
-        rows = conn.execute(q.order_by(boxes.c.item_id, boxes.c.id)).all()
-    else:
-        rows = []
-        for chunk in _chunks(list(item_ids)):
-            rows += conn.execute(q.where(boxes.c.item_id.in_(chunk)).order_by(boxes.c.item_id, boxes.c.id)).all()
-    for item_id, name, x, y, w, h in rows:
+    for item_id, name, x, y, w, h in _rows_for_items(conn, q, boxes.c.item_id, (boxes.c.item_id, boxes.c.id), item_ids):
         out[item_id].append({"concept": name, "x": x, "y": y, "w": w, "h": h})
     return out
 
