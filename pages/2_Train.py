@@ -65,6 +65,7 @@ def _param_widget(spec: ParamSpec) -> Any:
                            step=button_step, format="%.4e" if scientific else "%.3f", key=key, help=spec.help)
 
 
+st.set_page_config(page_title="Train", layout="wide")
 st.title("Train")
 st.caption("Pick a template type and a template, then set its hyperparameters within the specification's bounds.")
 
@@ -126,6 +127,7 @@ if params is not None:
     fig.update_layout(xaxis_title="epoch", yaxis_title="learning rate", height=320,
                       margin={"l": 10, "r": 10, "t": 30, "b": 10},
                       title=f"{template.schedule} schedule, {spe} steps per epoch")
+    fig.update_yaxes(rangemode="tozero")  # a constant rate is a flat line above zero, not the middle of the chart
     st.plotly_chart(fig, key="train_lr_chart")
 
     st.subheader("Configuration")

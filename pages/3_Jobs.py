@@ -15,6 +15,7 @@ from core.jobs import view
 
 POLL_S = 2.0
 
+st.set_page_config(page_title="Jobs", layout="wide")
 st.title("Jobs")
 st.caption("Training and indexing run in the background, one job per GPU (one on a CPU-only server); "
            "you can close this tab and come back.")

@@ -92,4 +92,5 @@ def figures(history: list[dict], series: list[list]) -> dict[str, go.Figure]:
     if lr:
         figs["lr"] = _layout(go.Figure(go.Scatter(x=[p[0] for p in lr], y=[p[2] for p in lr], mode="lines",
                                                   name="lrate")), "Learning rate", "lrate")
+        figs["lr"].update_yaxes(rangemode="tozero")
     return figs
