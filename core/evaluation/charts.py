@@ -29,15 +29,22 @@ def _pick(result: dict, concepts: Sequence[str] | None) -> list[str]:
     return names[:MAX_CURVES]
 
 
-def pr_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
-    """Precision-recall curve per concept (and the micro average), AP in the legend."""
+def _curve_traces(result: dict, concepts: Sequence[str] | None, micro: bool, curve: str, x: str, y: str,
+                  score: str) -> go.Figure:
+    """One line per concept (and the dashed micro average) from ``result["curves"][name][curve]``, score in legend."""
     fig = go.Figure()
     names = _pick(result, concepts) + (["__micro__"] if micro and "__micro__" in result["curves"] else [])
     for name in names:
-        pr = result["curves"][name]["pr"]
+        c = result["curves"][name][curve]
         label = "micro average" if name == "__micro__" else name
-        fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"{label} (AP {pr['ap']:.3f})",
+        fig.add_trace(go.Scatter(x=c[x], y=c[y], mode="lines", name=f"{label} ({score.upper()} {c[score]:.3f})",
                                  line=dict(dash="dash") if name == "__micro__" else None))
+    return fig
+
+
+def pr_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
+    """Precision-recall curve per concept (and the micro average), AP in the legend."""
+    fig = _curve_traces(result, concepts, micro, "pr", "recall", "precision", "ap")
     fig.update_layout(title="Precision-recall", xaxis_title="recall", yaxis_title="precision",
                       xaxis_range=[0, 1.01], yaxis_range=[0, 1.05], margin=dict(l=10, r=10, t=50, b=10))
     return fig
@@ -45,13 +52,7 @@ def pr_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool =
 
 def roc_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
     """ROC curve per concept (and the micro average), AUC in the legend."""
-    fig = go.Figure()
-    names = _pick(result, concepts) + (["__micro__"] if micro and "__micro__" in result["curves"] else [])
-    for name in names:
-        roc = result["curves"][name]["roc"]
-        label = "micro average" if name == "__micro__" else name
-        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"{label} (AUC {roc['auc']:.3f})",
-                                 line=dict(dash="dash") if name == "__micro__" else None))
+    fig = _curve_traces(result, concepts, micro, "roc", "fpr", "tpr", "auc")
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"),
                              name="chance", hoverinfo="skip"))
     fig.update_layout(title="ROC", xaxis_title="false positive rate", yaxis_title="true positive rate",
