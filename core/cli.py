@@ -22,6 +22,15 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _print_rows(rows: list[dict], as_json: bool, line: Callable[[dict], str]) -> None:
+    """A listing: the rows as JSON, or one formatted line each."""
+    if as_json:
+        _print_json(rows)
+    else:
+        for row in rows:
+            print(line(row))
+
+
 def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
     """``--set key=value`` pairs into a dict of strings (validation coerces the types)."""
     out: dict[str, str] = {}
@@ -253,12 +262,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     action = getattr(args, "jobs_action", None) or "list"
     if action == "list":
-        rows = jobs.list_jobs(None if args.all else args.owner)
-        if args.json:
-            _print_json(rows)
-        else:
-            for j in rows:
-                print(_job_line(j))
+        _print_rows(jobs.list_jobs(None if args.all else args.owner), args.json, _job_line)
         return 0
     if action == "show":
         st = jobs.status(args.id)
@@ -302,12 +306,7 @@ def _model_line(m: dict) -> str:
 def cmd_models(args: argparse.Namespace) -> int:
     from core.store.models import list_models
 
-    rows = list_models(args.owner)
-    if args.json:
-        _print_json(rows)
-    else:
-        for m in rows:
-            print(_model_line(m))
+    _print_rows(list_models(args.owner), args.json, _model_line)
     return 0
 
 
