@@ -69,7 +69,7 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
 
 
 def test_sigkill_mid_epoch_gives_interrupted_then_resume_repeats_no_epoch(tiny):
-    job_id = jobs.submit("local", "train", train_config(epochs=2, items=600))
+    job_id = jobs.submit("local", "train", train_config(epochs=2, items=4000))
     job = wait_store(job_id, in_epoch(2, 20), timeout=180)  # epoch 1 done and checkpointed, epoch 2 under way
     sigkill(job)
     t0 = time.monotonic()
@@ -148,7 +148,7 @@ def test_two_concurrent_submits_with_one_slot_one_waits_both_finish(tiny, tmp_pa
 
 
 def test_job_keeps_running_after_the_submitting_process_exits(tiny):
-    proc = _submit_in_new_process(train_config(epochs=2, items=200))
+    proc = _submit_in_new_process(train_config(epochs=2, items=1000))
     job_id = int(proc.communicate(timeout=120)[0].strip())
     assert proc.returncode == 0  # the process that queued the job (an app server) is gone
     job = wait_store(job_id, in_epoch(1, 5), timeout=180)
