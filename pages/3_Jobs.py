@@ -1,8 +1,9 @@
 """Jobs: every background job with its state; the selected one's progress, live curves, log, and what to do next.
 
 Jobs live in the store and run in their own processes, so this page only reads: closing the tab or restarting the
-server changes nothing, and the page re-attaches by reading the store again. While a job is queued or running, the
-job's section is a fragment that reruns every 2 s; once nothing runs the timer is off.
+server changes nothing, and the page re-attaches by reading the store again. While the selected job is queued or
+running, two fragments redraw it: progress and log every POLL_S, curves every CURVES_S; once it has ended the timers
+are off. A change of state (started, finished) redraws the whole page.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from core import jobs, ui
 from core.errors import UserError
 from core.jobs import view
 
-POLL_S = 2.0
+POLL_S = 2.0  # progress bar, images/s, ETA, log tail
+# The curves redraw less often: re-sending three plotly charts costs the browser ~0.1 of a core each time, CPU a
+# training worker on the same machine loses (bench/bench_jobs_polling.py); progress stays at POLL_S.
+CURVES_S = 10.0
 
 st.set_page_config(page_title="Jobs", layout="wide")
 st.title("Jobs")
@@ -28,7 +32,6 @@ if not rows:
     ui.link_page("pages/2_Train.py", "Go to Train", ":material/model_training:")
     st.stop()
 
-live = any(r["state"] in ("queued",) + jobs.ACTIVE for r in rows)
 st.dataframe(
     [{"id": r["id"], "state": r["state"], "what": r["what"], "who": r["owner"], "created": view.when(r["created_at"]),
       "progress": r["fraction"] or 0.0, "epoch": f"{r['epoch'] or '-'}/{r['num_epochs'] or '?'}",
@@ -48,32 +51,38 @@ by_id = {r["id"]: r for r in rows}
 job_id = st.selectbox("Job", ids, key="jobs_selected", format_func=lambda i: f"#{i} · {by_id[i]['what']}")
 
 
-@st.fragment(run_every=POLL_S if live else None)
-def job_panel(job_id: int) -> None:
-    """The selected job, redrawn every POLL_S seconds while something runs."""
+try:
+    job = jobs.status(job_id)
+except UserError as exc:
+    ui.show_error(exc)
+    st.stop()
+state = job["state"]
+st.session_state["jobs_seen_state"] = state
+st.subheader(f"Job {job_id}: {job['what']}")
+if state == "failed":
+    st.error(job["error"] or "The job failed.", icon=view.STATE_ICONS["failed"])
+    if job.get("traceback"):
+        with st.expander("Traceback"):
+            st.code(job["traceback"], language="text")
+elif state in ("cancelled", "interrupted"):
+    st.warning(job["error"] or state.capitalize(), icon=view.STATE_ICONS[state])
+elif state == "succeeded":
+    done = f" Model {job['model_id']} is on the Models page." if job.get("model_id") else ""
+    st.success(f"Finished {view.when(job['finished_at'])}.{done}", icon=view.STATE_ICONS["succeeded"])
+job_live = state in ("queued",) + jobs.ACTIVE
+
+
+@st.fragment(run_every=POLL_S if job_live else None)
+def job_progress(job_id: int) -> None:
+    """Progress bar, loss, rate, images/s, ETA, device and the log's tail: redrawn every POLL_S seconds while the job is live."""
     try:
         st_ = jobs.status(job_id)
     except UserError as exc:
         ui.show_error(exc)
         return
     state, p = st_["state"], st_["progress"]
-    if live and state not in ("queued",) + jobs.ACTIVE and st.session_state.get("jobs_seen_state") != state:
-        st.session_state["jobs_seen_state"] = state
-        st.rerun()  # the job ended: redraw the whole page, which turns the timer off when nothing else runs
-    st.session_state["jobs_seen_state"] = state
-
-    st.subheader(f"Job {job_id}: {st_['what']}")
-    if state == "failed":
-        st.error(st_["error"] or "The job failed.", icon=view.STATE_ICONS["failed"])
-        if st_.get("traceback"):
-            with st.expander("Traceback"):
-                st.code(st_["traceback"], language="text")
-    elif state in ("cancelled", "interrupted"):
-        st.warning(st_["error"] or state.capitalize(), icon=view.STATE_ICONS[state])
-    elif state == "succeeded":
-        done = f" Model {st_['model_id']} is on the Models page." if st_.get("model_id") else ""
-        st.success(f"Finished {view.when(st_['finished_at'])}.{done}", icon=view.STATE_ICONS["succeeded"])
-
+    if state != st.session_state.get("jobs_seen_state"):
+        st.rerun()  # started, ended, cancelled: redraw the whole page (messages, buttons, timers)
     st.progress(float(p.get("fraction") or 0.0), text=f"{state.capitalize()} · {view.progress_text(state, p)}")
     cols = st.columns(5)
     cols[0].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), (int, float)) else "-")
@@ -84,47 +93,52 @@ def job_panel(job_id: int) -> None:
     st.caption(f"Device: {p.get('device') or '-'} · Memory: {view.memory_text(p)} · Owner: {st_['owner']} · "
                f"Created {view.when(st_['created_at'])}"
                + (f" · Extends job {st_['parent_id']}" if st_.get("parent_id") else ""))
+    with st.expander("Log", expanded=state in jobs.ACTIVE or state == "failed"):
+        st.code(jobs.logs(job_id, tail=60) or "(empty)", language="text")
 
-    figs = view.figures(st_["metrics"], jobs.metrics(job_id)["series"])
+
+@st.fragment(run_every=CURVES_S if job_live else None)
+def job_curves(job_id: int) -> None:
+    """Loss, accuracy and learning-rate curves and the per-epoch table: redrawn every CURVES_S seconds while live."""
+    curves = jobs.metrics(job_id)
+    figs = view.figures(curves["history"], curves["series"])
     if figs:
         chart_cols = st.columns(len(figs))
         for col, (name, fig) in zip(chart_cols, figs.items()):
             col.plotly_chart(fig, key=f"jobs_chart_{name}")
-    if st_["metrics"]:
+    if curves["history"]:
         with st.expander("Metrics per epoch"):
-            st.dataframe(st_["metrics"], hide_index=True, key="jobs_epoch_table")
-    with st.expander("Log", expanded=state in jobs.ACTIVE or state == "failed"):
-        st.code(jobs.logs(job_id, tail=60) or "(empty)", language="text")
+            st.dataframe(curves["history"], hide_index=True, key="jobs_epoch_table")
 
-    acts = st.columns(4)
-    if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued",) + jobs.ACTIVE,
-                      icon=":material/stop_circle:"):
-        with st.spinner("Asking the job to stop between steps and save a checkpoint..."):
-            jobs.cancel(job_id)
+
+job_progress(job_id)
+job_curves(job_id)
+
+acts = st.columns(4)
+if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued",) + jobs.ACTIVE,
+                  icon=":material/stop_circle:"):
+    with st.spinner("Asking the job to stop between steps and save a checkpoint..."):
+        jobs.cancel(job_id)
+    st.rerun()
+if acts[1].button("Resume", key="jobs_resume", disabled=state not in jobs.RESUMABLE,
+                  icon=":material/play_arrow:", help="Continue from the last completed epoch"):
+    try:
+        jobs.resume(job_id)
         st.rerun()
-    if acts[1].button("Resume", key="jobs_resume", disabled=state not in jobs.RESUMABLE,
-                      icon=":material/play_arrow:", help="Continue from the last completed epoch"):
-        try:
-            jobs.resume(job_id)
-            st.rerun()
-        except UserError as exc:
-            ui.show_error(exc)
-    is_train = st_["type"] == "train"
-    extra = acts[2].number_input("More epochs", min_value=1, max_value=1000, value=5, step=1,
-                                 key="jobs_extend_epochs", disabled=not is_train)
-    if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:",
-                      disabled=not is_train or state in ("queued",) + jobs.ACTIVE,
-                      help="A new job that continues this one's checkpoint for more epochs"):
-        try:
-            st.session_state["jobs_select_next"] = jobs.extend(job_id, int(extra))
-            st.rerun()
-        except UserError as exc:
-            ui.show_error(exc)
-    if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not is_train,
-                      icon=":material/content_copy:", help="Open the Train page filled with this configuration"):
-        cfg = st_["config"]
-        ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"))
-        ui.go_to_page("pages/2_Train.py", "Train")
-
-
-job_panel(job_id)
+    except UserError as exc:
+        ui.show_error(exc)
+is_train = job["type"] == "train"
+extra = acts[2].number_input("More epochs", min_value=1, max_value=1000, value=5, step=1,
+                             key="jobs_extend_epochs", disabled=not is_train)
+if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:", disabled=not is_train or job_live,
+                  help="A new job that continues this one's checkpoint for more epochs"):
+    try:
+        st.session_state["jobs_select_next"] = jobs.extend(job_id, int(extra))
+        st.rerun()
+    except UserError as exc:
+        ui.show_error(exc)
+if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not is_train,
+                  icon=":material/content_copy:", help="Open the Train page filled with this configuration"):
+    cfg = job["config"]
+    ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"))
+    ui.go_to_page("pages/2_Train.py", "Train")
