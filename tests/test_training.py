@@ -264,6 +264,21 @@ def test_stop_request_returns_stopped(tmp_path, tiny):
     assert result.stopped and result.model_id is None
 
 
+def test_frozen_backbone_head_steps_run_on_one_cpu_thread_and_restore_the_count(tmp_path, tiny):
+    """Tiny head matmuls on one thread (no OpenMP barrier to collapse under load); the backbone pass uses all."""
+    kind, name = LITE0
+    seen: list[int] = []
+
+    class Threads(Recorder):
+        def on_step(self, p: dict) -> None:
+            seen.append((p.get("phase"), torch.get_num_threads()))
+
+    params = tiny_params(get_template(kind, name), base_gradient_multiplier=0.0)
+    train(_config(kind, name, params), tmp_path / "run", Threads())
+    assert {n for phase, n in seen if phase == "train"} == {1}
+    assert torch.get_num_threads() == (os.cpu_count() or 1)  # all cores again for whatever runs next
+
+
 def test_refusals(tmp_path, tiny):
     kind, name = LITE0
     with pytest.raises(UserError, match="batch_size"):

@@ -21,10 +21,10 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -45,6 +45,10 @@ CROP_SCALE = (0.35, 1.0)  # random resized crops on the fly (area range), as cor
 MAX_GALLERY = 5000  # embedders: at most this many training items as the retrieval gallery during validation
 EVAL_BATCH = 64
 CPU_CHANNELS_LAST_MIN_SIZE = 96
+# Frozen backbone on the CPU: the head's steps are tiny matmuls where a second OpenMP thread only adds a barrier per
+# op, and a barrier that collapses when anything else wants a core (measured here: 2 threads 335 images/s, 1 thread
+# 4,500, with another process busy; see bench/README.md, background jobs).
+CPU_HEAD_THREADS = 1
 NON_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -783,8 +787,9 @@ def train(config: dict, run_dir: Path, callbacks: Callbacks | None = None, resum
                  "steps_per_epoch": s.steps_per_epoch, "epochs": s.num_epochs, "start_epoch": state["epoch_done"] + 1,
                  "mode": plan.mode, "concepts": plan.concepts, "batch_size": s.batch_size})
     try:
-        s.prepare_data()
-        stopped = _loop(s, state)
+        s.prepare_data()  # all cores: decoding, or the backbone's forward passes
+        with _cpu_threads(CPU_HEAD_THREADS if plan.mode == "features" and not s.cuda else None):
+            stopped = _loop(s, state)
     except _StopRequested:
         stopped = True
     except torch.OutOfMemoryError as exc:
@@ -800,6 +805,19 @@ def train(config: dict, run_dir: Path, callbacks: Callbacks | None = None, resum
         return TrainResult(None, state["history"][-1] if state["history"] else {}, True, state["epoch_done"],
                            history=state["history"], train_seconds=state["train_seconds"])
     return _register(s, state)
+
+
+@contextmanager
+def _cpu_threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
 
 
 def _loop(s: _Session, state: dict) -> bool:
