@@ -163,6 +163,22 @@ class LoadedModel:
         self.can_predict = can_predict
         self.embedding_dim: int | None = getattr(net, "embedding_dim", None)
         self.transform = make_transform(self.preprocess, train=False)
+        self._mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32, device=self.device)
+        self._std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device)
+
+    def pixels(self, image) -> np.ndarray:
+        """A PIL image after this model's eval resize, (H, W, 3) uint8: PIL work only, so it can run on a helper
+        thread beside a forward pass without a second set of OpenMP threads fighting the first (not for detectors)."""
+        from core.models.preprocess import resize_pil
+
+        return resize_pil(image, int(self.preprocess["image_size"]), self.preprocess["resize"])[0]
+
+    def input_from_pixels(self, u8: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 from ``pixels`` -> the normalised batch the network takes; equals stacking
+        ``transform`` of each image."""
+        from core.models.preprocess import to_input
+
+        return to_input(torch.from_numpy(u8), self._mean, self._std, self.device, channels_last=False)
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.kind}/{self.template}, {len(self.concepts)} concepts, dim={self.embedding_dim})"
@@ -170,7 +186,7 @@ class LoadedModel:
     def _batches(self, images: Sequence[Any]):
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
-            yield torch.stack([self.transform(im) for im in chunk]).to(self.device)
+            yield self.input_from_pixels(np.stack([self.pixels(im) for im in chunk]))
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Any]) -> torch.Tensor:

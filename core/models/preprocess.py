@@ -9,9 +9,16 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
 
 from core.models.networks import net_spec
+
+if TYPE_CHECKING:
+    import torch
+
+DETECTOR_MAX_SIDE_RATIO = 5 / 3  # torchvision detectors here cap the longer side at 5/3 of image_size
 
 
 def preprocess_config(kind: str, name: str, params: dict) -> dict:
@@ -60,3 +67,46 @@ def make_transform(
 
 def _rgb(image):
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def resize_pil(im, size: int, mode: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """A PIL image resized exactly as ``make_transform(train=False)`` does (bicubic, antialiased), as (H, W, 3) uint8,
+    with its geometry (x scale, y scale, left, top of the crop in resized pixels).
+
+    PIL work only (it releases the GIL), no torch ops: safe on a helper thread beside a forward pass. ``mode``:
+    "short_side_crop" (short side to ``size``, centre square), "square" (``size`` x ``size``) or "detector" (short
+    side to ``size``, longer side at most 5/3 of it, aspect ratio kept, as the detection model's own resize does).
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    bicubic = InterpolationMode.BICUBIC
+    im = _rgb(im)
+    w, h = im.size
+    if mode == "square":
+        out = TF.resize(im, [size, size], interpolation=bicubic, antialias=True)
+        geom = (size / w, size / h, 0.0, 0.0)
+    elif mode == "detector":
+        scale = min(size / min(w, h), size * DETECTOR_MAX_SIDE_RATIO / max(w, h))
+        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+        out = TF.resize(im, [nh, nw], interpolation=bicubic, antialias=True)
+        geom = (nw / w, nh / h, 0.0, 0.0)
+    elif mode == "short_side_crop":
+        out = TF.resize(im, size, interpolation=bicubic, antialias=True)
+        nw, nh = out.size
+        out = TF.center_crop(out, [size, size])
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+        geom = (nw / w, nh / h, float(left), float(top))
+    else:
+        raise ValueError(f"unknown resize mode {mode!r}")
+    return np.asarray(out, dtype=np.uint8), geom
+
+
+def to_input(u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+             channels_last: bool) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float on ``device``: one batched op instead of per-image ones."""
+    import torch
+
+    x = u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

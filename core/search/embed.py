@@ -4,8 +4,10 @@ Every model brings its own preprocessing (``LoadedModel.transform``: its image s
 an index built with one model is only ever queried through that same model. A classifier embeds with its layer before
 the classifier; an embedder with its embedding layer; detectors have no image embedding and are refused.
 
-Batches are decoded and preprocessed on a helper thread while the network runs on the previous batch, so the
-pipeline runs close to the network's own speed (bench/bench_retrieval.py measures the ratio).
+Batches are decoded and resized on a helper thread (PIL only, no torch ops: a second thread of torch ops would start
+its own OpenMP team and fight the forward pass for the cores) while the network runs on the previous batch; the
+uint8 batch is normalised in one op before its forward pass. bench/bench_retrieval.py measures the ratio to the
+network's own speed.
 """
 
 from __future__ import annotations
@@ -134,30 +136,27 @@ def embed_paths(model, sources: Sequence[Any], batch_size: int = BATCH_SIZE,
                 should_stop: Callable[[], bool] | None = None) -> np.ndarray:
     """Embed images given as paths (or anything ``open_image`` reads) in batches; float32, L2-normalised rows.
 
-    The next batch is decoded and preprocessed on a helper thread while the network runs. ``progress(done, total,
+    The next batch is decoded and resized on a helper thread while the network runs. ``progress(done, total,
     images_per_sec)`` is called after each batch; when ``should_stop()`` turns true the rows embedded so far are
     returned (fewer than ``len(sources)``).
     """
-    import torch
-
     dim = int(model.embedding_dim or 0)
     total = len(sources)
     out = np.empty((total, dim), np.float32) if dim else None
     if total == 0:
         return np.zeros((0, dim), np.float32)
 
-    def prepare(start: int):
-        chunk = sources[start:start + batch_size]
-        return torch.stack([model.transform(open_image(s)) for s in chunk]).to(model.device)
+    def prepare(start: int) -> np.ndarray:  # on the helper thread: decoding and PIL resizing only, no torch ops
+        return np.stack([model.pixels(open_image(s)) for s in sources[start:start + batch_size]])
 
     done, t0 = 0, time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-prefetch") as pool:
         nxt = pool.submit(prepare, 0)
         for start in range(0, total, batch_size):
-            batch = nxt.result()
+            u8 = nxt.result()
             if start + batch_size < total:
                 nxt = pool.submit(prepare, start + batch_size)
-            vecs = model.embed_tensor(batch).cpu().numpy().astype(np.float32, copy=False)
+            vecs = model.embed_tensor(model.input_from_pixels(u8)).cpu().numpy().astype(np.float32, copy=False)
             if out is None:
                 out = np.empty((total, vecs.shape[1]), np.float32)
             out[start:start + len(vecs)] = vecs

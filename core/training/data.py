@@ -25,11 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from core import paths
+from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil, to_input  # noqa: F401 (to_input: re-export)
 
 CACHE_FORMAT = 1  # bump when the cache layout or the resize changes
-
-
-DETECTOR_MAX_SIDE_RATIO = 5 / 3  # torchvision detectors here cap the longer side at 5/3 of image_size
 
 
 def cache_side(size: int, mode: str) -> int:
@@ -59,37 +57,11 @@ class ImageCache:
 
 
 def _resize(path: str, size: int, mode: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """Decode one stored image and resize it exactly as the model's eval preprocessing does
-    (``core.models.preprocess.make_transform``: torchvision, bicubic, antialiased).
-
-    ``mode``: "short_side_crop" (short side to ``size``, centre square), "square" (``size`` x ``size``) or
-    "detector" (short side to ``size``, longer side at most 5/3 of it, aspect ratio kept, as the detection model's
-    own resize would do).
-    """
+    """Decode one stored image and resize it exactly as the model's eval preprocessing does (``resize_pil``)."""
     from PIL import Image
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
 
-    bicubic = InterpolationMode.BICUBIC
     with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        if mode == "square":
-            out = TF.resize(im, [size, size], interpolation=bicubic, antialias=True)
-            geom = (size / w, size / h, 0.0, 0.0)
-        elif mode == "detector":
-            scale = min(size / min(w, h), size * DETECTOR_MAX_SIDE_RATIO / max(w, h))
-            nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-            out = TF.resize(im, [nh, nw], interpolation=bicubic, antialias=True)
-            geom = (nw / w, nh / h, 0.0, 0.0)
-        else:  # short_side_crop: short side to `size`, then the centre square
-            out = TF.resize(im, size, interpolation=bicubic, antialias=True)
-            nw, nh = out.size
-            out = TF.center_crop(out, [size, size])
-            top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
-            geom = (nw / w, nh / h, float(left), float(top))
-        arr = np.asarray(out, dtype=np.uint8)
-    return arr, geom
+        return resize_pil(im, size, mode)
 
 
 def _key(*parts: object) -> str:
@@ -254,14 +226,6 @@ class Prefetcher:
 
 
 # ------------------------------------------------------------------ on-the-fly augmentation
-
-
-def to_input(u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
-             channels_last: bool) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> normalised (B, 3, H, W) float on ``device``."""
-    x = u8.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
-    x = (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, flip_probability: float, flip_direction: str,
