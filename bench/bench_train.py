@@ -137,7 +137,7 @@ def template_run(manifest: Path, root: Path, test: list, classes: list[str], ima
             "note": f"import {t_import:.0f} s apart; loop top1 {result.metrics.get('top1', float('nan')):.4f}"}
 
 
-def fashion(epochs: int, per_class: int, image_size: int) -> list[tuple[str, dict]]:
+def fashion(epochs: int, per_class: int, image_size: int, only: str = "") -> list[tuple[str, dict]]:
     """InceptionV2 (test top-1) and AngularMargin (recall@1 of test queries vs train) from scratch on Fashion-MNIST.
 
     Both figures come from the STORED model's evaluation (``core.evaluation.service.evaluate``): the test split as
@@ -151,6 +151,8 @@ def fashion(epochs: int, per_class: int, image_size: int) -> list[tuple[str, dic
     rows = []
     for kind, name, key, loop_key in (("classifier", "Clarifai_InceptionV2", "accuracy", "top1"),
                                       ("embedder", "Clarifai_ResNet_AngularMargin", "recall_at_1", "recall_at_1")):
+        if only and only not in name:
+            continue
         params = {"image_size": image_size, "num_epochs": epochs, "batch_size": 64}
         t0 = time.perf_counter()
         res = train({"dataset": "fmnist", "kind": kind, "template": name, "params": params, "seed": 0},
@@ -164,7 +166,7 @@ def fashion(epochs: int, per_class: int, image_size: int) -> list[tuple[str, dic
 
 
 def print_fashion(args: argparse.Namespace) -> None:
-    rows = fashion(args.fashion_epochs, args.fashion_per_class, 64)
+    rows = fashion(args.fashion_epochs, args.fashion_per_class, 64, args.fashion_template)
     print()
     for name, r in rows:
         shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items())
@@ -181,6 +183,7 @@ def main() -> None:
     ap.add_argument("--fashion-only", action="store_true", help="only the Fashion-MNIST runs (no Caltech-101)")
     ap.add_argument("--fashion-per-class", type=int, default=1000)
     ap.add_argument("--fashion-epochs", type=int, default=5)
+    ap.add_argument("--fashion-template", default="", help="only the Fashion-MNIST template whose name contains this")
     args = ap.parse_args()
 
     from core import paths
