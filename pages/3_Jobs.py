@@ -74,7 +74,7 @@ job_live = state in ("queued",) + jobs.ACTIVE
 
 @st.fragment(run_every=POLL_S if job_live else None)
 def job_progress(job_id: int) -> None:
-    """Progress bar, loss, rate, images/s, ETA, device and the log's tail: redrawn every POLL_S seconds while the job is live."""
+    """Progress bar, loss, rate, images/s, ETA, device and the log's tail: redrawn every POLL_S s while live."""
     try:
         st_ = jobs.status(job_id)
     except UserError as exc:
