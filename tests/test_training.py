@@ -279,6 +279,24 @@ def test_frozen_backbone_head_steps_run_on_one_cpu_thread_and_restore_the_count(
     assert torch.get_num_threads() == (os.cpu_count() or 1)  # all cores again for whatever runs next
 
 
+def test_compiled_training_step_trains_and_stores_a_loadable_model(tmp_path, tiny, capsys):
+    """options.compile (CLI --compile): the training forward through torch.compile (inductor on the CPU)."""
+    from core.cli import main
+    from core.models.io import load_model_dir
+
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=4)
+    argv = ["train", "--dataset", "tiny", "--kind", kind, "--template", name, "--compile", "--foreground", "--json"]
+    for key, value in params.items():
+        argv += ["--set", f"{key}={value}"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    row = mstore.get_model_by_id(out["model_id"])
+    assert math.isfinite(row["metrics"]["train_loss"])
+    probs = load_model_dir(row["path"]).predict([_one_image(kind)])
+    assert probs.shape == (1, 2) and np.isfinite(probs).all()
+
+
 def test_refusals(tmp_path, tiny):
     kind, name = LITE0
     with pytest.raises(UserError, match="batch_size"):
