@@ -169,6 +169,10 @@ def test_submit_refuses_bad_configuration_naming_the_field(tiny):
         jobs.submit("local", "train", train_config(dataset="nope"))
     with pytest.raises(UserError, match="Unknown job type"):
         jobs.submit("local", "paint", {})
+    with pytest.raises(UserError, match="early_stopping_patience"):
+        jobs.submit("local", "train", train_config(options={"early_stopping_patience": -2}))
+    with pytest.raises(UserError, match="unknown.*turbo"):
+        jobs.submit("local", "train", train_config(options={"turbo": True}))
     assert store.list_jobs() == []  # nothing queued
 
 

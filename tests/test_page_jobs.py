@@ -101,6 +101,8 @@ def test_train_page_start_training_queues_a_job_with_the_page_configuration(tiny
     at.slider(key="train_p_image_size").set_value(32).run()
     assert at.selectbox(key="train_dataset").value == "tiny"
     at.text_input(key="train_model_name").set_value("from-the-page")
+    at.number_input(key="train_patience").set_value(3)
+    at.toggle(key="train_compile").set_value(True)
     at.button(key="train_start").click().run()
     assert not at.exception, at.exception
     [job] = store.list_jobs()
@@ -109,5 +111,6 @@ def test_train_page_start_training_queues_a_job_with_the_page_configuration(tiny
     assert (cfg["kind"], cfg["template"], cfg["dataset"], cfg["name"]) == (
         "classifier", "Studio_EfficientNetLite0_Transfer", "tiny", "from-the-page")
     assert cfg["params"] == at.session_state["train_params"] and cfg["params"]["image_size"] == 32
+    assert cfg["options"] == {"early_stopping_patience": 3, "compile": True}
     assert any(f"Job {job['id']} is queued" in s.value for s in at.success)
     assert at.session_state["jobs_select_next"] == job["id"]  # the Jobs page opens on it

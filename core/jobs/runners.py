@@ -65,6 +65,10 @@ def _validate_train(owner: str, config: dict) -> dict:
     if not isinstance(params, dict):
         raise ValidationError(f"params must be an object of hyperparameters, got {type(params).__name__}")
     config["params"] = validate_params(config["kind"], config["template"], params)
+    if config.get("options"):
+        from core.training.engine import training_options
+
+        training_options(config["options"])  # early_stopping_patience, restore_best, compile: refused here, at once
     datasets.get_dataset(owner, config["dataset"])
     try:
         config["seed"] = int(config.get("seed", 0) or 0)

@@ -127,7 +127,7 @@ class Plan:
         }
 
 
-def _options(raw: dict | None) -> dict:
+def training_options(raw: dict | None) -> dict:
     """Training options that are not template parameters (the spec's bounds do not cover them)."""
     raw = dict(raw or {})
     patience = raw.pop("early_stopping_patience", None)
@@ -180,7 +180,7 @@ def make_plan(config: dict, run_dir: Path) -> Plan:
     plan = Plan(
         owner=owner, kind=kind, template=template, params=params, dataset=dataset, concepts=concepts,
         train_records=train_records, eval_records=eval_records, eval_split=split, seed=seed, name=name,
-        run=str(config.get("run") or Path(run_dir).name), options=_options(config.get("options")),
+        run=str(config.get("run") or Path(run_dir).name), options=training_options(config.get("options")),
         base_model=base_model,
     )
     if kind == "detector":
