@@ -29,6 +29,14 @@ def open_page(page, name: str, ready_text: str) -> None:
     assert_clean(page)
 
 
+def start_at(page, url: str, name: str, ready_text: str) -> None:
+    """Open the app's home page, wait until it has drawn, then go to page ``name`` through the sidebar."""
+    page.goto(url)
+    page.get_by_text("At a glance").wait_for()
+    wait_idle(page)
+    open_page(page, name, ready_text)
+
+
 def assert_clean(page) -> None:
     """No traceback and no Streamlit exception box anywhere on the page."""
     assert "Traceback" not in page.inner_text("body")
@@ -88,10 +96,7 @@ def test_data_to_model(tmp_path, deeptrain_home):
     """Import a server folder, read its health report, train a small classifier, follow the job, open the model."""
     src = caltech_slice(tmp_path / "caltech3")
     with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
-        page.goto(url)
-        page.get_by_text("At a glance").wait_for()
-        wait_idle(page)
-        open_page(page, "Datasets", "Dataset name")
+        start_at(page, url, "Datasets", "Dataset name")
 
         import_from_server(page, "caltech3", str(src))
         page.get_by_text(re.compile(r"Imported 18 images into 'caltech3'")).wait_for()
@@ -154,10 +159,7 @@ def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
 
     import_dataset(caltech_slice(tmp_path / "caltech3"), "caltech3", workers=1)
     with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
-        page.goto(url)
-        page.get_by_text("At a glance").wait_for()
-        wait_idle(page)
-        open_page(page, "Visual Search", "Build an index")
+        start_at(page, url, "Visual Search", "Build an index")
         expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("caltech3")
         expect(page.get_by_role("combobox", name="Embedding model", exact=True)).to_have_value(
             re.compile("General embedder"))
@@ -190,10 +192,7 @@ def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
     """A missing server path and an out-of-range hyperparameter each get a message, never a traceback."""
     missing = tmp_path / "no" / "such-folder"
     with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
-        page.goto(url)
-        page.get_by_text("At a glance").wait_for()
-        wait_idle(page)
-        open_page(page, "Datasets", "Dataset name")
+        start_at(page, url, "Datasets", "Dataset name")
         import_from_server(page, "broken", str(missing))
         error = page.get_by_test_id("stAlertContentError").filter(has_text="Import refused")
         error.wait_for()
