@@ -315,7 +315,8 @@ def test_pixel_cache_matches_the_models_preprocessing(tmp_path, tiny):
     """The cache decodes and resizes as core.models.make_transform does, so training sees what inference sees."""
     from core.models import make_transform
     from core.store.datasets import dataset_records, get_dataset
-    from core.training.data import image_cache, to_input
+    from core.models.preprocess import to_input
+    from core.training.data import image_cache
 
     ds = get_dataset("local", "tiny")
     records = dataset_records(ds["id"])

@@ -42,6 +42,7 @@ def state_mismatch(own: dict, state: dict) -> tuple[list[str], list[str], list[s
     wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     return missing, unexpected, wrong
 
+
 def wants_pretrained(params: dict) -> bool:
     """True unless ``pretrained_weights`` is "None" / "random" (random init). Templates without the parameter: True."""
     value = params.get("pretrained_weights", "ImageNet-1k")

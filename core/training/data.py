@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from core import paths
-from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil, to_input  # noqa: F401 (to_input: re-export)
+from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil
 
 CACHE_FORMAT = 1  # bump when the cache layout or the resize changes
 

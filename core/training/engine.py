@@ -33,6 +33,7 @@ from torch import nn
 
 from core import paths
 from core.errors import UserError
+from core.models.preprocess import to_input
 from core.training import data as tdata
 from core.training.callbacks import Callbacks
 from core.training.checkpoint import (
@@ -455,7 +456,7 @@ class _Session:
                 if i + 2 < len(chunks):
                     pending.append(pool.submit(decode, chunks[i + 2]))
                 pending[i] = None
-                x = tdata.to_input(u8, self.mean, self.std, self.device, self.channels_last)
+                x = to_input(u8, self.mean, self.std, self.device, self.channels_last)
                 with self._autocast():
                     out["orig"].append(net.features(x).float().cpu().numpy())
                     if flip:
@@ -483,7 +484,7 @@ class _Session:
             g["lr"] = lr * g.get("lr_mult", 1.0)
 
     def _step_images(self, u8: torch.Tensor, rows: np.ndarray, gen: torch.Generator) -> torch.Tensor:
-        x = tdata.to_input(u8, self.mean, self.std, self.device, self.channels_last)
+        x = to_input(u8, self.mean, self.std, self.device, self.channels_last)
         x = tdata.augment(x, gen, self.flip_p, self.flip_dir, CROP_SCALE)
         multi = torch.from_numpy(self.multi_train[rows]).to(self.device, non_blocking=True)
         single = torch.from_numpy(self.single_train[rows]).to(self.device, non_blocking=True)
@@ -575,7 +576,7 @@ class _Session:
             else:
                 rows = cache_rows[i:i + EVAL_BATCH]
                 u8 = torch.from_numpy(np.asarray(self.cache.pixels[np.sort(rows)]))[np.argsort(np.argsort(rows))]
-                x = tdata.to_input(u8, self.mean, self.std, self.device, self.channels_last)
+                x = to_input(u8, self.mean, self.std, self.device, self.channels_last)
                 with self._autocast():
                     outs.append(self.net(x).float().cpu())
                     if want_embeddings:
