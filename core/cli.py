@@ -182,8 +182,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = {"owner": args.owner, "dataset": args.dataset, "kind": args.kind, "template": args.template,
               "params": _parse_sets(args.set), "name": args.name, "seed": args.seed}
     options = {"early_stopping_patience": args.patience} if args.patience else {}
-    if args.compile:
-        options["compile"] = True
+    if args.compile is not None:
+        options["compile"] = args.compile
     if options:
         config["options"] = options
     if args.base_model:
@@ -196,8 +196,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             return follow_job(job_id, args.json)
         _print_json({"job": job_id}) if args.json else print(f"job {job_id} queued (follow: jobs wait {job_id})")
         return 0
+    from core.device import keep_freed_memory
     from core.training import ConsoleCallbacks, train
 
+    keep_freed_memory()
     run_dir = paths.subdir("runs") / f"fg-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     result = train(config, run_dir, ConsoleCallbacks(quiet=args.json))
     out = {"model_id": result.model_id, "model_path": result.model_path, "epochs_done": result.epochs_done,
@@ -364,6 +366,9 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.foreground:
             from tqdm import tqdm
 
+            from core.device import keep_freed_memory
+
+            keep_freed_memory()
             bar = tqdm(total=0, desc="embedding", file=sys.stderr, unit="img", disable=args.json)
 
             def show(done: int, total: int) -> None:
@@ -502,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=0, help="early stopping after this many epochs without "
                    "improvement (0: off)")
     p.add_argument("--base-model", help="a trained embedder (id or name) or 'general' as the frozen base")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training forward pass (about 1.35x "
-                   "for resnet50 on a CPU after ~80 s of compiling: worth it for long runs; bench/README.md)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the training forward pass (1.1-1.2x for resnet50 on a CPU after ~80 s of "
+                   "compiling; bench/README.md); default: only when over 30 minutes of training are left")
     p.add_argument("--foreground", action="store_true", help="train in this process with a progress bar")
     p.add_argument("--wait", action="store_true", help="queue a background job and follow it with a progress bar")
     p.add_argument("--json", action="store_true", help="print JSON")

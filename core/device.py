@@ -48,6 +48,29 @@ def device_info() -> DeviceInfo:
     )
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse in this process instead of handing it back to the kernel.
+
+    A training step frees and allocates the same large activation buffers every step. By default glibc serves blocks
+    above its mmap threshold with fresh mapped pages and unmaps them on free, so the kernel faults in and zeroes
+    them again each step: 20,000-30,000 page faults per step for resnet50 at batch 32 and 128 px on this 2-core CPU,
+    none once the threshold is raised. Process-wide and one-way (resident memory stays at the peak the process
+    reached), so only processes that train or embed call it: the job worker and foreground training, never the app.
+    Returns whether it applied (False where the C library is not glibc)."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters (malloc.h)
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # blocks below 1 GiB come from the heap; freed heap memory is never trimmed back to the kernel
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def torch_device():
     """The ``torch.device`` to train on, with the CPU's thread count set to all cores."""
     import torch

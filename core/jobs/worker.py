@@ -191,6 +191,9 @@ def run(job_id: int) -> int:
         pump()
         return 0
     job = store.get_job(job_id)
+    from core.device import keep_freed_memory
+
+    keep_freed_memory()  # this process trains or embeds: reuse freed buffers instead of faulting in new pages
     cb = JobCallbacks(job, device="")
     cb.log(f"worker {pid} on {host}: {job['type']} job {job_id}, attempt {job['attempts']}"
            + (" (resuming)" if job["resume"] else ""))
