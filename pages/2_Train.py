@@ -19,6 +19,7 @@ from core.templates import KIND_LABELS, KINDS, ParamSpec, get_template, list_tem
 from core.templates.schedule import base_lrate, lr_curve, steps_per_epoch
 
 PARAM_KEY = "train_p_"  # every hyperparameter widget's key is PARAM_KEY + the parameter's name
+COMPILE_LABELS: dict[Any, str] = {"auto": "Auto (runs over 30 min)", True: "Always", False: "Never"}
 
 
 def _reset_params() -> None:
@@ -155,13 +156,15 @@ else:
             "Early stopping patience (epochs)", min_value=0, max_value=1000, value=0, step=1, key="train_patience",
             help="Stop when the validation metric has not improved for this many epochs and keep the best epoch's "
                  "weights; 0: off, every epoch runs.")
-        launch_compile = st.toggle(
-            "Compile the network (torch.compile)", key="train_compile",
-            help="Compiles the training forward pass before the first step: about 1.35x the images per second for "
-                 "resnet50 on a CPU, after ~80 s of compiling (bench/README.md). Worth it for runs of many "
-                 "minutes; a frozen backbone trains on cached features and ignores it.")
+        launch_compile = st.radio(
+            "Compile the network (torch.compile)", list(COMPILE_LABELS), key="train_compile", horizontal=True,
+            format_func=COMPILE_LABELS.get,
+            help="Compiling the training forward pass takes ~80 s on a 2-core CPU, then each step runs faster (1.1-1.2x "
+                 "for resnet50, bench/README.md). Auto measures the first steps and compiles when more than 30 "
+                 "minutes of training are left. A frozen backbone trains on cached features and never compiles.")
     launch_options = {k: v for k, v in (("early_stopping_patience", int(launch_patience) or None),
-                                        ("compile", bool(launch_compile) or None)) if v is not None}
+                                        ("compile", None if launch_compile == "auto" else launch_compile))
+                      if v is not None}
     if st.button("Start training", key="train_start", type="primary", disabled=params is None,
                  icon=":material/rocket_launch:",
                  help="Validates the configuration and queues a background job; you can close the tab."):

@@ -102,7 +102,7 @@ def test_train_page_start_training_queues_a_job_with_the_page_configuration(tiny
     assert at.selectbox(key="train_dataset").value == "tiny"
     at.text_input(key="train_model_name").set_value("from-the-page")
     at.number_input(key="train_patience").set_value(3)
-    at.toggle(key="train_compile").set_value(True)
+    at.radio(key="train_compile").set_value(True)
     at.button(key="train_start").click().run()
     assert not at.exception, at.exception
     [job] = store.list_jobs()

@@ -31,6 +31,10 @@ class Recorder(Callbacks):
         self.epochs: list[tuple[int, dict]] = []
         self.stop_after = stop_after
         self.started: dict | None = None
+        self.logs: list[str] = []
+
+    def log(self, line: str) -> None:
+        self.logs.append(line)
 
     def on_start(self, info: dict) -> None:
         self.started = info
@@ -279,22 +283,63 @@ def test_frozen_backbone_head_steps_run_on_one_cpu_thread_and_restore_the_count(
     assert torch.get_num_threads() == (os.cpu_count() or 1)  # all cores again for whatever runs next
 
 
-def test_compiled_training_step_trains_and_stores_a_loadable_model(tmp_path, tiny, capsys):
-    """options.compile (CLI --compile): the training forward through torch.compile (inductor on the CPU)."""
-    from core.cli import main
+def test_auto_compile_compiles_when_the_probe_steps_leave_enough_time(tmp_path, tiny, monkeypatch):
+    """options.compile "auto" (the default): after the probe steps, a run with enough time left compiles its forward
+    (inductor on the CPU) and goes on with the same parameters; the stored model loads and predicts."""
     from core.models.io import load_model_dir
+    from core.training import engine
 
+    monkeypatch.setattr(engine, "AUTO_COMPILE_PROBE_STEPS", 2)
+    monkeypatch.setattr(engine, "AUTO_COMPILE_MIN_SECONDS", 0.0)  # any time left is enough
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=8)
+    rec = Recorder()
+    result = train(_config(kind, name, params), tmp_path / "run", rec)
+    assert [line for line in rec.logs if line.startswith("compiling")] == [
+        "compiling the network's forward pass (auto: about 0 min of training left); the next step waits for it"]
+    assert len(rec.steps) == 4 and all(math.isfinite(s["loss"]) for s in rec.steps)
+    probs = load_model_dir(mstore.get_model_by_id(result.model_id)["path"]).predict([_one_image(kind)])
+    assert probs.shape == (1, 2) and np.isfinite(probs).all()
+
+
+def test_auto_compile_leaves_short_runs_eager(tmp_path, tiny):
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=20)
+    rec = Recorder()
+    train(_config(kind, name, params), tmp_path / "run", rec)
+    assert len(rec.steps) == 10 and not any(line.startswith("compiling") for line in rec.logs)
+
+
+def test_compile_that_fails_falls_back_to_eager_training(tmp_path, tiny, monkeypatch, capsys):
+    """CLI --compile with no working C++ compiler (inductor's compiler pointed at a missing file): the run logs why and
+    trains on without compiling."""
+    import torch._inductor.config as inductor_config
+
+    from core.cli import main
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/c++",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # no compiled graph from an earlier test...
+    torch._dynamo.reset()  # ...on disk or in this process's caches
     kind, name = LITE0
     params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=4)
-    argv = ["train", "--dataset", "tiny", "--kind", kind, "--template", name, "--compile", "--foreground", "--json"]
+    argv = ["train", "--dataset", "tiny", "--kind", kind, "--template", name, "--compile", "--foreground"]
     for key, value in params.items():
         argv += ["--set", f"{key}={value}"]
     assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
-    row = mstore.get_model_by_id(out["model_id"])
-    assert math.isfinite(row["metrics"]["train_loss"])
-    probs = load_model_dir(row["path"]).predict([_one_image(kind)])
-    assert probs.shape == (1, 2) and np.isfinite(probs).all()
+    err = capsys.readouterr().err
+    assert "compiling the network's forward pass (options.compile)" in err
+    assert "compiling failed (" in err and "training goes on without it" in err
+
+
+def test_compile_option_values():
+    from core.training.engine import training_options
+
+    assert training_options({})["compile"] == "auto"
+    assert training_options({"compile": True})["compile"] is True
+    assert training_options({"compile": "False"})["compile"] is False
+    for bad in (1, "yes", 0.5):
+        with pytest.raises(UserError, match="compile: .* is not allowed; use true, false or \"auto\""):
+            training_options({"compile": bad})
 
 
 def test_refusals(tmp_path, tiny):

@@ -50,6 +50,13 @@ CPU_CHANNELS_LAST_MIN_SIZE = 96
 # op, and a barrier that collapses when anything else wants a core (measured here: 2 threads 335 images/s, 1 thread
 # 4,500, with another process busy; see bench/README.md, background jobs).
 CPU_HEAD_THREADS = 1
+# options.compile "auto" (the default): after this many steps the run estimates its remaining training time, and
+# compiles the network's forward pass (torch.compile) when that is over AUTO_COMPILE_MIN_SECONDS. Compiling costs
+# ~80 s on a 2-core CPU and pays ~1.1-1.2x on top of channels_last for resnet50 (bench/README.md, throughput), so
+# only long runs gain; short runs and tests never compile.
+AUTO_COMPILE_PROBE_STEPS = 8
+AUTO_COMPILE_MIN_SECONDS = 30 * 60
+COMPILE_CHOICES = ("auto", True, False)
 NON_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -136,7 +143,12 @@ def training_options(raw: dict | None) -> dict:
     if patience is not None and patience < 1:
         raise UserError(f"early_stopping_patience: {patience} is not allowed; use an integer >= 1, or leave it unset")
     restore_best = bool(raw.pop("restore_best", patience is not None))
-    compile_net = bool(raw.pop("compile", False))
+    compile_net = raw.pop("compile", "auto")
+    compile_net = {None: "auto", "true": True, "false": False}.get(
+        compile_net.lower() if isinstance(compile_net, str) else compile_net, compile_net)
+    if compile_net not in COMPILE_CHOICES or not isinstance(compile_net, (bool, str)):
+        raise UserError(f"compile: {compile_net!r} is not allowed; use true, false or \"auto\" (the default: "
+                        f"compile when more than {AUTO_COMPILE_MIN_SECONDS // 60} minutes of training are left)")
     if raw:
         raise UserError(f"training options: unknown {sorted(raw)}; allowed: early_stopping_patience, restore_best, "
                         "compile")
@@ -395,9 +407,44 @@ class _Session:
             raise UserError(f"dataset {plan.dataset['name']!r}: no labelled training images")
         self.items_per_epoch = int(plan.params.get("num_items_per_epoch") or 0) or len(self.train_rows)
         self.steps_per_epoch = tdata.steps_per_epoch(self.items_per_epoch, self.batch_size)
-        self.forward = self.net
-        if plan.options["compile"] and plan.mode == "images":
-            self.forward = torch.compile(self.net)
+        self.compiled: nn.Module | None = None  # the compiled forward, once compiling was decided
+        self.compile_checked = False  # its first call succeeded (or it was given up)
+        self.compile_pending = plan.options["compile"] == "auto" and plan.mode == "images"
+        if plan.options["compile"] is True and plan.mode == "images":
+            self.start_compiling("options.compile")
+
+    def start_compiling(self, why: str) -> None:
+        """Route full training batches through ``torch.compile(net)`` (same parameters; compiled on first call)."""
+        self.compile_pending = False
+        self.compiled = torch.compile(self.net)
+        self.cb.log(f"compiling the network's forward pass ({why}); the next step waits for it")
+
+    def maybe_compile(self, steps_left: int, step_times: list[float]) -> None:
+        """options.compile "auto": compile once the probe steps say over AUTO_COMPILE_MIN_SECONDS are left."""
+        if not self.compile_pending or len(step_times) < AUTO_COMPILE_PROBE_STEPS:
+            return
+        self.compile_pending = False
+        probe = step_times[1:]  # the first step pays one-off costs
+        left = steps_left * sum(probe) / len(probe)
+        if left > AUTO_COMPILE_MIN_SECONDS:
+            self.start_compiling(f"auto: about {left / 60:.0f} min of training left")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The compiled forward for full batches once compiling was decided (a short last batch runs eagerly rather
+        than compile a second graph); eager otherwise, and for good if compiling fails (no compiler here...)."""
+        if self.compiled is None or x.shape[0] != self.batch_size:
+            return self.net(x)
+        if self.compile_checked:
+            return self.compiled(x)
+        try:
+            out = self.compiled(x)
+        except Exception as exc:  # noqa: BLE001 - inductor/dynamo failures come in many types; eager always works
+            self.compiled = None
+            self.cb.log(f"compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+                        "); training goes on without it")
+            out = self.net(x)
+        self.compile_checked = True
+        return out
 
     def prepare_data(self) -> None:
         """Decode once into the pixel cache, or (frozen backbone) compute the backbone features once."""
@@ -917,6 +964,7 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
         recent = step_times[-20:]
         ips = len(rows) / max(sum(recent) / len(recent), 1e-9)
         remaining = (s.num_epochs - epoch) * s.steps_per_epoch + (s.steps_per_epoch - step - 1)
+        s.maybe_compile(remaining, step_times)
         cb.on_step({"epoch": epoch, "step": step + 1, "steps_per_epoch": s.steps_per_epoch,
                     "images_per_sec": ips, "loss": value, "lr": lr,
                     "eta_s": remaining * (sum(recent) / len(recent)), "phase": "train"})
