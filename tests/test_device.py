@@ -1,0 +1,49 @@
+"""core.device: the device description, and the process setting that spares training steps fresh page faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# In a fresh interpreter: allocate and free a 64 MiB tensor (filled, so its pages are touched) 10 times, counting the
+# minor page faults of the loop, before and after keep_freed_memory().
+_FAULTS = """
+import json, resource, sys
+import torch
+sys.path.insert(0, sys.argv[1])
+from core.device import keep_freed_memory
+
+def faults():
+    torch.ones(1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.ones(16 * 2**20).sum()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults()
+applied = keep_freed_memory()
+print(json.dumps({"applied": applied, "plain": plain, "kept": faults(), "again": faults()}))
+"""
+
+
+def test_keep_freed_memory_reuses_freed_buffers_instead_of_faulting_in_new_pages():
+    out = subprocess.run([sys.executable, "-c", _FAULTS, str(ROOT)], capture_output=True, text=True, timeout=120,
+                         check=True)
+    r = json.loads(out.stdout)
+    assert r["applied"] is True  # glibc (Linux): the setting took
+    assert r["plain"] > 10 * 10_000  # by default each 64 MiB block is a fresh mapping: ~16k faults each time
+    assert r["again"] < r["plain"] / 20  # kept in the heap: the same pages serve every later block
+
+
+def test_device_info_on_this_machine_names_the_device_and_what_training_uses():
+    from core.device import device_info, torch_device
+
+    info = device_info()
+    device = torch_device()
+    assert info.kind == device.type
+    assert info.label.startswith("GPU: " if info.kind == "cuda" else "CPU: ")
+    assert info.note
