@@ -365,8 +365,8 @@ def test_transfer_classifier_on_a_base_model_round_trip(base_kind, tmp_path, sma
     assert loaded.preprocess == expected
     images = photos(small_folder, 2)
     x = torch.stack([loaded.transform(im) for im in images])
-    with torch.no_grad():
-        assert torch.equal(net(x), loaded.net(x))
+    with torch.no_grad():  # close, not equal: the base loaded at 224 px runs channels_last, the copy at 64 px not
+        torch.testing.assert_close(net(x), loaded.net(x), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(loaded.embed(images), torch.nn.functional.normalize(base_net.embed(x)).numpy(),
                                    atol=1e-5)
     assert loaded.predict(images).shape == (2, 3)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.device import channels_last_for
 from core.errors import UserError
 from core.fsutil import atomic_path, atomic_write_bytes
 from core.models.weights import state_mismatch
@@ -160,6 +161,11 @@ class LoadedModel:
         self.preprocess: dict = dict(config["preprocess"])
         self.net = net.eval()
         self.device = torch.device(device)
+        # channels_last as in training (1.3-1.4x for EfficientNet-Lite0 inference at 160-224 px on this CPU)
+        self.channels_last = channels_last_for(self.device, int(self.preprocess.get("image_size") or 0),
+                                               self.kind == "detector")
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         self.can_predict = can_predict
         self.embedding_dim: int | None = getattr(net, "embedding_dim", None)
         self.transform = make_transform(self.preprocess, train=False)
@@ -167,8 +173,8 @@ class LoadedModel:
         self._std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device)
 
     def pixels(self, image) -> np.ndarray:
-        """A PIL image after this model's eval resize, (H, W, 3) uint8: PIL work only, so it can run on a helper
-        thread beside a forward pass without a second set of OpenMP threads fighting the first (not for detectors)."""
+        """A PIL image after this model's eval resize, (H, W, 3) uint8: PIL work only (it releases the GIL), so
+        several images can be prepared on threads at once (not for detectors)."""
         from core.models.preprocess import resize_pil
 
         return resize_pil(image, int(self.preprocess["image_size"]), self.preprocess["resize"])[0]
@@ -178,7 +184,7 @@ class LoadedModel:
         ``transform`` of each image."""
         from core.models.preprocess import to_input
 
-        return to_input(torch.from_numpy(u8), self._mean, self._std, self.device, channels_last=False)
+        return to_input(torch.from_numpy(u8), self._mean, self._std, self.device, self.channels_last)
 
     def __repr__(self) -> str:
         return f"LoadedModel({self.kind}/{self.template}, {len(self.concepts)} concepts, dim={self.embedding_dim})"

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import paths
+from core.device import channels_last_for
 from core.errors import UserError
 from core.models.preprocess import to_input
 from core.training import data as tdata
@@ -45,7 +46,6 @@ SGD_WEIGHT_DECAY = 1e-4  # the Clarifai templates give no weight decay; 1e-4 is 
 CROP_SCALE = (0.35, 1.0)  # random resized crops on the fly (area range), as core.models.preprocess's training transform
 MAX_GALLERY = 5000  # embedders: at most this many training items as the retrieval gallery during validation
 EVAL_BATCH = 64
-CPU_CHANNELS_LAST_MIN_SIZE = 96
 # Frozen backbone on the CPU: the head's steps are tiny matmuls where a second OpenMP thread only adds a barrier per
 # op, and a barrier that collapses when anything else wants a core (measured here: 2 threads 335 images/s, 1 thread
 # 4,500, with another process busy; see bench/README.md, background jobs).
@@ -70,12 +70,11 @@ class StepSettings:
 
 
 def step_settings(device: torch.device, image_size: int, detector: bool = False) -> StepSettings:
-    """bf16 autocast where the GPU has it; channels_last on CUDA, and on the CPU only from moderate image sizes
-    (measured here: at 32-64 px oneDNN's layout reorders cost more than the faster convolutions save); fused
-    optimiser steps (one kernel for all parameters) on both."""
+    """bf16 autocast where the GPU has it; channels_last as ``core.device.channels_last_for`` says (CUDA, and the
+    CPU from moderate image sizes); fused optimiser steps (one kernel for all parameters) on both."""
     cuda = device.type == "cuda"
     return StepSettings(
-        channels_last=not detector and (cuda or int(image_size) >= CPU_CHANNELS_LAST_MIN_SIZE),
+        channels_last=channels_last_for(device, image_size, detector),
         amp_bf16=cuda and torch.cuda.is_bf16_supported(),
         fused_optimizer=True,
     )
