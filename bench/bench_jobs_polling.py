@@ -81,8 +81,13 @@ def main() -> int:
         job_id = jobs.submit("local", "train", {"dataset": "bench", "kind": "classifier",
                                                 "template": "Studio_EfficientNetLite0_Transfer", "params": params})
         try:
-            deadline = time.time() + 300
-            while _position(job_id) is None:
+            # past the engine's probe steps and, for a long run like this one, its torch.compile (options.compile
+            # "auto"): the windows then see only the steady speed
+            from core.training.engine import AUTO_COMPILE_PROBE_STEPS
+
+            steady = (AUTO_COMPILE_PROBE_STEPS + 4) * params["batch_size"]
+            deadline = time.time() + 900
+            while (_position(job_id) or (0, 0))[0] < steady:
                 if time.time() > deadline or jobs.status(job_id)["state"] in jobs.TERMINAL:
                     raise RuntimeError(f"job {job_id} did not start: {jobs.status(job_id)['error']}")
                 time.sleep(0.5)

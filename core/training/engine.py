@@ -19,6 +19,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -52,8 +53,8 @@ EVAL_BATCH = 64
 CPU_HEAD_THREADS = 1
 # options.compile "auto" (the default): after this many steps the run estimates its remaining training time, and
 # compiles the network's forward pass (torch.compile) when that is over AUTO_COMPILE_MIN_SECONDS. Compiling costs
-# ~80 s on a 2-core CPU and pays ~1.1-1.2x on top of channels_last for resnet50 (bench/README.md, throughput), so
-# only long runs gain; short runs and tests never compile.
+# ~50-80 s on a 2-core CPU and pays 1.05-1.2x (bench/README.md, throughput), so only long runs gain; short runs and
+# tests never compile. After as many compiled steps, it keeps the compiled forward only if its steps are faster.
 AUTO_COMPILE_PROBE_STEPS = 8
 AUTO_COMPILE_MIN_SECONDS = 30 * 60
 COMPILE_CHOICES = ("auto", True, False)
@@ -408,6 +409,8 @@ class _Session:
         self.steps_per_epoch = tdata.steps_per_epoch(self.items_per_epoch, self.batch_size)
         self.compiled: nn.Module | None = None  # the compiled forward, once compiling was decided
         self.compile_checked = False  # its first call succeeded (or it was given up)
+        self.used_compiled = False  # the last step went through the compiled forward
+        self.compile_trial: dict | None = None  # auto: the eager steps' median and the compiled steps' times
         self.compile_pending = plan.options["compile"] == "auto" and plan.mode == "images"
         if plan.options["compile"] is True and plan.mode == "images":
             self.start_compiling("options.compile")
@@ -419,19 +422,48 @@ class _Session:
         self.cb.log(f"compiling the network's forward pass ({why}); the next step waits for it")
 
     def maybe_compile(self, steps_left: int, step_times: list[float]) -> None:
-        """options.compile "auto": compile once the probe steps say over AUTO_COMPILE_MIN_SECONDS are left."""
+        """options.compile "auto", after each step: compile once the probe steps say over AUTO_COMPILE_MIN_SECONDS
+        are left; then time as many compiled steps and go back to eager if they are not faster."""
+        if self.compile_trial is not None:
+            self._judge_compiled(step_times[-1])
+            return
         if not self.compile_pending or len(step_times) < AUTO_COMPILE_PROBE_STEPS:
             return
         self.compile_pending = False
         probe = step_times[1:]  # the first step pays one-off costs
         left = steps_left * sum(probe) / len(probe)
         if left > AUTO_COMPILE_MIN_SECONDS:
+            self.compile_trial = {"eager": statistics.median(probe), "compiled": [], "first": True}
             self.start_compiling(f"auto: about {left / 60:.0f} min of training left")
+
+    def _judge_compiled(self, seconds: float) -> None:
+        trial = self.compile_trial
+        if self.compiled is None:  # compiling failed: nothing to judge
+            self.compile_trial = None
+            return
+        if not self.used_compiled:  # a short last batch ran eagerly
+            return
+        if trial["first"]:  # the step that compiled
+            trial["first"] = False
+            return
+        trial["compiled"].append(seconds)
+        if len(trial["compiled"]) < AUTO_COMPILE_PROBE_STEPS:
+            return
+        self.compile_trial = None
+        eager, compiled = trial["eager"], statistics.median(trial["compiled"])
+        if compiled < eager:
+            self.cb.log(f"compiled steps take {compiled:.3f} s against {eager:.3f} s eager ({eager / compiled:.2f}x): "
+                        "kept")
+        else:
+            self.compiled = None
+            self.cb.log(f"compiled steps take {compiled:.3f} s against {eager:.3f} s eager: not faster here, "
+                        "training goes on without compiling")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The compiled forward for full batches once compiling was decided (a short last batch runs eagerly rather
         than compile a second graph); eager otherwise, and for good if compiling fails (no compiler here...)."""
-        if self.compiled is None or x.shape[0] != self.batch_size:
+        self.used_compiled = self.compiled is not None and x.shape[0] == self.batch_size
+        if not self.used_compiled:
             return self.net(x)
         if self.compile_checked:
             return self.compiled(x)
@@ -442,6 +474,7 @@ class _Session:
             self.cb.log(f"compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
                         "); training goes on without it")
             out = self.net(x)
+            self.used_compiled = False
         self.compile_checked = True
         return out
 
