@@ -3,9 +3,17 @@
 Full forward and backward passes with an SGD (momentum 0.9) step, data already in memory. The engine's step uses what
 ``core.training.engine.step_settings`` picks for the device (channels_last, bf16 autocast on GPUs that have it, fused
 optimiser steps, all CPU threads); the reference is ``net(x)`` / ``backward`` / ``opt.step()`` in fp32, contiguous,
-default optimiser implementation. Warm-up steps are excluded (and reported); the figure is the median of interleaved
-repeats. The fraction of the machine's matmul peak uses the model's FLOPs per step (torch's FlopCounterMode, forward
-plus backward) against a large fp32 (and on GPUs bf16) matmul measured in the same run.
+default optimiser implementation. Each variant runs in its own process, so that what the engine sets process-wide
+(``core.device.keep_freed_memory``: glibc keeps freed activation buffers instead of faulting in fresh pages every step)
+applies to it alone and the reference runs as a plain Python process would; the parent tells them in turn to run a
+repeat, so only one computes at a time. Warm-up steps are excluded (and reported); img/s is the median over the
+repeats, ``x plain`` the median of each repeat's ratio to the plain repeat just before it. The fraction of the
+machine's matmul peak uses the model's FLOPs per step (3 x torch's FlopCounterMode forward count) against a large
+fp32 (and on GPUs bf16) matmul measured in the same run.
+
+The engine is measured twice: eager (``engine``: what a run of under 30 minutes uses) and compiled (``compiled``:
+``torch.compile`` of the forward, which the engine's default ``options.compile = "auto"`` switches on once a run
+has more than 30 minutes left; its compile time is in the warm-up column).
 
     python bench/bench_throughput.py                          # resnet50 @128 and Lite0 @224, batch 32 (CPU)
     python bench/bench_throughput.py --batch 16 --repeats 3 --steps 2 --lite0-size 96    # smoke run
@@ -14,6 +22,7 @@ plus backward) against a large fp32 (and on GPUs bf16) matmul measured in the sa
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -73,7 +82,6 @@ class Variant:
         self.x = torch.randn(batch, 3, size, size, device=device)
         self.y = torch.randint(0, 100, (batch,), device=device)
         self.amp = False
-        self.compile_seconds = 0.0
         if kind == "engine":
             s = step_settings(device, size)
             self.settings = s
@@ -106,33 +114,79 @@ class Variant:
         return steps * self.x.shape[0] / (time.perf_counter() - t0)
 
 
-def bench_model(label: str, arch: str, size: int, args, device: torch.device, peaks: dict[str, float]) -> list[str]:
-    variants = {k: Variant(arch, k, size, args.batch, device, args.compile and k == "engine")
-                for k in ("plain", "engine")}
-    warm = {}
-    for k, v in variants.items():
-        t0 = time.perf_counter()
-        for _ in range(args.warmup):
-            v.step()
-        _sync(device)
-        warm[k] = time.perf_counter() - t0
+class Remote:
+    """A ``Variant`` in a child process of its own, driven line by line over its stdin/stdout."""
+
+    def __init__(self, kind: str, arch: str, size: int, args) -> None:
+        import subprocess
+
+        cmd = [sys.executable, __file__, "--serve", kind, "--arch", arch, "--size", str(size),
+               "--batch", str(args.batch)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = self.ask("info")
+
+    def ask(self, command: str):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"variant process exited (code {self.proc.wait()}) on {command!r}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve(args) -> None:
+    """The child side of ``Remote``: build one variant, then answer commands until stdin closes."""
+    from core.device import keep_freed_memory, torch_device
+
+    device = torch_device()
+    engine = args.serve != "plain"
+    freed = keep_freed_memory() if engine else False  # as the job worker does
+    v = Variant(args.arch, "engine" if engine else "plain", args.size, args.batch, device, args.serve == "compiled")
+    for line in sys.stdin:
+        command, _, n = line.strip().partition(" ")
+        if command == "info":
+            s = getattr(v, "settings", None)
+            out = {"amp": v.amp, "flops": flops_per_step(v.net, v.x[:1]) * args.batch if args.serve == "plain" else 0,
+                   "extra": "" if s is None else (f"channels_last={s.channels_last} bf16={s.amp_bf16} "
+                                                  f"fused={s.fused_optimizer} keep_freed_memory={freed}")}
+        elif command == "warmup":
+            t0 = time.perf_counter()
+            for _ in range(int(n)):
+                v.step()
+            _sync(device)
+            out = time.perf_counter() - t0
+        elif command == "timed":
+            out = v.timed(int(n))
+        else:
+            raise SystemExit(f"unknown command {command!r}")
+        print(json.dumps(out), flush=True)
+
+
+def bench_model(label: str, arch: str, size: int, args, peaks: dict[str, float]) -> list[str]:
+    variants = {k: Remote(k, arch, size, args) for k in ("plain", "engine", "compiled")[:3 if args.compiled else 2]}
+    warm = {k: v.ask(f"warmup {args.warmup}") for k, v in variants.items()}
     rates: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(args.repeats):  # interleaved: plain, engine, plain, engine...
+    for _ in range(args.repeats):  # interleaved: plain, engine, compiled, plain, engine...
         for k, v in variants.items():
-            rates[k].append(v.timed(args.steps))
-    flops = flops_per_step(variants["plain"].net, variants["plain"].x[:1]) * args.batch
+            rates[k].append(v.ask(f"timed {args.steps}"))
+    for v in variants.values():
+        v.close()
+    flops = variants["plain"].info["flops"]
     lines = []
     med = {k: statistics.median(r) for k, r in rates.items()}
-    for k in variants:
-        peak = peaks["bf16"] if k == "engine" and variants[k].amp else peaks["fp32"]
+    for k, v in variants.items():
+        peak = peaks["bf16"] if v.info["amp"] else peaks["fp32"]
         frac = med[k] / args.batch * flops / peak
-        extra = ""
-        if k == "engine":
-            s = variants[k].settings
-            extra = f"channels_last={s.channels_last} bf16={s.amp_bf16} fused={s.fused_optimizer}" + (
-                " compiled" if args.compile else "")
-        lines.append(f"{label:<28} {k:<7} {med[k]:>9.1f} {med[k] / med['plain']:>6.2f} {frac:>9.3f} "
-                     f"{warm[k]:>8.1f}  {extra}")
+        # x plain: the median of each repeat's ratio to the plain repeat just before it (drift on a shared host
+        # cancels out); lo-hi: the smallest and largest of those ratios
+        ratios = [r / p for r, p in zip(rates[k], rates["plain"])]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        lines.append(f"{label:<28} {k:<8} {med[k]:>7.1f} {statistics.median(ratios):>7.2f} {spread:>9} {frac:>7.3f} "
+                     f"{warm[k]:>8.1f}  {v.info['extra']}")
     return lines
 
 
@@ -145,9 +199,15 @@ def main() -> None:
     ap.add_argument("--resnet-size", type=int, default=128)
     ap.add_argument("--lite0-size", type=int, default=224)
     ap.add_argument("--models", default="resnet50,lite0", help="which of resnet50, lite0 (comma-separated)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the engine's model (compile time is "
-                    "in the warm-up column)")
+    ap.add_argument("--no-compiled", dest="compiled", action="store_false",
+                    help="skip the compiled engine (its compile takes ~80 s a model on 2 CPU cores)")
+    # the child side of Remote
+    ap.add_argument("--serve", choices=("plain", "engine", "compiled"), help=argparse.SUPPRESS)
+    ap.add_argument("--arch", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return serve(args)
 
     from core.device import device_info, torch_device
 
@@ -158,14 +218,14 @@ def main() -> None:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, n=8192)
         note += f", bf16 {peaks['bf16'] / 1e12:.1f} TFLOP/s (fractions: fp32 peak for plain, bf16 for engine)"
     print(f"{device_info().label}; threads {torch.get_num_threads()}; batch {args.batch}; {note}")
-    print(f"{'model':<28} {'variant':<7} {'img/s':>9} {'x plain':>6} {'of peak':>9} {'warm-s':>8}")
+    print(f"{'model':<28} {'variant':<8} {'img/s':>7} {'x plain':>7} {'lo-hi':>9} {'of peak':>7} {'warm-s':>8}")
     chosen = set(args.models.split(","))
-    for key, label, arch, size in (("resnet50", "resnet50 @%d" % args.resnet_size, "resnet50", args.resnet_size),
-                                   ("lite0", "efficientnet_lite0 @%d" % args.lite0_size, "tf_efficientnet_lite0",
+    for key, label, arch, size in (("resnet50", f"resnet50 @{args.resnet_size}", "resnet50", args.resnet_size),
+                                   ("lite0", f"efficientnet_lite0 @{args.lite0_size}", "tf_efficientnet_lite0",
                                     args.lite0_size)):
         if key not in chosen:
             continue
-        for line in bench_model(label, arch, size, args, device, peaks):
+        for line in bench_model(label, arch, size, args, peaks):
             print(line, flush=True)
 
 
