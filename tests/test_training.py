@@ -340,7 +340,8 @@ def test_compile_option_values():
     assert training_options({})["compile"] == "auto"
     assert training_options({"compile": True})["compile"] is True
     assert training_options({"compile": "False"})["compile"] is False
-    for bad in (1, "yes", 0.5):
+    assert training_options({"compile": "AUTO"})["compile"] == "auto"
+    for bad in (1, "yes", 0.5, [True]):
         with pytest.raises(UserError, match="compile: .* is not allowed; use true, false or \"auto\""):
             training_options({"compile": bad})
 

@@ -57,7 +57,6 @@ CPU_HEAD_THREADS = 1
 # tests never compile. After as many compiled steps, it keeps the compiled forward only if its steps are faster.
 AUTO_COMPILE_PROBE_STEPS = 8
 AUTO_COMPILE_MIN_SECONDS = 30 * 60
-COMPILE_CHOICES = ("auto", True, False)
 NON_DECAY_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -143,10 +142,12 @@ def training_options(raw: dict | None) -> dict:
     if patience is not None and patience < 1:
         raise UserError(f"early_stopping_patience: {patience} is not allowed; use an integer >= 1, or leave it unset")
     restore_best = bool(raw.pop("restore_best", patience is not None))
-    compile_net = raw.pop("compile", "auto")
-    compile_net = {None: "auto", "true": True, "false": False}.get(
-        compile_net.lower() if isinstance(compile_net, str) else compile_net, compile_net)
-    if compile_net not in COMPILE_CHOICES or not isinstance(compile_net, (bool, str)):
+    compile_net = raw.pop("compile", None)
+    if compile_net is None:
+        compile_net = "auto"
+    elif isinstance(compile_net, str):
+        compile_net = {"true": True, "false": False}.get(compile_net.lower(), compile_net.lower())
+    if not (isinstance(compile_net, bool) or compile_net == "auto"):
         raise UserError(f"compile: {compile_net!r} is not allowed; use true, false or \"auto\" (the default: "
                         f"compile when more than {AUTO_COMPILE_MIN_SECONDS // 60} minutes of training are left)")
     if raw:
