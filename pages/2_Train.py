@@ -159,9 +159,10 @@ else:
         launch_compile = st.radio(
             "Compile the network (torch.compile)", list(COMPILE_LABELS), key="train_compile", horizontal=True,
             format_func=COMPILE_LABELS.get,
-            help="Compiling the training forward pass takes ~80 s on a 2-core CPU, then each step runs faster (1.1-1.2x "
-                 "for resnet50, bench/README.md). Auto measures the first steps and compiles when more than 30 "
-                 "minutes of training are left. A frozen backbone trains on cached features and never compiles.")
+            help="Compiling the training forward pass takes ~80 s on a 2-core CPU, then each step runs faster "
+                 "(1.1-1.2x for resnet50, bench/README.md). Auto measures the first steps, compiles when more than "
+                 "30 minutes of training are left and keeps it only if the compiled steps are faster. A frozen "
+                 "backbone trains on cached features and never compiles.")
     launch_options = {k: v for k, v in (("early_stopping_patience", int(launch_patience) or None),
                                         ("compile", None if launch_compile == "auto" else launch_compile))
                       if v is not None}
