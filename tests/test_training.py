@@ -301,6 +301,8 @@ def test_auto_compile_compiles_when_the_probe_steps_leave_enough_time(tmp_path, 
     [verdict] = [line for line in rec.logs if line.startswith("compiled steps take")]
     assert verdict.endswith(": kept") or verdict.endswith("training goes on without compiling")
     assert len(rec.steps) == 7 and all(math.isfinite(s["loss"]) for s in rec.steps)
+    # the third step compiled (seconds, not milliseconds): its time stays out of images/s and the ETA
+    assert rec.steps[2]["images_per_sec"] == rec.steps[1]["images_per_sec"]
     probs = load_model_dir(mstore.get_model_by_id(result.model_id)["path"]).predict([_one_image(kind)])
     assert probs.shape == (1, 2) and np.isfinite(probs).all()
 

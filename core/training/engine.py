@@ -411,6 +411,7 @@ class _Session:
         self.compiled: nn.Module | None = None  # the compiled forward, once compiling was decided
         self.compile_checked = False  # its first call succeeded (or it was given up)
         self.used_compiled = False  # the last step went through the compiled forward
+        self.compiling_step = False  # the last step compiled it (its time is not a step time)
         self.compile_trial: dict | None = None  # auto: the eager steps' median and the compiled steps' times
         self.compile_pending = plan.options["compile"] == "auto" and plan.mode == "images"
         if plan.options["compile"] is True and plan.mode == "images":
@@ -422,11 +423,12 @@ class _Session:
         self.compiled = torch.compile(self.net)
         self.cb.log(f"compiling the network's forward pass ({why}); the next step waits for it")
 
-    def maybe_compile(self, steps_left: int, step_times: list[float]) -> None:
-        """options.compile "auto", after each step: compile once the probe steps say over AUTO_COMPILE_MIN_SECONDS
-        are left; then time as many compiled steps and go back to eager if they are not faster."""
+    def maybe_compile(self, steps_left: int, step_times: list[float], seconds: float | None) -> None:
+        """options.compile "auto", after each step (``seconds``: its time, None for the step that compiled): compile
+        once the probe steps say over AUTO_COMPILE_MIN_SECONDS are left; then time as many compiled steps and go
+        back to eager if they are not faster."""
         if self.compile_trial is not None:
-            self._judge_compiled(step_times[-1])
+            self._judge_compiled(seconds)
             return
         if not self.compile_pending or len(step_times) < AUTO_COMPILE_PROBE_STEPS:
             return
@@ -434,18 +436,15 @@ class _Session:
         probe = step_times[1:]  # the first step pays one-off costs
         left = steps_left * sum(probe) / len(probe)
         if left > AUTO_COMPILE_MIN_SECONDS:
-            self.compile_trial = {"eager": statistics.median(probe), "compiled": [], "first": True}
+            self.compile_trial = {"eager": statistics.median(probe), "compiled": []}
             self.start_compiling(f"auto: about {left / 60:.0f} min of training left")
 
-    def _judge_compiled(self, seconds: float) -> None:
+    def _judge_compiled(self, seconds: float | None) -> None:
         trial = self.compile_trial
         if self.compiled is None:  # compiling failed: nothing to judge
             self.compile_trial = None
             return
-        if not self.used_compiled:  # a short last batch ran eagerly
-            return
-        if trial["first"]:  # the step that compiled
-            trial["first"] = False
+        if not self.used_compiled or seconds is None:  # a short last batch ran eagerly, or the step compiled
             return
         trial["compiled"].append(seconds)
         if len(trial["compiled"]) < AUTO_COMPILE_PROBE_STEPS:
@@ -468,6 +467,7 @@ class _Session:
             return self.net(x)
         if self.compile_checked:
             return self.compiled(x)
+        self.compiling_step = True
         try:
             out = self.compiled(x)
         except Exception as exc:  # noqa: BLE001 - inductor/dynamo failures come in many types; eager always works
@@ -988,16 +988,18 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
         loss.backward()
         s.opt.step()
         dt = time.perf_counter() - t0
-        step_times.append(dt)
+        compiling, s.compiling_step = s.compiling_step, False
+        if not compiling:  # a minute of compiling would distort images/s and the ETA for the next 20 steps
+            step_times.append(dt)
         state["global_step"] += 1
         state["step_in_epoch"] = step + 1
         state["loss_sum"] += value * len(rows)
         state["loss_n"] += len(rows)
         state["epoch_images"] += len(rows)
-        recent = step_times[-20:]
+        recent = step_times[-20:] or [dt]
         ips = len(rows) / max(sum(recent) / len(recent), 1e-9)
         remaining = (s.num_epochs - epoch) * s.steps_per_epoch + (s.steps_per_epoch - step - 1)
-        s.maybe_compile(remaining, step_times)
+        s.maybe_compile(remaining, step_times, None if compiling else dt)
         cb.on_step({"epoch": epoch, "step": step + 1, "steps_per_epoch": s.steps_per_epoch,
                     "images_per_sec": ips, "loss": value, "lr": lr,
                     "eta_s": remaining * (sum(recent) / len(recent)), "phase": "train"})
