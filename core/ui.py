@@ -55,11 +55,13 @@ def home_overview() -> None:
         st.caption(f"Running: job {job.get('id')} — {job.get('what', '')}")
 
 
-def prefill_train(kind: str, template: str, params: dict, dataset: str | None = None) -> None:
+def prefill_train(kind: str, template: str, params: dict, dataset: str | None = None,
+                  options: dict | None = None) -> None:
     """Fill the Train page's widgets with a configuration (Jobs page "Clone to new configuration").
 
-    Sets the widget keys the Train page reads (kind, template, ``train_p_<param>``, dataset) with values of the
-    types its widgets expect, so the page opens showing exactly this configuration.
+    Sets the widget keys the Train page reads (kind, template, ``train_p_<param>``, dataset, and the training
+    options' patience and compile) with values of the types its widgets expect, so the page opens showing exactly
+    this configuration.
     """
     from core.templates import get_template
 
@@ -78,6 +80,10 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
         st.session_state["train_p_" + spec.name] = value
     if dataset:
         st.session_state["train_dataset"] = dataset
+    options = options or {}
+    st.session_state["train_patience"] = int(options.get("early_stopping_patience") or 0)
+    compile_net = options.get("compile", "auto")
+    st.session_state["train_compile"] = compile_net if isinstance(compile_net, bool) else "auto"
 
 
 def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:

@@ -140,5 +140,5 @@ if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:", dis
 if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not is_train,
                   icon=":material/content_copy:", help="Open the Train page filled with this configuration"):
     cfg = job["config"]
-    ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"))
+    ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"), cfg.get("options"))
     ui.go_to_page("pages/2_Train.py", "Train")

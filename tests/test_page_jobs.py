@@ -28,7 +28,8 @@ def test_empty_jobs_page_points_to_train():
 
 
 def test_jobs_page_shows_running_and_finished_jobs_and_its_buttons_act(tiny):
-    done = jobs.submit("local", "train", train_config(epochs=2, items=40))
+    done = jobs.submit("local", "train", train_config(
+        epochs=2, items=40, options={"early_stopping_patience": 5, "compile": False}))
     assert jobs.wait(done, timeout=180)["state"] == "succeeded"
     running = jobs.submit("local", "train", train_config(epochs=3, items=4000))
     wait_store(running, in_epoch(1, 60), timeout=180)  # 60 of 3,000 steps: the bar shows 2%
@@ -70,7 +71,7 @@ def test_jobs_page_shows_running_and_finished_jobs_and_its_buttons_act(tiny):
     assert not at.exception, at.exception
     cfg = store.get_job(done)["config"]
     train = AppTest.from_file(str(PAGES / "2_Train.py"), default_timeout=60)
-    keys = ["train_kind_select", "train_template_select", "train_dataset"]
+    keys = ["train_kind_select", "train_template_select", "train_dataset", "train_patience", "train_compile"]
     keys += ["train_p_" + spec.name for spec in get_template(cfg["kind"], cfg["template"]).params]
     for key in keys:  # the widget state Clone left for the Train page (a new page run in the same session)
         if key in at.session_state:
@@ -81,6 +82,8 @@ def test_jobs_page_shows_running_and_finished_jobs_and_its_buttons_act(tiny):
     assert train.slider(key="train_p_image_size").value == cfg["params"]["image_size"] == 32
     assert train.number_input(key="train_p_num_items_per_epoch").value == 40
     assert train.selectbox(key="train_dataset").value == "tiny"
+    assert train.number_input(key="train_patience").value == 5  # the training options come along
+    assert train.radio(key="train_compile").value is False
 
 
 def test_failed_job_shows_the_reason_first_and_the_traceback_folded(tiny):
