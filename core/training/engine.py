@@ -389,8 +389,9 @@ class _Session:
         self.settings = step_settings(self.device, int(self.preprocess["image_size"]), plan.mode == "detector")
         self.channels_last = self.settings.channels_last
         self.net.to(self.device)
-        if self.channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        # either way explicitly: a base network from a loaded model may arrive in channels_last (LoadedModel's choice
+        # at its own image size)
+        self.net.to(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         self.mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32, device=self.device)
         self.std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device)
         self.opt = _optimizer(plan, self.net, self.device)
