@@ -80,10 +80,11 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
         st.session_state["train_p_" + spec.name] = value
     if dataset:
         st.session_state["train_dataset"] = dataset
-    options = options or {}
-    st.session_state["train_patience"] = int(options.get("early_stopping_patience") or 0)
-    compile_net = options.get("compile", "auto")
-    st.session_state["train_compile"] = compile_net if isinstance(compile_net, bool) else "auto"
+    from core.training.engine import training_options
+
+    opts = training_options(options)  # the stored form, normalised as the engine reads it ("false" -> False, ...)
+    st.session_state["train_patience"] = opts["early_stopping_patience"] or 0
+    st.session_state["train_compile"] = opts["compile"]
 
 
 def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:
