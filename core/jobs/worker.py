@@ -77,7 +77,8 @@ class JobCallbacks(_Base):
             self._dirty = True
         self._set_running()
         self.log(f"started: {info.get('kind', '')} {info.get('template', '')} on {info.get('items', '?')} images, "
-                 f"{self.num_epochs} epochs of {info.get('steps_per_epoch', '?')} steps, {info.get('device', '')}")
+                 f"{self.num_epochs} epochs of {info.get('steps_per_epoch', '?')} steps, {info.get('device', '')}"
+                 + (f" ({info['numerics']})" if info.get("numerics") else ""))
 
     def on_step(self, p: dict) -> None:
         epoch, step, spe = int(p.get("epoch", 1)), int(p.get("step", 0)), int(p.get("steps_per_epoch") or 1)

@@ -864,7 +864,9 @@ def train(config: dict, run_dir: Path, callbacks: Callbacks | None = None, resum
     state["num_epochs"] = s.num_epochs
     state["model_name"] = plan.name
 
+    numerics = ("bf16 autocast" if s.amp else "fp32") + (", channels_last" if s.channels_last else "")
     cb.on_start({"kind": plan.kind, "template": plan.template, "params": plan.params, "device": str(s.device),
+                 "numerics": numerics,
                  "items": len(s.train_rows), "val_items": len(plan.eval_records), "eval_split": plan.eval_split,
                  "steps_per_epoch": s.steps_per_epoch, "epochs": s.num_epochs, "start_epoch": state["epoch_done"] + 1,
                  "mode": plan.mode, "concepts": plan.concepts, "batch_size": s.batch_size})
