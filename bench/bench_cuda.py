@@ -89,6 +89,7 @@ def main() -> int:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--per-class", type=int, default=30)
     ap.add_argument("--small", action="store_true", help="64 px, 1 epoch: a smoke run on a CPU")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs of each training run")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args()
 
@@ -102,15 +103,15 @@ def main() -> int:
     print(f"dataset: {report['items']} images, {len(report['concepts'])} concepts")
 
     size = 64 if args.small else None
-    epochs = 1 if args.small else None
+    epochs = 1 if args.small else args.epochs
     runs = [
         ("lite0", "classifier", "Studio_EfficientNetLite0_Transfer",
-         {"image_size": size or 224, "batch_size": 32, "num_epochs": epochs or 4, "base_gradient_multiplier": 0.1}),
+         {"image_size": size or 224, "batch_size": 32, "num_epochs": epochs, "base_gradient_multiplier": 0.1}),
         ("resnet50", "classifier", "MMClassification_ResNet_50_RSB_A1",
-         {"image_size": size or 160, "batch_size": 64, "num_epochs": epochs or 4, "pretrained_weights": "None",
+         {"image_size": size or 160, "batch_size": 64, "num_epochs": epochs, "pretrained_weights": "None",
           "warmup_iters": 5}),
         ("arcface", "embedder", "Clarifai_ResNet_AngularMargin",
-         {"image_size": size or 128, "batch_size": 32, "num_epochs": epochs or 3, "pretrained_weights": "None",
+         {"image_size": size or 128, "batch_size": 32, "num_epochs": epochs, "pretrained_weights": "None",
           "embeddings_size": 256}),
     ]
     failures: list[str] = []
@@ -131,6 +132,7 @@ def main() -> int:
         else:
             failures.append(f"{name}: {done['state']}: {done.get('error')}")
         rows.append((name, template, done["state"], start[-70:], ips, wall, figure))
+        print("  job", job["id"], *rows[-1], flush=True)
 
     # cancel mid-run, then resume: the checkpoint (weights, optimiser state, RNG) reloads onto the GPU
     job = train("resumed", "classifier", "Studio_EfficientNetLite0_Transfer",
@@ -144,6 +146,8 @@ def main() -> int:
         time.sleep(0.3)
     cli("jobs", "cancel", str(job["id"]))
     cancelled = wait(job["id"])
+    print("  cancelled:", cancelled["state"], "after epochs", [m.get("epoch") for m in cancelled.get("metrics") or []],
+          flush=True)
     cli("jobs", "resume", str(job["id"]))
     resumed = wait(job["id"])
     epochs_seen = [m.get("epoch") for m in resumed.get("metrics") or []]
