@@ -137,7 +137,22 @@ def load_checkpoint(
         for pid, plain in doc["optimizer"].get("plain_state", {}).items():
             state.setdefault(int(pid), {}).update(plain)
         opt.load_state_dict({"state": state, "param_groups": doc["optimizer"]["param_groups"]})
+        _match_parameter_layouts(opt)
     return doc
+
+
+def _match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (momentum, Adam's moments) its parameter's strides.
+
+    Checkpoints store tensors contiguous, and ``load_state_dict`` moves them to the parameter's device and dtype but
+    not its memory format. The fused optimiser steps pair parameter, gradient and state element by element in
+    memory: with channels_last parameters and contiguous state, CUDA refuses the step, and the CPU silently mixes
+    elements (a resumed run drifted from the uninterrupted one at 128 px, where the CPU trains in channels_last)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for key, value in opt.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                    opt.state[p][key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def update_state(ckpt_dir: Path, **fields: Any) -> None:
