@@ -44,7 +44,7 @@ def device_facts() -> dict:
     if facts["cuda"]:
         props = torch.cuda.get_device_properties(0)
         facts.update(name=props.name, memory_gib=round(props.total_memory / 2**30, 1),
-                     bf16=torch.cuda.is_bf16_supported())
+                     bf16=torch.cuda.is_bf16_supported(including_emulation=False))
     return facts
 
 

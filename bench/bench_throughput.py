@@ -214,7 +214,7 @@ def main() -> None:
     device = torch_device()
     peaks = {"fp32": matmul_peak(device, torch.float32)}
     note = f"fp32 matmul peak {peaks['fp32'] / 1e9:.0f} GFLOP/s"
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False):
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, n=8192)
         note += f", bf16 {peaks['bf16'] / 1e12:.1f} TFLOP/s (fractions: fp32 peak for plain, bf16 for engine)"
     print(f"{device_info().label}; threads {torch.get_num_threads()}; batch {args.batch}; {note}")

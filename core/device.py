@@ -27,7 +27,7 @@ def device_info() -> DeviceInfo:
 
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        bf16 = torch.cuda.is_bf16_supported()
+        bf16 = cuda_bf16()
         return DeviceInfo(
             kind="cuda",
             name=props.name,
@@ -51,6 +51,15 @@ def device_info() -> DeviceInfo:
 # channels_last on the CPU only from this image size: at 32-64 px oneDNN's layout reorders cost more than the faster
 # convolutions save (measured here); from 96 px it is 1.2-1.4x for training and 1.3-1.4x for inference.
 CPU_CHANNELS_LAST_MIN_SIZE = 96
+
+
+def cuda_bf16() -> bool:
+    """Whether the GPU computes in bf16 natively (compute capability 8.0 and later: A100, H100...). Older cards
+    (V100, T4) can hold bf16 tensors, which ``torch.cuda.is_bf16_supported()`` counts by default, but emulate the
+    arithmetic; they train in fp32."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def channels_last_for(device, image_size: int, detector: bool = False) -> bool:
@@ -87,7 +96,7 @@ def torch_device():
     import torch
 
     if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # fixed input shapes; detectors turn it off (core.training.engine)
         return torch.device("cuda")
     torch.set_num_threads(os.cpu_count() or 1)
     return torch.device("cpu")

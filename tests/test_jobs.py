@@ -188,3 +188,13 @@ def test_tampered_configuration_in_the_store_fails_with_a_clear_message(tiny):
     assert job["model_id"] is None
     with pytest.raises(ValidationError, match="image_size"):
         jobs.resume(job_id)  # resume validates again
+
+
+def test_each_queue_slot_gets_one_of_the_servers_own_gpus(monkeypatch):
+    """With CUDA_VISIBLE_DEVICES set for the server, slot k's worker sees its k-th entry (ids or UUIDs) alone; unset,
+    it sees GPU number k."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, GPU-5f1c,-1")
+    assert local.gpu_count() == 2
+    assert [local.gpu_for_slot(k) for k in (0, 1)] == ["2", "GPU-5f1c"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert local.gpu_for_slot(1) == "1"

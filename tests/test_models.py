@@ -389,3 +389,16 @@ def test_bn_inception_follows_the_paper():
             side = sides[key[0]] // (2 if key in ("3c", "4e") else 1)
             assert tuple(y.shape) == (1, widths[key], side, side), name
     assert 10.0e6 < sum(p.numel() for p in net.parameters()) < 10.5e6
+
+
+def test_cosine_head_computes_in_fp32_under_bf16_autocast():
+    """ArcFace scales cosines by up to 64: rounded to bf16 first they would move the logits by up to 0.25."""
+    from core.models.heads import CosineClassifier
+
+    torch.manual_seed(0)
+    head, x = CosineClassifier(64, 5), torch.randn(8, 64)
+    plain = head(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = head(x)
+    assert autocast.dtype == torch.float32
+    torch.testing.assert_close(autocast, plain, rtol=0, atol=1e-6)

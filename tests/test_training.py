@@ -457,3 +457,17 @@ def test_transfer_classifier_on_a_trained_embedder_base(tmp_path, tiny):
         train(_config("classifier", name, params, base_model="on-base"), tmp_path / "bad")
     general = train(_config("classifier", name, params, base_model="general", name="on-general"), tmp_path / "gen")
     assert mstore.get_model_by_id(general.model_id)["base_model_id"] is None
+
+
+def test_bf16_autocast_only_for_image_networks_on_gpus_with_bf16(monkeypatch):
+    """Detectors train in fp32 on any GPU (bf16 box coordinates break NMS); other networks in bf16 where the GPU
+    computes it natively, never on the CPU."""
+    from core.training import engine
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(engine, "cuda_bf16", lambda: True)
+    assert engine.step_settings(cuda, 224).amp_bf16
+    assert not engine.step_settings(cuda, 512, detector=True).amp_bf16
+    assert not engine.step_settings(cpu, 224).amp_bf16
+    monkeypatch.setattr(engine, "cuda_bf16", lambda: False)  # a V100 or T4: bf16 only emulated
+    assert not engine.step_settings(cuda, 224).amp_bf16

@@ -44,11 +44,26 @@ def cancel_grace_s() -> float:
     return _env_float("DEEPTRAIN_CANCEL_GRACE_S", 20.0)
 
 
+def _visible_gpus() -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES (ids or UUIDs), or None when it is not set."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return None
+    return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+
+
+def gpu_for_slot(slot: int) -> str:
+    """The CUDA_VISIBLE_DEVICES value for the worker in queue slot ``slot``: one GPU of those this server may use (the
+    slot-th entry of its own CUDA_VISIBLE_DEVICES when that is set, else GPU number ``slot``)."""
+    visible = _visible_gpus()
+    return visible[slot % len(visible)] if visible else str(slot)
+
+
 def gpu_count() -> int:
     """GPUs on this machine, without importing torch (pages stay light): the driver's list, else torch if loaded."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = _visible_gpus()
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        return len(visible)
     gpus = Path("/proc/driver/nvidia/gpus")
     if gpus.is_dir():
         return len(list(gpus.iterdir()))
@@ -96,8 +111,8 @@ def launch(job_id: int, slot: int = 0) -> int:
     env["DEEPTRAIN_HOME"] = str(paths.home())
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(paths.PROJECT_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
-    if gpu_count() > 1 and "CUDA_VISIBLE_DEVICES" not in os.environ:
-        env["CUDA_VISIBLE_DEVICES"] = str(slot)
+    if gpu_count() > 1:
+        env["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(slot)
     with open(log_path(job_id), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "core", "worker", str(int(job_id))],

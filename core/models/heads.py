@@ -30,7 +30,10 @@ class CosineClassifier(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+        # in fp32 even under bf16 autocast: bf16 rounds a cosine near 1 to steps of 2^-8, a step of 0.25 in the
+        # logit once ArcFace scales it by 64
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
 
 def angular_margin_logits(cosines: torch.Tensor, targets: torch.Tensor, scale: float, margin: float) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import paths
-from core.device import channels_last_for
+from core.device import channels_last_for, cuda_bf16
 from core.errors import UserError
 from core.models.preprocess import to_input
 from core.training import data as tdata
@@ -70,12 +70,16 @@ class StepSettings:
 
 
 def step_settings(device: torch.device, image_size: int, detector: bool = False) -> StepSettings:
-    """bf16 autocast where the GPU has it; channels_last as ``core.device.channels_last_for`` says (CUDA, and the
-    CPU from moderate image sizes); fused optimiser steps (one kernel for all parameters) on both."""
-    cuda = device.type == "cuda"
+    """bf16 autocast where the GPU computes in bf16, except for detectors; channels_last as
+    ``core.device.channels_last_for`` says (CUDA, and the CPU from moderate image sizes); fused optimiser steps (one
+    kernel for all parameters) on both.
+
+    Detectors train in fp32: under autocast torchvision decodes boxes in the head's dtype, and bf16 holds coordinates
+    from 512 to 1023 px only to multiples of 4, while ``batched_nms`` offsets each class's boxes by ``label x (max +
+    1)`` before suppressing, which rounds them to 16-128 px; NMS then keeps or drops the wrong boxes."""
     return StepSettings(
         channels_last=channels_last_for(device, image_size, detector),
-        amp_bf16=cuda and torch.cuda.is_bf16_supported(),
+        amp_bf16=device.type == "cuda" and not detector and cuda_bf16(),
         fused_optimizer=True,
     )
 
@@ -364,7 +368,7 @@ class _Session:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = torch_device()
         self.cuda = self.device.type == "cuda"
-        self.amp = self.cuda and torch.cuda.is_bf16_supported()  # the same rule as step_settings
+        self.amp = self.cuda and plan.mode != "detector" and cuda_bf16()  # the same rule as step_settings
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -387,6 +391,8 @@ class _Session:
             self.net = build_network(plan.kind, plan.template, plan.params, num_classes)
             self.preprocess = preprocess_config(plan.kind, plan.template, plan.params)
         self.settings = step_settings(self.device, int(self.preprocess["image_size"]), plan.mode == "detector")
+        if self.cuda:  # detector batches change shape (aspect ratios): cuDNN would re-tune every convolution each time
+            torch.backends.cudnn.benchmark = plan.mode != "detector"
         self.channels_last = self.settings.channels_last
         self.net.to(self.device)
         # either way explicitly: a base network from a loaded model may arrive in channels_last (LoadedModel's choice
@@ -507,6 +513,7 @@ class _Session:
         key = (plan.dataset["id"], plan.dataset["version"], plan.kind, plan.template, weights, size, mode, need_flip,
                plan.base_model["id"] if plan.base_model else None,
                plan.seed if str(weights) in ("None", "random", "") else None,
+               "bf16" if self.amp else "fp32",  # features a GPU computed under autocast differ from fp32 ones
                [r["item_id"] for r in records])
         folder = tdata.feature_cache_folder(*key)
         t0 = time.perf_counter()
