@@ -829,7 +829,11 @@ def train(config: dict, run_dir: Path, callbacks: Callbacks | None = None, resum
     run_dir.mkdir(parents=True, exist_ok=True)
     plan = make_plan(config, run_dir)
     s = _Session(plan, run_dir, cb)
-    s.build()
+    try:
+        s.build()
+    except torch.OutOfMemoryError as exc:
+        raise UserError(f"out of GPU memory placing {plan.template} on the GPU: another process may hold its memory "
+                        "(nvidia-smi lists them); try again when it is free") from exc
 
     state: dict[str, Any] = {"epoch_done": 0, "step_in_epoch": 0, "global_step": 0, "loss_sum": 0.0, "loss_n": 0,
                              "epoch_seconds": 0.0, "epoch_images": 0, "train_seconds": 0.0, "best": None,
@@ -986,6 +990,12 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
             loss = s._step_detector(u8, rows, gen)
         else:
             loss = s._step_images(u8, rows, gen)
+        s.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        s.opt.step()
+        # read the loss once the whole step is queued: on a GPU reading it earlier would make the CPU wait for the
+        # forward pass before it could queue the backward's kernels. A non-finite loss has then updated the weights
+        # in memory, but nothing is saved after it: the run stops and the last good checkpoint stays.
         value = float(loss.detach())
         if not math.isfinite(value):
             raise TrainingDiverged(
@@ -994,9 +1004,6 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
                 f"per_128_lrate) and start a new run; the last good checkpoint (epoch {state['epoch_done']}) "
                 "is kept."
             )
-        s.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        s.opt.step()
         dt = time.perf_counter() - t0
         compiling, s.compiling_step = s.compiling_step, False
         if not compiling:  # a minute of compiling would distort images/s and the ETA for the next 20 steps
