@@ -367,6 +367,40 @@ def test_compile_that_fails_falls_back_to_eager_training(tmp_path, tiny, monkeyp
     assert "compiling failed (" in err and "training goes on without it" in err
 
 
+def test_a_compiled_backward_that_fails_redoes_the_step_eagerly(tmp_path, tiny, monkeypatch):
+    """The backward's graph compiles at the first backward() (on a GPU: Triton kernels), after the forward succeeded:
+    a failure there gives up compiling and redoes that step eagerly; the run ends as an eager run would."""
+    from core.training import engine
+
+    class FailingBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("ptxas fatal: a compiler failure in the backward graph")
+
+    class Compiled(torch.nn.Module):  # stands for torch.compile(net): the same parameters, a failing backward
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return FailingBackward.apply(self.net(x))
+
+    monkeypatch.setattr(engine.torch, "compile", Compiled)
+    kind, name = LITE0
+    params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=4)
+    eager = train(_config(kind, name, params, name="eager", options={"compile": False}), tmp_path / "eager")
+    rec = Recorder()
+    failed = train(_config(kind, name, params, name="failed", options={"compile": True}), tmp_path / "failed", rec)
+    assert any("compiling failed (RuntimeError: ptxas fatal" in line for line in rec.logs)
+    a, b = _weights(eager.model_path), _weights(failed.model_path)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_compile_option_values():
     from core.training.engine import training_options
 

@@ -478,13 +478,17 @@ class _Session:
         try:
             out = self.compiled(x)
         except Exception as exc:  # noqa: BLE001 - inductor/dynamo failures come in many types; eager always works
-            self.compiled = None
-            self.cb.log(f"compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-                        "); training goes on without it")
+            self.give_up_compiling(exc)
             out = self.net(x)
-            self.used_compiled = False
         self.compile_checked = True
         return out
+
+    def give_up_compiling(self, exc: BaseException) -> None:
+        """Compiling failed (the forward's graph, or the backward's, which compiles at the first ``backward()``):
+        log why and train eagerly from here on."""
+        self.compiled, self.used_compiled = None, False
+        self.cb.log(f"compiling failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                    "training goes on without it")
 
     def prepare_data(self) -> None:
         """Decode once into the pixel cache, or (frozen backbone) compute the backbone features once."""
@@ -984,6 +988,9 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
         gen = torch.Generator().manual_seed(seed)
         lr = s._lr(state["global_step"])
         s._set_lr(lr)
+        # the step that will compile: keep the batch-norm statistics, to redo it eagerly if its backward fails
+        buffers = ({k: b.clone() for k, b in s.net.named_buffers()}
+                   if s.compiled is not None and not s.compile_checked else None)
         if plan.mode == "features":
             loss = s._step_features(rows, gen)
         elif plan.mode == "detector":
@@ -991,7 +998,19 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
         else:
             loss = s._step_images(u8, rows, gen)
         s.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss.backward()
+        except Exception as exc:  # noqa: BLE001 - only on the step that compiled: its backward compiles here
+            if not s.compiling_step or buffers is None:
+                raise
+            s.give_up_compiling(exc)
+            s.opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for k, b in s.net.named_buffers():
+                    b.copy_(buffers[k])
+            torch.manual_seed(seed)  # the same step again, eagerly, with the same random draws
+            loss = s._step_images(u8, rows, torch.Generator().manual_seed(seed))
+            loss.backward()
         s.opt.step()
         # read the loss once the whole step is queued: on a GPU reading it earlier would make the CPU wait for the
         # forward pass before it could queue the backward's kernels. A non-finite loss has then updated the weights
