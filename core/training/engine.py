@@ -368,7 +368,6 @@ class _Session:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.device = torch_device()
         self.cuda = self.device.type == "cuda"
-        self.amp = self.cuda and plan.mode != "detector" and cuda_bf16()  # the same rule as step_settings
         if self.cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -391,6 +390,7 @@ class _Session:
             self.net = build_network(plan.kind, plan.template, plan.params, num_classes)
             self.preprocess = preprocess_config(plan.kind, plan.template, plan.params)
         self.settings = step_settings(self.device, int(self.preprocess["image_size"]), plan.mode == "detector")
+        self.amp = self.settings.amp_bf16
         if self.cuda:  # detector batches change shape (aspect ratios): cuDNN would re-tune every convolution each time
             torch.backends.cudnn.benchmark = plan.mode != "detector"
         self.channels_last = self.settings.channels_last
@@ -1000,7 +1000,7 @@ def _epoch_steps(s: _Session, state: dict, epoch: int, source, t_epoch: float, s
         s.opt.zero_grad(set_to_none=True)
         try:
             loss.backward()
-        except Exception as exc:  # noqa: BLE001 - only on the step that compiled: its backward compiles here
+        except Exception as exc:  # only on the step that compiled: its backward compiles here
             if not s.compiling_step or buffers is None:
                 raise
             s.give_up_compiling(exc)
