@@ -90,7 +90,8 @@ def job_progress(job_id: int) -> None:
     cols[2].metric("Images/s", f"{p['images_per_sec']:.1f}" if p.get("images_per_sec") else "-")
     cols[3].metric("ETA", view.duration(p.get("eta_s")) if state in jobs.ACTIVE else "-")
     cols[4].metric("Attempts", st_["attempts"])
-    st.caption(f"Device: {p.get('device') or '-'} · Memory: {view.memory_text(p)} · Owner: {st_['owner']} · "
+    st.caption(f"Device: {p.get('device') or '-'}" + (f" ({p['numerics']})" if p.get("numerics") else "")
+               + f" · Memory: {view.memory_text(p)} · Owner: {st_['owner']} · "
                f"Created {view.when(st_['created_at'])}"
                + (f" · Extends job {st_['parent_id']}" if st_.get("parent_id") else ""))
     with st.expander("Log", expanded=state in jobs.ACTIVE or state == "failed"):

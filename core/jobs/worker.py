@@ -72,7 +72,7 @@ class JobCallbacks(_Base):
             self.progress.update({
                 "phase": "training", "num_epochs": self.num_epochs, "items": info.get("items"),
                 "steps_per_epoch": info.get("steps_per_epoch"), "start_epoch": info.get("start_epoch"),
-                "device": self.device or info.get("device"),
+                "device": self.device or info.get("device"), "numerics": info.get("numerics"),
             })
             self._dirty = True
         self._set_running()
