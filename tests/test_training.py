@@ -148,13 +148,7 @@ def test_rsb_cosine_warmup_and_adamw(tmp_path):
 def on_cpu(monkeypatch):
     """Train on the CPU even where a GPU is present: for what these tests check only the CPU does (bitwise equal
     resumes, thread counts, inductor's C++ compiler)."""
-    import core.device
-
-    def cpu_device():
-        torch.set_num_threads(os.cpu_count() or 1)
-        return torch.device("cpu")
-
-    monkeypatch.setattr(core.device, "torch_device", cpu_device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 def _weights(path: str) -> dict[str, torch.Tensor]:
