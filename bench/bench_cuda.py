@@ -4,7 +4,8 @@ cancel and resume mid-run, evaluation, a visual-search index built with the trai
 Everything goes through ``python -m core`` in a fresh data directory, so the jobs are real worker processes on the
 queue (one per GPU). Prints a table: per job the device and numeric mode the worker reported, images/s of its last
 epoch, wall time, and the evaluation's headline figure; then the resume and search checks. Exits non-zero when a
-check fails (a job not succeeded, a resumed job with an epoch twice, a search whose best hit is not the item itself).
+check fails (a job not succeeded, a resumed job with an epoch twice, a search by an indexed photo whose best hit is
+not that photo).
 
     python bench/bench_cuda.py                                  # needs a GPU for the figures to mean anything
     python bench/bench_cuda.py --classes 3 --per-class 8 --small   # smoke run (CPU: 64 px, 1 epoch)
