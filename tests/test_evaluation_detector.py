@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -84,6 +85,60 @@ def test_detector_predict_report_and_export_limits(detector, tmp_path):
         assert {"concept", "x", "y", "w", "h", "score"} <= set(b) and b["concept"] in row["concepts"]
     assert np.asarray(draw_boxes(image, [], out[0]["boxes"])).ndim == 3
     assert "Average precision per concept" in build_report("local", detector)
-    with pytest.raises(UserError, match="detectors export as a zip"):
-        export.export_model("local", detector, "onnx", tmp_path / "d.onnx")
+    with pytest.raises(UserError, match="detectors export as a zip or ONNX"):
+        export.export_model("local", detector, "torchscript", tmp_path / "d.pt")
     assert export.export_model("local", detector, "zip", tmp_path / "d.zip")["format"] == "zip"
+    assert export.formats_for(row) == ("zip", "onnx")
+
+
+def test_detector_onnx_export_finds_the_same_boxes_at_any_image_size(detector, tmp_path):
+    """The ONNX file takes one (3, H, W) image in [0, 1] of any size and returns the original's boxes, labels and
+    scores; its metadata names the concepts behind the labels."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from core.evaluation import export, service
+
+    row = service.get("local", detector)
+    done = export.export_model("local", detector, "onnx", tmp_path / "d.onnx")
+    assert done["format"] == "onnx" and done["max_diff"] <= export.BOX_TOLERANCE_PX and done["detections"] > 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "d.onnx")).metadata_props}
+    assert json.loads(meta["concepts"]) == list(row["concepts"]) and meta["labels"] == "concept index + 1"
+
+    loaded = service.load_model(row)
+    session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])
+    samples = service.evaluate("local", detector)["samples"]
+    for sample in samples[:2]:
+        image = loaded.transform(service.open_images([sample["path"]])[0])
+        image = image[:, : image.shape[1] * 3 // 4, :]  # another size than the export's example
+        with torch.inference_mode():
+            ref = loaded.net([image])[0]
+        boxes, labels, scores = session.run(["boxes", "labels", "scores"], {"image": image.numpy()})
+        assert len(scores) > 0
+        assert np.array_equal(labels, ref["labels"].numpy())
+        np.testing.assert_allclose(boxes, ref["boxes"].numpy(), atol=export.BOX_TOLERANCE_PX)
+        np.testing.assert_allclose(scores, ref["scores"].numpy(), atol=export.SCORE_TOLERANCE)
+
+
+def test_detector_snippets_print_boxes(detector, tmp_path):
+    """The example programs beside a detector's exports (ONNX, and the zip's predict_example.py) run and print
+    each image's boxes with their concepts."""
+    import subprocess
+    import sys
+
+    from core import paths
+    from core.evaluation import export, service
+
+    row = service.get("local", detector)
+    image = service.evaluate("local", detector)["samples"][0]["path"]
+    for fmt, suffix in (("onnx", "onnx"), ("zip", "zip")):
+        model = export.export_model("local", detector, fmt, tmp_path / f"d.{suffix}")["path"]
+        script = tmp_path / f"predict_{fmt}.py"
+        script.write_text(export.snippet(row, fmt))
+        env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT)}  # the zip's program uses the studio's code
+        out = subprocess.run([sys.executable, str(script), model, image], capture_output=True, text=True,
+                             timeout=180, cwd=paths.PROJECT_ROOT, env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(image) and any(f"('{c}'," in out.stdout for c in row["concepts"]), out.stdout
+

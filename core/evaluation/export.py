@@ -4,6 +4,8 @@ The zip holds ``weights.safetensors``, ``config.json`` (template, parameters, co
 ``concepts.txt``, ``preprocess.json`` and ``predict_example.py``. TorchScript and ONNX files hold one network that
 takes a normalised (B, 3, H, W) batch and returns probabilities (classifiers) or L2-normalised embeddings
 (embedders); each export is run once against the original and refused if they differ by more than ``TOLERANCE``.
+Detectors export as a zip or as ONNX (one (3, H, W) image in [0, 1] of any size in; boxes, labels, scores out; the
+concepts in the file's metadata), checked for the same detections on one of their dataset's images.
 Weights are only ever read with safetensors or ``torch.load(weights_only=True)``.
 """
 
@@ -91,8 +93,10 @@ def export_model(owner: str, model: str | int, fmt: str = "zip", out: str | Path
         out.write_bytes(archive_bytes(row))
         return {"path": str(out), "format": fmt, "max_diff": 0.0}
     if row["kind"] == "detector":
-        raise UserError(f"model {row['name']!r}: {fmt} export covers classifiers and embedders; detectors export "
-                        "as a zip (their box post-processing does not trace to a fixed graph)")
+        if fmt != "onnx":
+            raise UserError(f"model {row['name']!r}: {fmt} export covers classifiers and embedders; detectors export "
+                            "as a zip or ONNX (their custom box heads do not script)")
+        return _export_detector_onnx(row, out)
     loaded = service.load_model(row)
     module = exported_module(loaded, _output_mode(row))
     x = _example_batch(loaded)
@@ -156,6 +160,121 @@ def _to_onnx(module, x, expected, path: Path) -> float:
     return _check_close("ONNX", expected, got)
 
 
+# ------------------------------------------------------------------------------------------------ detectors
+
+BOX_TOLERANCE_PX = 0.01  # largest box-corner difference allowed between an exported detector and the original
+SCORE_TOLERANCE = 1e-4
+
+
+def _detector_example(row: dict, loaded):
+    """A (3, H, W) float image in [0, 1] as the detector takes it: the first held-out image with boxes of the
+    model's dataset (detections to compare), else a seeded random image."""
+    import torch
+
+    from core.store import datasets as ds
+
+    dataset = service._dataset_or_none(row)
+    if dataset is not None:
+        for split in (ds.eval_split(dataset["id"]), "train"):
+            records = [r for r in ds.dataset_records(dataset["id"], split) if r["boxes"]]
+            if records:
+                return loaded.transform(service.open_images([records[0]["path"]])[0])
+    return torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(0))
+
+
+def _export_detector_onnx(row: dict, out: Path) -> dict:
+    """ONNX of a detector: input ``image`` (3, H, W) RGB in [0, 1], any size (the graph normalises and resizes as
+    the network does); outputs ``boxes`` (N, 4) x1, y1, x2, y2 in input pixels, ``labels`` (N,) = concept index + 1
+    (the concepts in the file's metadata, ``concepts``), ``scores`` (N,). Checked on one image against the original:
+    the same detections, corners within BOX_TOLERANCE_PX."""
+    import warnings
+
+    import onnx
+    import torch
+
+    loaded = service.load_model(row)
+    net = loaded.net.eval()
+    image = _detector_example(row, loaded)
+    with torch.inference_mode():
+        ref = {k: v.numpy() for k, v in net([image])[0].items()}
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        try:
+            detections = {"boxes": {0: "detections"}, "labels": {0: "detections"}, "scores": {0: "detections"}}
+            with warnings.catch_warnings():  # tracer and opset notes about torchvision's code, not the user's
+                warnings.simplefilter("ignore")
+                torch.onnx.export(net, ([image],), str(tmp), input_names=["image"],
+                                  output_names=["boxes", "labels", "scores"], opset_version=17, dynamo=False,
+                                  dynamic_axes={"image": {1: "height", 2: "width"}, **detections})
+        except Exception as exc:
+            raise UserError(f"ONNX export is not possible for this detector ({type(exc).__name__}: {exc})") from exc
+        model = onnx.load(str(tmp))
+        for key, value in (("concepts", json.dumps(list(row["concepts"]))), ("kind", "detector"),
+                           ("template", row["template"]), ("labels", "concept index + 1")):
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(model, str(tmp))
+        diff = _check_detections(tmp, image.numpy(), ref)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out), "format": "onnx", "max_diff": diff, "detections": len(ref["scores"])}
+
+
+def _check_detections(path: Path, image, ref: dict) -> float:
+    import numpy as np
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        import onnx
+
+        onnx.checker.check_model(str(path))  # structure only: onnxruntime is needed to compare outputs
+        return float("nan")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    boxes, labels, scores = session.run(["boxes", "labels", "scores"], {"image": image})
+    if len(scores) != len(ref["scores"]) or not np.array_equal(labels, ref["labels"]):
+        raise UserError(f"ONNX export finds {len(scores)} boxes where the original finds {len(ref['scores'])} (or "
+                        "other concepts); it was not written")
+    diff = float(np.abs(boxes - ref["boxes"]).max()) if len(boxes) else 0.0
+    score_diff = float(np.abs(scores - ref["scores"]).max()) if len(scores) else 0.0
+    if not (diff <= BOX_TOLERANCE_PX and score_diff <= SCORE_TOLERANCE):
+        raise UserError(f"ONNX export differs from the original detector by {diff:.2e} px in its boxes and "
+                        f"{score_diff:.2e} in its scores (allowed {BOX_TOLERANCE_PX} px, {SCORE_TOLERANCE:.0e}); "
+                        "it was not written")
+    return diff
+
+
+def _detector_snippet(row: dict, fmt: str) -> str:
+    """A detector's example program: each image's boxes as (concept, score, [x, y, w, h]) in image pixels."""
+    threshold = float((row.get("params") or {}).get("detection_score_threshold", 0.0) or 0.0)
+    if fmt == "zip":
+        return (
+            '"""Load this export with Deep Training Studio\'s code (run from its folder) and detect.\n\n'
+            'python predict_example.py MODEL.zip IMAGE...\n"""\n'
+            "import sys\n\n"
+            "from core.evaluation.export import load_archive\n"
+            "from core.evaluation.predict import open_image\n\n"
+            "model = load_archive(sys.argv[1])  # checks the template; weights are read with safetensors only\n"
+            "for path, found in zip(sys.argv[2:], model.predict([open_image(p) for p in sys.argv[2:]])):\n"
+            "    print(path, [(b['concept'], round(b['score'], 3), [round(b[k]) for k in 'xywh']) "
+            "for b in found['boxes']])\n"
+        )
+    return (
+        '"""Detect with the exported ONNX model: python predict.py MODEL.onnx IMAGE..."""\n'
+        "import json\nimport sys\n\nimport numpy as np\nimport onnxruntime as ort\nfrom PIL import Image\n\n"
+        "session = ort.InferenceSession(sys.argv[1])\n"
+        "CONCEPTS = json.loads(session.get_modelmeta().custom_metadata_map['concepts'])  # label i is CONCEPTS[i - 1]\n"
+        f"THRESHOLD = {threshold!r}  # the model's detection_score_threshold\n\n"
+        "for path in sys.argv[2:]:\n"
+        "    image = np.asarray(Image.open(path).convert('RGB'), np.float32).transpose(2, 0, 1) / 255.0  # any size\n"
+        "    boxes, labels, scores = session.run(['boxes', 'labels', 'scores'], {'image': image})\n"
+        "    print(path, [(CONCEPTS[label - 1], round(float(score), 3), [round(float(x1)), round(float(y1)),\n"
+        "                  round(float(x2 - x1)), round(float(y2 - y1))])\n"
+        "                 for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores) if score >= THRESHOLD])\n"
+    )
+
+
 # ------------------------------------------------------------------------------------------------ zip
 
 
@@ -185,6 +304,8 @@ def snippet(row: dict, fmt: str) -> str:
 
     config = read_config(row["path"])
     pre = config["preprocess"]
+    if row["kind"] == "detector":
+        return _detector_snippet(row, fmt)
     if fmt == "zip":
         return (
             '"""Load this export with Deep Training Studio\'s code (run from its folder) and predict.\n\n'
@@ -328,4 +449,4 @@ def load_archive(path: str | Path, expect: tuple[str, str] | None = None):
 
 def formats_for(row: dict) -> Sequence[str]:
     """The export formats this model supports."""
-    return ("zip",) if row["kind"] == "detector" else FORMATS
+    return ("zip", "onnx") if row["kind"] == "detector" else FORMATS
