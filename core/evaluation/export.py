@@ -248,21 +248,9 @@ def _check_detections(path: Path, image, ref: dict) -> float:
     return diff
 
 
-def _detector_snippet(row: dict, fmt: str) -> str:
-    """A detector's example program: each image's boxes as (concept, score, [x, y, w, h]) in image pixels."""
+def _detector_onnx_snippet(row: dict) -> str:
+    """A detector's ONNX example program: each image's boxes as (concept, score, [x, y, w, h]) in image pixels."""
     threshold = float((row.get("params") or {}).get("detection_score_threshold", 0.0) or 0.0)
-    if fmt == "zip":
-        return (
-            '"""Load this export with Deep Training Studio\'s code (run from its folder) and detect.\n\n'
-            'python predict_example.py MODEL.zip IMAGE...\n"""\n'
-            "import sys\n\n"
-            "from core.evaluation.export import load_archive\n"
-            "from core.evaluation.predict import open_image\n\n"
-            "model = load_archive(sys.argv[1])  # checks the template; weights are read with safetensors only\n"
-            "for path, found in zip(sys.argv[2:], model.predict([open_image(p) for p in sys.argv[2:]])):\n"
-            "    print(path, [(b['concept'], round(b['score'], 3), [round(b[k]) for k in 'xywh']) "
-            "for b in found['boxes']])\n"
-        )
     return (
         '"""Detect with the exported ONNX model: python predict.py MODEL.onnx IMAGE..."""\n'
         "import json\nimport sys\n\nimport numpy as np\nimport onnxruntime as ort\nfrom PIL import Image\n\n"
@@ -305,11 +293,15 @@ def snippet(row: dict, fmt: str) -> str:
     """A short Python program that loads the exported model and predicts on image files given as arguments."""
     from core.models.io import read_config
 
-    config = read_config(row["path"])
-    pre = config["preprocess"]
-    if row["kind"] == "detector":
-        return _detector_snippet(row, fmt)
+    detector = row["kind"] == "detector"
     if fmt == "zip":
+        loop = ((  # boxes as (concept, score, [x, y, w, h]) in image pixels
+            "for path, found in zip(sys.argv[2:], model.predict([open_image(p) for p in sys.argv[2:]])):\n"
+            "    print(path, [(b['concept'], round(b['score'], 3), [round(b[k]) for k in 'xywh']) "
+            "for b in found['boxes']])\n") if detector else (
+            "for path, probs in zip(sys.argv[2:], model.predict([open_image(p) for p in sys.argv[2:]])):\n"
+            "    best = sorted(zip(model.concepts, probs), key=lambda cp: -cp[1])[:5]\n"
+            "    print(path, [(c, round(float(p), 4)) for c, p in best])\n"))
         return (
             '"""Load this export with Deep Training Studio\'s code (run from its folder) and predict.\n\n'
             'python predict_example.py MODEL.zip IMAGE...\n"""\n'
@@ -317,10 +309,12 @@ def snippet(row: dict, fmt: str) -> str:
             "from core.evaluation.export import load_archive\n"
             "from core.evaluation.predict import open_image\n\n"
             "model = load_archive(sys.argv[1])  # checks the template; weights are read with safetensors only\n"
-            "for path, probs in zip(sys.argv[2:], model.predict([open_image(p) for p in sys.argv[2:]])):\n"
-            "    best = sorted(zip(model.concepts, probs), key=lambda cp: -cp[1])[:5]\n"
-            "    print(path, [(c, round(float(p), 4)) for c, p in best])\n"
+            + loop
         )
+    if detector:
+        return _detector_onnx_snippet(row)
+    config = read_config(row["path"])
+    pre = config["preprocess"]
     load = ("import onnxruntime as ort\nsession = ort.InferenceSession(sys.argv[1])\n"
             "run = lambda x: session.run(None, {'image': x})[0]\n") if fmt == "onnx" else (
         "import torch\nnet = torch.jit.load(sys.argv[1], map_location='cpu')\n"
