@@ -1,4 +1,4 @@
-"""Limits an import enforces, configurable per server through environment variables.
+"""Limits an import enforces, configurable per server (settings ``import_max_*``, see core.settings).
 
 Archives past ``max_files`` members or ``max_unpacked_bytes`` of content are refused (zip bombs); images over
 ``max_pixels`` are skipped before they are decoded (decompression bombs).
@@ -6,15 +6,11 @@ Archives past ``max_files`` members or ``max_unpacked_bytes`` of content are ref
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
-
-_ENV_PREFIX = "DEEPTRAIN_IMPORT_"
-
 
 @dataclass(frozen=True)
 class ImportLimits:
-    """What one import may unpack and decode. Override with ``DEEPTRAIN_IMPORT_MAX_FILES`` and the like."""
+    """What one import may unpack and decode. Override with the setting ``import_max_files`` and the like."""
 
     max_files: int = 200_000  # members of an archive (directories included)
     max_unpacked_bytes: int = 20 * 1024**3  # 20 GiB of unpacked archive content
@@ -23,14 +19,9 @@ class ImportLimits:
 
     @classmethod
     def from_env(cls, **overrides: int) -> "ImportLimits":
-        """Defaults, then the environment, then explicit overrides."""
-        values: dict[str, int] = {}
-        for f in fields(cls):
-            raw = os.environ.get(_ENV_PREFIX + f.name.upper())
-            if raw:
-                try:
-                    values[f.name] = int(raw)
-                except ValueError as exc:
-                    raise ValueError(f"{_ENV_PREFIX + f.name.upper()} must be an integer, got {raw!r}") from exc
+        """Defaults, then the settings (``import_max_files`` and the like: core.settings), then explicit overrides."""
+        from core import settings
+
+        values = {f.name: settings.get("import_" + f.name) for f in fields(cls)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

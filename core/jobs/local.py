@@ -2,12 +2,8 @@
 
 ``start_new_session=True`` puts the worker in a new session and process group, so it outlives the Streamlit script
 run, the browser tab and a restart of the Streamlit server, and so that killing its group also ends its data-loader
-children. Settings come from the environment, read at each call:
-
-- ``DEEPTRAIN_MAX_JOBS``: jobs running at once (default: one per GPU, one on a CPU-only server);
-- ``DEEPTRAIN_HEARTBEAT_S``: seconds between a worker's heartbeats and progress writes (default 1);
-- ``DEEPTRAIN_STALE_S``: a worker silent this long is judged dead (default 15, a few heartbeats on a busy machine);
-- ``DEEPTRAIN_CANCEL_GRACE_S``: how long cancel waits for the worker to stop between steps before killing it.
+children. Its settings (core.settings, read at each call): ``max_jobs``, ``heartbeat_s``, ``stale_s`` (a few
+heartbeats on a busy machine) and ``cancel_grace_s``.
 """
 
 from __future__ import annotations
@@ -20,28 +16,21 @@ import sys
 import time
 from pathlib import Path
 
-from core import paths
+from core import paths, settings
 
 _children: dict[int, subprocess.Popen] = {}  # workers started by this process, polled so they never stay zombies
 
 
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, "") or default)
-    except ValueError:
-        return default
-
-
 def heartbeat_s() -> float:
-    return _env_float("DEEPTRAIN_HEARTBEAT_S", 1.0)
+    return settings.get("heartbeat_s")
 
 
 def stale_s() -> float:
-    return _env_float("DEEPTRAIN_STALE_S", 15.0)
+    return settings.get("stale_s")
 
 
 def cancel_grace_s() -> float:
-    return _env_float("DEEPTRAIN_CANCEL_GRACE_S", 20.0)
+    return settings.get("cancel_grace_s")
 
 
 def _visible_gpus() -> list[str] | None:
@@ -74,14 +63,8 @@ def gpu_count() -> int:
 
 
 def max_jobs() -> int:
-    """Jobs allowed to run at once: ``DEEPTRAIN_MAX_JOBS``, else one per GPU, else one."""
-    raw = os.environ.get("DEEPTRAIN_MAX_JOBS", "").strip()
-    if raw:
-        try:
-            return max(1, int(raw))
-        except ValueError:
-            pass
-    return max(1, gpu_count())
+    """Jobs allowed to run at once: the setting ``max_jobs``, else (0) one per GPU, else one."""
+    return settings.get("max_jobs") or max(1, gpu_count())
 
 
 def host() -> str:

@@ -1,0 +1,153 @@
+"""Every setting of the studio, defined once.
+
+A setting ``key`` is read, in this order, from the environment variable ``DEEPTRAIN_<KEY>`` (upper case), from the
+line ``key = value`` in ``$DEEPTRAIN_HOME/settings.toml``, and from its default here. The environment wins so that a
+server's unit file or a test can override the file. ``home`` itself is read from the environment only (the file lives
+in it). Values are checked when read: a bad one raises :class:`~core.errors.UserError` naming the variable or file,
+the key and what is allowed. ``python -m core settings`` prints each with its value and where it came from; the
+README's settings table lists the same keys (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from core.errors import UserError
+
+ENV_PREFIX = "DEEPTRAIN_"
+FILE_NAME = "settings.toml"
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    kind: str  # str | int | float | paths | names
+    help: str
+    minimum: float | None = None
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.key.upper()
+
+
+_ALL = (
+    Setting("home", "data/ in the project", "str", "the data directory: images, database, models, logs (environment "
+            "only)"),
+    Setting("db_url", "", "str", "SQLAlchemy URL of the store; empty: SQLite at $DEEPTRAIN_HOME/studio.db"),
+    Setting("user", "local", "str", "who the command line acts as (also `python -m core --user NAME`)"),
+    Setting("import_roots", [], "paths", "server folders the pages may import from (`:`-separated in the "
+            "environment, a list in the file); none: only uploads and sample data"),
+    Setting("import_max_files", 200_000, "int", "members one archive may have (zip bombs)", 1),
+    Setting("import_max_unpacked_bytes", 20 * 1024**3, "int", "bytes one archive may unpack to", 1),
+    Setting("import_max_pixels", 64_000_000, "int", "pixels of one image; larger ones are skipped undecoded", 1),
+    Setting("import_max_video_frames", 10_000, "int", "frames sampled from one video", 1),
+    Setting("max_jobs", 0, "int", "jobs running at once; 0: one per GPU, one on a CPU-only server", 0),
+    Setting("heartbeat_s", 1.0, "float", "seconds between a worker's heartbeats and progress writes", 0.05),
+    Setting("stale_s", 15.0, "float", "a worker silent this long is judged dead", 0.1),
+    Setting("cancel_grace_s", 20.0, "float", "how long cancel waits for a worker to stop before killing it", 0.0),
+)
+SETTINGS: dict[str, Setting] = {s.key: s for s in _ALL}
+
+_file_cache: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+
+
+def _home() -> Path:
+    from core import paths
+
+    return paths.home()
+
+
+def _file_values() -> tuple[Path, dict[str, Any]]:
+    """The keys of ``$DEEPTRAIN_HOME/settings.toml`` (empty when there is none), re-read when the file changes."""
+    path = _home() / FILE_NAME
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return path, {}
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _file_cache.get(path)
+    if cached and cached[0] == stamp:
+        return path, cached[1]
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not a valid TOML file ({exc})") from None
+    allowed = [k for k in SETTINGS if k != "home"]  # home is where the file lives: environment only
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise UserError(f"{path}: unknown setting {unknown[0]!r}; settings: {', '.join(allowed)}")
+    _file_cache[path] = (stamp, values)
+    return path, values
+
+
+def _parse(setting: Setting, raw: Any, where: str) -> Any:
+    def bad(what: str) -> UserError:
+        return UserError(f"{where}: {setting.key} must be {what}, got {raw!r}")
+
+    parsers: dict[str, Callable[[Any], Any]] = {"int": int, "float": float}
+    if setting.kind in parsers:
+        if isinstance(raw, bool):
+            raise bad(f"a number ({setting.kind})")
+        try:
+            value = parsers[setting.kind](raw.strip() if isinstance(raw, str) else raw)
+        except (TypeError, ValueError):
+            raise bad(f"a number ({setting.kind})") from None
+        if setting.kind == "float" and value != value:
+            raise bad("a number")
+        if setting.minimum is not None and value < setting.minimum:
+            raise bad(f"at least {setting.minimum:g}")
+        return value
+    if setting.kind in ("paths", "names"):
+        if isinstance(raw, str):
+            sep = os.pathsep if setting.kind == "paths" else ","
+            parts = [p.strip() for p in raw.split(sep)]
+        elif isinstance(raw, list) and all(isinstance(p, str) for p in raw):
+            parts = [p.strip() for p in raw]
+        else:
+            raise bad("a list of strings")
+        parts = [p for p in parts if p]
+        return [Path(p).expanduser() for p in parts] if setting.kind == "paths" else parts
+    if not isinstance(raw, str):
+        raise bad("a string")
+    return raw.strip()
+
+
+def source(key: str) -> str:
+    """Where ``key``'s value comes from: the environment variable, the settings file, or "default"."""
+    setting = SETTINGS[key]
+    if os.environ.get(setting.env, "").strip():
+        return setting.env
+    if key != "home" and key in _file_values()[1]:
+        return str(_file_values()[0])
+    return "default"
+
+
+def get(key: str) -> Any:
+    """The value of setting ``key`` (environment, then settings.toml, then default), checked and typed."""
+    try:
+        setting = SETTINGS[key]
+    except KeyError:
+        raise KeyError(f"Unknown setting {key!r}; settings: {', '.join(SETTINGS)}") from None
+    raw = os.environ.get(setting.env, "")
+    if raw.strip():
+        return _parse(setting, raw, setting.env)
+    if key != "home":
+        path, values = _file_values()
+        if key in values:
+            return _parse(setting, values[key], str(path))
+    return list(setting.default) if isinstance(setting.default, list) else setting.default
+
+
+def describe() -> list[dict[str, Any]]:
+    """Every setting with its value, default, source and meaning (``python -m core settings``)."""
+    rows = []
+    for s in _ALL:
+        value = get(s.key) if s.key != "home" else str(_home())
+        rows.append({"key": s.key, "env": s.env, "value": [str(p) for p in value] if s.kind == "paths" else value,
+                     "default": s.default, "source": source(s.key), "help": s.help})
+    return rows
