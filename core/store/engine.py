@@ -1,8 +1,7 @@
-"""One engine per data directory, created with the schema on first use."""
+"""One engine per data directory, its schema brought to the newest revision (``core.store.migrate``) on first use."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from contextlib import contextmanager
@@ -11,15 +10,15 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from core import paths
-from core.store.schema import metadata
+from core import paths, settings
+from core.store.migrate import upgrade
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
 def _url() -> str:
-    return os.environ.get("DEEPTRAIN_DB_URL") or f"sqlite:///{paths.home() / 'studio.db'}"
+    return settings.get("db_url") or f"sqlite:///{paths.home() / 'studio.db'}"
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -32,7 +31,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def engine() -> Engine:
-    """The engine for the current ``DEEPTRAIN_HOME`` (or ``DEEPTRAIN_DB_URL``), schema created if missing."""
+    """The engine for the current ``DEEPTRAIN_HOME`` (or ``DEEPTRAIN_DB_URL``), its schema upgraded once per process."""
     url = _url()
     eng = _engines.get(url)
     if eng is not None:
@@ -45,7 +44,7 @@ def engine() -> Engine:
                 sa.event.listen(eng, "connect", _sqlite_pragmas)
             else:
                 eng = sa.create_engine(url, pool_pre_ping=True)
-            metadata.create_all(eng)
+            upgrade(eng)
             _engines[url] = eng
     return eng
 

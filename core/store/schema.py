@@ -11,6 +11,7 @@ datasets = sa.Table(
     "datasets", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("owner", sa.String, nullable=False),
+    sa.Column("visibility", sa.String, nullable=False, server_default="private"),  # private | team (core.users)
     sa.Column("name", sa.String, nullable=False),
     sa.Column("version", sa.Integer, nullable=False, default=1),  # bumped whenever content changes
     sa.Column("source", sa.String),
@@ -84,6 +85,7 @@ models = sa.Table(
     "models", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("owner", sa.String, nullable=False),
+    sa.Column("visibility", sa.String, nullable=False, server_default="private"),  # private | team (core.users)
     sa.Column("name", sa.String, nullable=False),
     sa.Column("kind", sa.String, nullable=False),  # classifier | embedder | detector
     sa.Column("template", sa.String, nullable=False),
@@ -115,6 +117,7 @@ jobs = sa.Table(
     "jobs", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("owner", sa.String, nullable=False),
+    sa.Column("visibility", sa.String, nullable=False, server_default="private"),  # private | team (core.users)
     sa.Column("type", sa.String, nullable=False, default="train"),  # train | index
     sa.Column("state", sa.String, nullable=False, index=True),
     # queued | starting | running | succeeded | failed | cancelled | interrupted
@@ -146,6 +149,7 @@ indexes = sa.Table(
     "indexes", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("owner", sa.String, nullable=False),
+    sa.Column("visibility", sa.String, nullable=False, server_default="private"),  # private | team (core.users)
     sa.Column("name", sa.String, nullable=False),
     sa.Column("dataset_id", sa.Integer, sa.ForeignKey("datasets.id", ondelete="CASCADE"), nullable=False),
     sa.Column("dataset_version", sa.Integer),
