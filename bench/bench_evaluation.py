@@ -59,7 +59,7 @@ def main() -> None:
             (src / cls).mkdir(parents=True)
             for f in sorted((src_root / cls).iterdir())[: args.per_class]:
                 shutil.copy(f, src / cls / f.name)
-        import_dataset(str(src), "bench")
+        import_dataset("local", str(src), "bench")
         params = {"image_size": args.image_size, "num_epochs": 1, "batch_size": 16,
                   "pretrained_weights": "None" if args.random else "ImageNet-1k"}
         t_train, _ = _time(lambda: train({"owner": "local", "dataset": "bench", "kind": "classifier",

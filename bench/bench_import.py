@@ -77,7 +77,7 @@ def phase_import(source: Path, work: Path) -> dict:
     from core.data.importer import import_dataset
 
     t0 = time.perf_counter()
-    report = import_dataset(source, "caltech101")
+    report = import_dataset("local", source, "caltech101")
     seconds = time.perf_counter() - t0
     return {"images": report["items"], "seconds": seconds, "peak_mb": _peak_mb(), "store_bytes": _du(work),
             "skipped": len(report["skipped"])}

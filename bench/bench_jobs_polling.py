@@ -73,7 +73,7 @@ def main() -> int:
     from core.data.importer import import_dataset
     from tests.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
-    import_dataset(_slice(home / "src", classes=5, per_class=20), "bench")
+    import_dataset("local", _slice(home / "src", classes=5, per_class=20), "bench")
     params = {"image_size": args.image_size, "batch_size": 16, "num_epochs": 200, "num_items_per_epoch": 100000,
               "pretrained_weights": "None", "base_gradient_multiplier": args.base_gradient_multiplier, "lrate": 0.01}
     rows: list[tuple[int, float, float]] = []
@@ -88,8 +88,8 @@ def main() -> int:
             steady = (AUTO_COMPILE_PROBE_STEPS + 4) * params["batch_size"]
             deadline = time.time() + 900
             while (_position(job_id) or (0, 0))[0] < steady:
-                if time.time() > deadline or jobs.status(job_id)["state"] in jobs.TERMINAL:
-                    raise RuntimeError(f"job {job_id} did not start: {jobs.status(job_id)['error']}")
+                if time.time() > deadline or jobs.status("local", job_id)["state"] in jobs.TERMINAL:
+                    raise RuntimeError(f"job {job_id} did not start: {jobs.status("local", job_id)['error']}")
                 time.sleep(0.5)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -116,7 +116,7 @@ def main() -> int:
                           f"{opened / closed:.3f}", flush=True)
                 browser.close()
         finally:
-            jobs.cancel(job_id, wait_s=10)
+            jobs.cancel("local", job_id, wait_s=10)
 
     ratios = [o / c for _, c, o in rows]
     print()

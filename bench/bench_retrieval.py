@@ -114,7 +114,7 @@ def train_embedder(train: list[tuple[str, str]], args) -> tuple[object, str]:
     from core.training import train
     from core.training.callbacks import ConsoleCallbacks
 
-    import_dataset(src, "caltech-train")
+    import_dataset("local", src, "caltech-train")
     params = {"image_size": args.image_size, "num_epochs": args.epochs, "batch_size": args.batch_size,
               "base_gradient_multiplier": args.base_gradient_multiplier, "lrate": args.lrate,
               "pretrained_weights": "ImageNet-1k"}

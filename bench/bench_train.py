@@ -117,7 +117,7 @@ def template_run(manifest: Path, root: Path, test: list, classes: list[str], ima
     from core.training import ConsoleCallbacks, train
 
     t0 = time.perf_counter()
-    import_dataset(manifest, "caltech101", fmt="csv")
+    import_dataset("local", manifest, "caltech101", fmt="csv")
     t_import = time.perf_counter() - t0
     params = {"image_size": image_size, **extra}
     t0 = time.perf_counter()
@@ -147,7 +147,8 @@ def fashion(epochs: int, per_class: int, image_size: int, only: str = "") -> lis
     from core.evaluation import service
     from core.training import ConsoleCallbacks, train
 
-    samples.import_fashion_mnist("fmnist", per_class=per_class, test_per_class=max(1, per_class // 6), val_fraction=0)
+    samples.import_fashion_mnist("local", "fmnist", per_class=per_class, test_per_class=max(1, per_class // 6),
+                                 val_fraction=0)
     rows = []
     for kind, name, key, loop_key in (("classifier", "Clarifai_InceptionV2", "accuracy", "top1"),
                                       ("embedder", "Clarifai_ResNet_AngularMargin", "recall_at_1", "recall_at_1")):

@@ -12,7 +12,6 @@ import sys
 from typing import Any, Callable
 
 from core.errors import UserError
-from core.paths import DEFAULT_USER
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -92,7 +91,7 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
         def progress(fraction: float, message: str) -> None:
             sys.stderr.write(f"\r{fraction * 100:5.1f}% {message:<60}")
             sys.stderr.flush()
-    report = import_dataset(args.source, args.name, owner=args.owner, fmt=args.format, val_fraction=args.val_fraction,
+    report = import_dataset(args.user, args.source, args.name, fmt=args.format, val_fraction=args.val_fraction,
                             seed=args.seed, progress=progress, video_fps=args.fps)
     if progress:
         sys.stderr.write("\n")
@@ -108,34 +107,35 @@ def cmd_dataset_samples(args: argparse.Namespace) -> int:
     from core.data import samples
 
     if args.which == "fashion-mnist":
-        report = samples.import_fashion_mnist(args.name or "fashion-mnist", args.owner, per_class=args.per_class,
+        report = samples.import_fashion_mnist(args.user, args.name or "fashion-mnist", per_class=args.per_class,
                                               val_fraction=args.val_fraction, seed=args.seed)
     else:
-        report = samples.import_digits(args.name or "digits", args.owner, val_fraction=args.val_fraction,
+        report = samples.import_digits(args.user, args.name or "digits", val_fraction=args.val_fraction,
                                        seed=args.seed)
     _print_json(report) if args.json else _print_import_report(report)
     return 0
 
 
 def cmd_dataset_list(args: argparse.Namespace) -> int:
-    from core.store.datasets import list_datasets
+    from core.data import service
 
-    rows = list_datasets(args.owner)
+    rows = service.list_datasets(args.user)
     if args.json:
-        _print_json([{k: d[k] for k in ("id", "name", "version", "items", "splits", "concepts", "source",
-                                        "created_at", "updated_at")} for d in rows])
+        _print_json([{k: d[k] for k in ("id", "name", "owner", "visibility", "version", "items", "splits", "concepts",
+                                        "source", "created_at", "updated_at")} for d in rows])
     else:
         for d in rows:
-            print(f"{d['name']}\tv{d['version']}\t{d['items']:,} images\t{len(d['concepts'])} concepts")
+            print(f"{service.display_name(args.user, d)}\t{d['visibility']}\tv{d['version']}\t{d['items']:,} images\t"
+                  f"{len(d['concepts'])} concepts")
     return 0
 
 
 def cmd_dataset_show(args: argparse.Namespace) -> int:
-    from core.store.datasets import eval_split, get_dataset, latest_report
+    from core.data import service
 
-    ds = get_dataset(args.owner, args.name)
-    ds["eval_split"] = eval_split(ds["id"])
-    ds["report"] = latest_report(ds["id"])
+    ds = service.get_dataset(args.user, args.name)
+    ds["eval_split"] = "test" if ds["splits"].get("test") else "val"
+    ds["report"] = service.latest_report(args.user, ds["id"])
     if args.json:
         _print_json(ds)
     else:
@@ -147,9 +147,9 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dataset_delete(args: argparse.Namespace) -> int:
-    from core.store.datasets import delete_dataset
+    from core.data import service
 
-    delete_dataset(args.owner, args.name)
+    service.delete_dataset(args.user, args.name)
     print(f"Deleted dataset {args.name!r}")
     return 0
 
@@ -157,7 +157,7 @@ def cmd_dataset_delete(args: argparse.Namespace) -> int:
 def cmd_dataset_export(args: argparse.Namespace) -> int:
     from core.data.export import export_dataset
 
-    out = export_dataset(args.owner, args.name, args.format, args.out)
+    out = export_dataset(args.user, args.name, args.format, args.out)
     print(out)
     return 0
 
@@ -165,7 +165,7 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
 def cmd_dataset_split(args: argparse.Namespace) -> int:
     from core.data.importer import resplit
 
-    counts = resplit(args.owner, args.name, args.val_fraction, args.seed)
+    counts = resplit(args.user, args.name, args.val_fraction, args.seed)
     _print_json(counts)
     return 0
 
@@ -179,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core import paths
 
-    config = {"owner": args.owner, "dataset": args.dataset, "kind": args.kind, "template": args.template,
+    config = {"owner": args.user, "dataset": args.dataset, "kind": args.kind, "template": args.template,
               "params": _parse_sets(args.set), "name": args.name, "seed": args.seed}
     options = {"early_stopping_patience": args.patience} if args.patience else {}
     if args.compile is not None:
@@ -191,9 +191,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.foreground:  # a background job: queued at once, followed with --wait
         from core import jobs
 
-        job_id = jobs.submit(args.owner, "train", config)
+        job_id = jobs.submit(args.user, "train", config)
         if args.wait:
-            return follow_job(job_id, args.json)
+            return follow_job(args.user, job_id, args.json)
         _print_json({"job": job_id}) if args.json else print(f"job {job_id} queued (follow: jobs wait {job_id})")
         return 0
     from core.device import keep_freed_memory
@@ -230,7 +230,7 @@ def _job_line(j: dict) -> str:
     return f"{j['id']:>5}  {j['state']:<11} {frac:>5}  {when}  {j['owner']:<8} {j['what']}  {epoch}"
 
 
-def follow_job(job_id: int, as_json: bool = False) -> int:
+def follow_job(user: str, job_id: int, as_json: bool = False) -> int:
     """Follow a job to its end with a progress bar on stderr; print its final status; exit 0 only on success."""
     from tqdm import tqdm
 
@@ -251,7 +251,7 @@ def follow_job(job_id: int, as_json: bool = False) -> int:
             post += f" {p['images_per_sec']:.0f} img/s"
         bar.set_postfix_str(post)
 
-    st = jobs.wait(job_id, poll=1.0, on_progress=show)
+    st = jobs.wait(user, job_id, poll=1.0, on_progress=show)
     bar.close()
     if as_json:
         _print_json(st)
@@ -267,10 +267,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
     action = getattr(args, "jobs_action", None) or "list"
     if action == "list":
-        _print_rows(jobs.list_jobs(None if args.all else args.owner), args.json, _job_line)
+        _print_rows(jobs.list_jobs(args.user, team=args.all), args.json, _job_line)
         return 0
     if action == "show":
-        st = jobs.status(args.id)
+        st = jobs.status(args.user, args.id)
         if args.json:
             _print_json(st)
             return 0
@@ -281,22 +281,23 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
         return 0
     if action == "cancel":
-        st = jobs.cancel(args.id)
+        st = jobs.cancel(args.user, args.id)
         _print_json(st) if args.json else print(f"job {args.id} {st['state']}")
         return 0
     if action == "resume":
-        job_id = jobs.resume(args.id)
+        job_id = jobs.resume(args.user, args.id)
         print(job_id)
-        return follow_job(job_id, args.json) if args.wait else 0
+        return follow_job(args.user, job_id, args.json) if args.wait else 0
     if action == "extend":
-        job_id = jobs.extend(args.id, args.epochs)
+        job_id = jobs.extend(args.user, args.id, args.epochs)
         print(job_id)
-        return follow_job(job_id, args.json) if args.wait else 0
+        return follow_job(args.user, job_id, args.json) if args.wait else 0
     if action == "logs":
-        print(jobs.logs(args.id, tail=args.tail))
+        print(jobs.logs(args.user, args.id, tail=args.tail))
         return 0
     if action == "wait":
-        return follow_job(args.id, args.json)
+        return follow_job(args.user, args.id, args.json)
+
     raise UserError(f"unknown jobs action {action!r}")
 
 
@@ -309,16 +310,16 @@ def _model_line(m: dict) -> str:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from core.store.models import list_models
+    from core.evaluation import service
 
-    _print_rows(list_models(args.owner), args.json, _model_line)
+    _print_rows(service.list_models(args.user), args.json, _model_line)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.evaluation import service
 
-    result = service.evaluate(args.owner, args.model, refresh=args.refresh, threshold=args.threshold)
+    result = service.evaluate(args.user, args.model, refresh=args.refresh, threshold=args.threshold)
     if args.json:
         _print_json(result)
     else:
@@ -329,7 +330,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from core.evaluation.predict import predict
 
-    out = predict(args.owner, args.model, args.images, top_k=args.top_k, threshold=args.threshold)
+    out = predict(args.user, args.model, args.images, top_k=args.top_k, threshold=args.threshold)
     if args.json:
         _print_json(out)
     else:
@@ -342,7 +343,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from core.evaluation.export import export_model
 
-    _print_json(export_model(args.owner, args.model, args.format, args.out))
+    _print_json(export_model(args.user, args.model, args.format, args.out))
     return 0
 
 
@@ -376,39 +377,39 @@ def cmd_index(args: argparse.Namespace) -> int:
                 bar.n = done
                 bar.refresh()
 
-            res = service.build_index_now(args.owner, args.dataset, args.model, args.name, progress=show)
+            res = service.build_index_now(args.user, args.dataset, args.model, args.name, progress=show)
             bar.close()
             _print_json(res) if args.json else print(f"index {res['name']} built: {res['count']} images")
             return 0
         from core import jobs
 
-        job_id = jobs.submit(args.owner, "index", config)
+        job_id = jobs.submit(args.user, "index", config)
         if args.wait:
-            return follow_job(job_id, args.json)
+            return follow_job(args.user, job_id, args.json)
         _print_json({"job": job_id}) if args.json else print(f"job {job_id} queued (follow: jobs wait {job_id})")
         return 0
     if action == "list":
-        facts = service.list_indexes(args.owner, args.dataset)
+        facts = service.list_indexes(args.user, args.dataset)
         if args.json:
             _print_json(facts)
         else:
             print("\n".join(_index_line(f) for f in facts) or "no indexes yet")
         return 0
     if action == "show":
-        facts = service.index_facts(args.owner, args.name)
+        facts = service.index_facts(args.user, args.name)
         _print_json(facts) if args.json else print(_index_line(facts))
         return 0
     if action == "sync":
-        res = service.sync_index(args.owner, args.name)
+        res = service.sync_index(args.user, args.name)
         _print_json(res) if args.json else print(
             f"index {res['index']}: {res['added']} added, {res['removed']} removed, {res['count']} images")
         return 0
     if action == "delete":
-        service.delete_index(args.owner, args.name)
+        service.delete_index(args.user, args.name)
         print(f"index {args.name} deleted")
         return 0
     if action == "duplicates":
-        pairs = service.near_duplicates(args.owner, args.name, args.threshold, args.limit)
+        pairs = service.near_duplicates(args.user, args.name, args.threshold, args.limit)
         if args.json:
             _print_json(pairs)
         else:
@@ -426,7 +427,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if sum(x is not None for x in (args.image, args.item, args.concept)) != 1:
         raise UserError("Give exactly one query: an IMAGE file, --item ID or --concept NAME")
-    results = service.search(args.owner, args.index, image=args.image, item_id=args.item, concept=args.concept,
+    results = service.search(args.user, args.index, image=args.image, item_id=args.item, concept=args.concept,
                              k=args.k, concept_filter=args.filter)
     if args.json:
         _print_json([{"item": r["item"], "concepts": r["concepts"], "score": r["score"]} for r in results])
@@ -436,8 +437,49 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- sharing and settings
+# COMMANDS:sharing
+def cmd_share(args: argparse.Namespace) -> int:
+    """Share a dataset, model, index or job with the team (read-only for others), or make it private again."""
+    visibility = "private" if args.private else "team"
+    if args.what == "dataset":
+        from core.data import service
+
+        service.share_dataset(args.user, args.name, visibility)
+    elif args.what == "model":
+        from core.evaluation import service as models
+
+        models.share_model(args.user, args.name, visibility)
+    elif args.what == "index":
+        from core.search import service as search
+
+        search.share_index(args.user, args.name, visibility)
+    else:
+        from core import jobs
+
+        jobs.share_job(args.user, args.name, visibility)
+    print(f"{args.what} {args.name} is now {visibility}")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Every setting with its value and where it came from (environment, settings.toml or default)."""
+    from core import settings
+
+    rows = settings.describe()
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['key']:<26} {str(r['value']):<40} ({r['source']})  {r['help']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Deep Training Studio command line")
+    parser.add_argument("--user", default=None, metavar="NAME",
+                        help="act as this user (default: the setting `user`, DEEPTRAIN_USER, else local); paths "
+                        "given on the command line are the operator's")
     sub = parser.add_subparsers(dest="command", required=True)
     # PARSERS:templates
     p = sub.add_parser("templates", help="list the template catalog")
@@ -459,7 +501,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of each concept for val (0 to 0.9)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dataset_import)
     p = ds_sub.add_parser("samples", help="import sample data: fashion-mnist or digits")
@@ -468,33 +509,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST training images per class")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dataset_samples)
     p = ds_sub.add_parser("list", help="the user's datasets")
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dataset_list)
     p = ds_sub.add_parser("show", help="one dataset with its counts and last import report")
     p.add_argument("name")
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dataset_show)
     p = ds_sub.add_parser("delete", help="delete a dataset (images no other dataset uses are removed)")
     p.add_argument("name")
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.set_defaults(func=cmd_dataset_delete)
     p = ds_sub.add_parser("export", help="export a dataset as a zip")
     p.add_argument("name")
     p.add_argument("--format", default="folder", choices=["folder", "csv", "coco"])
     p.add_argument("--out", required=True, help="the zip file to write")
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.set_defaults(func=cmd_dataset_export)
     p = ds_sub.add_parser("split", help="re-draw the stratified train/val split (test stays)")
     p.add_argument("name")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.set_defaults(func=cmd_dataset_split)
     # PARSERS:training
     p = sub.add_parser("train", help="train a template on a dataset")
@@ -513,7 +548,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foreground", action="store_true", help="train in this process with a progress bar")
     p.add_argument("--wait", action="store_true", help="queue a background job and follow it with a progress bar")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--owner", default=DEFAULT_USER)
     p.set_defaults(func=cmd_train)
     # PARSERS:jobs
     p = sub.add_parser("worker")  # started by the queue: python -m core worker JOB_ID
@@ -521,8 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("jobs", help="background jobs: list, show, cancel, resume, extend, logs")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--owner", default="local", help="whose jobs to list (default: local)")
-    p.add_argument("--all", action="store_true", help="list every owner's jobs")
+    p.add_argument("--all", action="store_true", help="also the jobs others shared with the team (an admin: all)")
     p.set_defaults(func=cmd_jobs, jobs_action="list")
     jsub = p.add_subparsers(dest="jobs_action")
     for name, text in (("show", "state, progress, metrics so far, error"), ("cancel", "stop a queued or running job"),
@@ -539,18 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             q.add_argument("--tail", type=int, default=200, help="lines (default 200)")
     # PARSERS:models
-    from core.paths import DEFAULT_USER as _owner
-
     p = sub.add_parser("models", help="list trained models")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--owner", default=_owner)
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("evaluate", help="evaluate a model on its dataset's held-out split (cached)")
     p.add_argument("model", help="model name or id")
     p.add_argument("--json", action="store_true", help="every figure, as JSON")
     p.add_argument("--threshold", type=float, default=0.5, help="prediction threshold of the per-concept table")
     p.add_argument("--refresh", action="store_true", help="recompute even when a cached evaluation is current")
-    p.add_argument("--owner", default=_owner)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="predict concepts (or boxes) on image files")
     p.add_argument("model", help="model name or id")
@@ -558,17 +587,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--top-k", type=int, default=5, dest="top_k")
     p.add_argument("--threshold", type=float, default=0.5, help="logreg models: every concept at or above this")
-    p.add_argument("--owner", default=_owner)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="export a model as zip (safetensors), TorchScript or ONNX")
     p.add_argument("model", help="model name or id")
     p.add_argument("--format", choices=["zip", "torchscript", "onnx"], default="zip")
     p.add_argument("--out", required=True, help="file to write")
-    p.add_argument("--owner", default=_owner)
     p.set_defaults(func=cmd_export)
     # PARSERS:search
-    from core.paths import DEFAULT_USER as _search_owner
-
     p_ix = sub.add_parser("index", help="visual-search indexes: build, list, show, sync, delete, duplicates")
     ix_sub = p_ix.add_subparsers(dest="index_command", required=True)
     q = ix_sub.add_parser("build", help="embed a dataset and build its index (a background job)")
@@ -591,8 +616,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threshold", type=float, default=0.95)
     q.add_argument("--limit", type=int, default=1000)
     q.add_argument("--json", action="store_true")
-    for q in ix_sub.choices.values():
-        q.add_argument("--owner", default=_search_owner)
     p_ix.set_defaults(func=cmd_index)
     p = sub.add_parser("search", help="find similar images in an index: by image file, --item or --concept")
     p.add_argument("index")
@@ -602,8 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--filter", default=None, help="keep only results labelled with this concept")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--owner", default=_search_owner)
     p.set_defaults(func=cmd_search)
+    # PARSERS:sharing
+    p = sub.add_parser("share", help="share a dataset, model, index or job with the team (others: read-only)")
+    p.add_argument("what", choices=["dataset", "model", "index", "job"])
+    p.add_argument("name", help="its name or id (a job: its id)")
+    p.add_argument("--private", action="store_true", help="make it private again")
+    p.set_defaults(func=cmd_share)
+    p = sub.add_parser("settings", help="every setting with its value and where it came from")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_settings)
     return parser
 
 
@@ -611,6 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        from core import settings
+        from core.users import check_user_name
+
+        args.user = check_user_name(args.user if args.user is not None else settings.get("user"))
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import streamlit as st
 
@@ -40,16 +41,15 @@ def current_user() -> str:
 def home_overview() -> None:
     """The home page's overview: datasets, models and the job queue at a glance."""
     from core import jobs as _jobs
-    from core.paths import DEFAULT_USER
-    from core.store import datasets as _ds
-    from core.store import models as _models
+    from core.data import service as _datasets
+    from core.evaluation import service as _models
 
-    owner = st.session_state.get("user", DEFAULT_USER)
+    user = current_user()
     st.subheader("At a glance")
-    summary = _jobs.queue_summary()
+    summary = _jobs.queue_summary(user)
     cols = st.columns(3)
-    cols[0].metric("Datasets", len(_ds.list_datasets(owner)))
-    cols[1].metric("Models", len(_models.list_models(owner)))
+    cols[0].metric("Datasets", len(_datasets.dataset_names(user)))
+    cols[1].metric("Models", len(_models.list_models(user)))
     cols[2].metric("Jobs running / queued", f"{summary['running']} / {summary['queued']}")
     for job in summary.get("active", []):
         st.caption(f"Running: job {job.get('id')} — {job.get('what', '')}")
@@ -164,3 +164,17 @@ def go_to_page(page: str, label: str) -> None:
         st.switch_page(page)
     except StreamlitAPIException:
         st.info(f"Done: open the {label} page from the app's sidebar.")
+
+
+def share_toggle(user, thing: dict, share: Callable[[str], Any], key: str, help: str) -> None:
+    """The "Shared with the team" switch of a thing the user owns (``share(visibility)`` applies it); for someone
+    else's team thing, a note naming its owner instead."""
+    from core.users import can_change
+
+    if not can_change(user, thing):
+        st.caption(f"Shared by {thing['owner']} with the team: you can use it; only its owner can change it.")
+        return
+    shared = st.toggle("Shared with the team", value=thing["visibility"] == "team", key=key, help=help)
+    if shared != (thing["visibility"] == "team"):
+        share("team" if shared else "private")
+        st.rerun()

@@ -11,15 +11,16 @@ import streamlit as st
 from core import ui
 from core.data import samples
 from core.data.export import EXPORT_FORMATS, export_dataset
-from core.data.importer import import_dataset, resplit
+from core.data import service as datasets
+from core.data.importer import import_dataset, import_roots_help, resplit
 from core.data.sources import FORMATS
 from core.errors import UserError
 from core.search.service import dataset_near_duplicates as near_duplicates
-from core.store import datasets as store
+from core.users import can_change
 
 st.set_page_config(page_title="Datasets", layout="wide")
 st.title("Datasets")
-owner = ui.current_user()
+user = ui.current_user()
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -96,20 +97,21 @@ with tab_import:
         if st.button("Import", key="ds_import_upload", type="primary", disabled=upload is None or not name):
             path = ui.save_upload(upload)
             try:
-                run_import(lambda p: import_dataset(path, name, owner, "auto", val_fraction, seed, p, video_fps=fps,
+                run_import(lambda p: import_dataset(user, path, name, "auto", val_fraction, seed, p, video_fps=fps,
                                                     video_label=Path(upload.name).stem,
                                                     source_label=upload.name))
             finally:
                 path.unlink(missing_ok=True)
     elif source_kind == "Path on the server":
+        st.caption(import_roots_help())
         server_path = st.text_input("Folder or file on the server", key="ds_server_path",
                                     help="A folder (one sub-folder per concept), a .zip, a .csv/.json manifest, a "
                                     "COCO .json, or a video.")
         fmt = st.selectbox("Format", FORMATS, key="ds_format", help="auto: from what the path is")
         fps = st.number_input("Video frames per second", 0.1, 30.0, 1.0, 0.1, key="ds_server_fps")
         if st.button("Import", key="ds_import_server", type="primary", disabled=not server_path or not name):
-            run_import(lambda p: import_dataset(server_path.strip(), name, owner, fmt, val_fraction, seed, p,
-                                                video_fps=fps))
+            run_import(lambda p: import_dataset(user, server_path.strip(), name, fmt, val_fraction, seed, p,
+                                                video_fps=fps, server_folder=True))
     else:
         which = st.selectbox("Sample", ["scikit-learn digits", "Fashion-MNIST"], key="ds_sample")
         if which == "Fashion-MNIST":
@@ -117,20 +119,20 @@ with tab_import:
                 per_class = st.slider("Training images per class", 10, 6000, 500, 10, key="ds_fashion_per_class",
                                       help="Test images per class: a sixth of this, as in the 60,000/10,000 split.")
                 if st.button("Import Fashion-MNIST", key="ds_import_fashion", type="primary"):
-                    run_import(lambda p: samples.import_fashion_mnist(name or "fashion-mnist", owner, per_class,
+                    run_import(lambda p: samples.import_fashion_mnist(user, name or "fashion-mnist", per_class,
                                                                       val_fraction=val_fraction, seed=seed,
                                                                       progress=p))
             else:
                 st.info("Fashion-MNIST is not installed on this server: `apt-get install dataset-fashion-mnist`.")
         elif st.button("Import digits", key="ds_import_digits", type="primary"):
-            run_import(lambda p: samples.import_digits(name or "digits", owner, val_fraction, seed, p))
+            run_import(lambda p: samples.import_digits(user, name or "digits", val_fraction, seed, p))
     if st.session_state.get("ds_last_report"):
         report = st.session_state["ds_last_report"]
         st.success(f"Imported {report['items']:,} images into {report['dataset']!r} (version {report['version']}) "
                    f"in {report['seconds']:.1f} s")
         show_report(report, "import")
 
-names = store.dataset_names(owner)
+names = datasets.dataset_names(user)
 if not names:
     for tab in (tab_browse, tab_health, tab_manage):
         tab.info("No dataset yet: import one first.")
@@ -139,8 +141,12 @@ if st.session_state.get("ds_selected") not in names:
     st.session_state["ds_selected"] = names[0]
 with st.sidebar:
     selected = st.selectbox("Dataset", names, key="ds_selected")
-ds = store.get_dataset(owner, selected)
-concepts = store.dataset_concepts(ds["id"])
+ds = datasets.get_dataset(user, selected)
+concepts = datasets.dataset_concepts(user, ds["id"])
+mine = can_change(user, ds)  # a team dataset of someone else is read-only here
+if not mine:
+    st.sidebar.caption(f"Shared by {ds['owner']} with the team: you can browse, train on and search it; only its "
+                       "owner can change it.")
 
 # ------------------------------------------------------------------------------------------------ browse
 with tab_browse:
@@ -151,12 +157,12 @@ with tab_browse:
     per_page = c3.selectbox("Per page", [25, 50, 100], index=2, key="ds_per_page")
     concept_f = None if concept == "(all)" else concept
     split_f = None if split == "(all)" else split
-    total = store.count_items(ds["id"], concept_f, split_f)
+    total = datasets.count_items(user, ds["id"], concept_f, split_f)
     pages = max(1, -(-total // per_page))
     if st.session_state.get("ds_page", 1) > pages:  # the filter shrank the result
         st.session_state["ds_page"] = 1
     page = int(st.number_input("Page", 1, pages, 1, key="ds_page", help=f"{total:,} images, {pages} pages"))
-    shown = store.find_items(ds["id"], concept_f, split_f, offset=(page - 1) * per_page, limit=per_page)
+    shown = datasets.find_items(user, ds["id"], concept_f, split_f, offset=(page - 1) * per_page, limit=per_page)
     cols_per_row = 10
     for start in range(0, len(shown), cols_per_row):
         cols = st.columns(cols_per_row)
@@ -168,7 +174,7 @@ with tab_browse:
         options = [i["item_id"] for i in shown]
         item_id = st.selectbox("Open image", options, key="ds_open_item",
                                format_func=lambda i: f"#{i}")
-        item = store.get_item(item_id)
+        item = datasets.get_item(user, item_id)
         left, right = st.columns([2, 3])
         left.image(item["path"], caption=f"{item['source_path']} ({item['width']}x{item['height']})")
         with right:
@@ -177,32 +183,32 @@ with tab_browse:
             if item["boxes"]:
                 st.dataframe(pd.DataFrame(item["boxes"]), width="stretch")
             new_labels = st.multiselect("Labels", sorted(set(concepts) | set(item["labels"])),
-                                        default=item["labels"], key=f"ds_labels_{item_id}")
-            extra = st.text_input("Add a new concept", key=f"ds_new_label_{item_id}")
+                                        default=item["labels"], key=f"ds_labels_{item_id}", disabled=not mine)
+            extra = st.text_input("Add a new concept", key=f"ds_new_label_{item_id}", disabled=not mine)
             b1, b2, b3 = st.columns(3)
             if b3.button("Find similar", key="ds_find_similar", help="Open Visual Search with this image as the query"):
                 st.session_state["vs_next_item"] = item_id
                 ui.go_to_page("pages/5_Visual_Search.py", "Visual Search")
-            if b1.button("Save labels", key="ds_save_labels"):
+            if b1.button("Save labels", key="ds_save_labels", disabled=not mine):
                 try:
-                    version = store.set_item_labels(item_id, new_labels + ([extra] if extra.strip() else []))
+                    version = datasets.set_item_labels(user, item_id, new_labels + ([extra] if extra.strip() else []))
                     st.success(f"Labels saved (dataset version {version})")
                     st.rerun()
                 except UserError as exc:
                     st.error(str(exc))
-            if b2.button("Delete this image", key="ds_delete_item"):
-                store.delete_items(ds["id"], [item_id])
+            if b2.button("Delete this image", key="ds_delete_item", disabled=not mine):
+                datasets.delete_items(user, ds["id"], [item_id])
                 st.rerun()
         to_delete = st.multiselect("Delete several images of this page", options, key="ds_delete_many",
-                                   format_func=lambda i: f"#{i}")
-        if st.button("Delete selected", key="ds_delete_many_btn", disabled=not to_delete):
-            version = store.delete_items(ds["id"], to_delete)
+                                   format_func=lambda i: f"#{i}", disabled=not mine)
+        if st.button("Delete selected", key="ds_delete_many_btn", disabled=not to_delete or not mine):
+            version = datasets.delete_items(user, ds["id"], to_delete)
             st.success(f"Deleted {len(to_delete)} image(s); dataset version {version}")
             st.rerun()
 
 # ------------------------------------------------------------------------------------------------ health
 with tab_health:
-    counts = {s: store.concept_counts(ds["id"], s) for s in SPLIT_NAMES}
+    counts = {s: datasets.concept_counts(user, ds["id"], s) for s in SPLIT_NAMES}
     rows = [{"concept": c, "split": s, "images": n} for s in SPLIT_NAMES for c, n in counts[s].items() if n]
     st.subheader(f"Now: version {ds['version']}")
     if rows:
@@ -210,7 +216,7 @@ with tab_health:
                      category_orders={"split": list(SPLIT_NAMES)})
         fig.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10))
         st.plotly_chart(fig, key="ds_health_chart")
-    report = store.latest_report(ds["id"])
+    report = datasets.latest_report(user, ds["id"])
     if report:
         st.subheader(f"Last import (version {report.get('version')})")
         show_report(report, "health")
@@ -221,7 +227,7 @@ with tab_health:
                           help="0.90 catches resized copies of small photos; raise it for stricter pairs")
     if st.button("Find near-duplicates", key="ds_dup_find"):
         with st.spinner("Embedding the images..."):
-            pairs = near_duplicates(owner, ds["name"], threshold=threshold)
+            pairs = near_duplicates(user, ds["id"], threshold=threshold)
         if pairs:
             st.write(f"{len(pairs)} pair(s) at similarity {threshold:.2f} or more")
             for pair in pairs[:50]:
@@ -234,13 +240,19 @@ with tab_health:
 
 # ------------------------------------------------------------------------------------------------ manage
 with tab_manage:
+    st.subheader("Sharing")
+    st.caption(f"Owner: {ds['owner']}. Private: only its owner sees it. Team: everyone on this server sees it and may "
+               "train on it and search it, read-only.")
+    ui.share_toggle(user, ds, lambda visibility: datasets.share_dataset(user, ds["id"], visibility), key="ds_share",
+                    help="Everyone on this server may then browse it, train on it and search it, read-only")
+
     st.subheader("Rename or merge a concept")
     c1, c2, c3 = st.columns([2, 2, 1])
     old = c1.selectbox("Concept", concepts, key="ds_rename_old") if concepts else None
     new = c2.text_input("New name (an existing concept merges the two)", key="ds_rename_new")
-    if c3.button("Rename", key="ds_rename_btn", disabled=not (old and new.strip())):
+    if c3.button("Rename", key="ds_rename_btn", disabled=not (old and new.strip() and mine)):
         try:
-            version = store.rename_concept(ds["id"], old, new)
+            version = datasets.rename_concept(user, ds["id"], old, new)
             st.success(f"Renamed {old!r} to {new.strip()!r} (version {version})")
             st.rerun()
         except UserError as exc:
@@ -251,8 +263,8 @@ with tab_manage:
     c1, c2, c3 = st.columns([2, 1, 1])
     split_share = c1.slider("Validation share", 0.0, 0.5, 0.2, 0.05, key="ds_resplit_fraction")
     split_seed = int(c2.number_input("Seed", 0, 2**31 - 1, 0, 1, key="ds_resplit_seed"))
-    if c3.button("Set the split", key="ds_resplit_btn"):
-        counts = resplit(owner, ds["name"], split_share, split_seed)
+    if c3.button("Set the split", key="ds_resplit_btn", disabled=not mine):
+        counts = resplit(user, ds["id"], split_share, split_seed)
         st.success("Split now: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
     st.subheader("Export")
@@ -260,7 +272,7 @@ with tab_manage:
     fmt = c1.radio("Form", EXPORT_FORMATS, horizontal=True, key="ds_export_format",
                    format_func={"folder": "Folder per concept", "csv": "CSV manifest", "coco": "COCO"}.get)
     if c2.button("Prepare the zip", key="ds_export_btn"):
-        out = export_dataset(owner, ds["name"], fmt, ui.export_path(f"{ds['name']}-v{ds['version']}-{fmt}.zip"))
+        out = export_dataset(user, ds["id"], fmt, ui.export_path(f"{ds['name']}-v{ds['version']}-{fmt}.zip"))
         st.session_state["ds_export_file"] = str(out)
     export_file = st.session_state.get("ds_export_file")
     if export_file and Path(export_file).is_file():
@@ -269,9 +281,10 @@ with tab_manage:
                                mime="application/zip", key="ds_export_download")
 
     st.subheader("Delete the dataset")
-    confirm = st.checkbox(f"Yes, delete {ds['name']!r} and its {ds['items']:,} images", key="ds_delete_confirm")
-    if st.button("Delete dataset", key="ds_delete_dataset", disabled=not confirm, type="primary"):
-        store.delete_dataset(owner, ds["name"])
+    confirm = st.checkbox(f"Yes, delete {ds['name']!r} and its {ds['items']:,} images", key="ds_delete_confirm",
+                          disabled=not mine)
+    if st.button("Delete dataset", key="ds_delete_dataset", disabled=not confirm or not mine, type="primary"):
+        datasets.delete_dataset(user, ds["id"])
         st.session_state.pop("ds_selected", None)
         st.session_state.pop("ds_last_report", None)
         st.rerun()

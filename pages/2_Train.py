@@ -140,10 +140,10 @@ if params is not None:
 # free of function definitions.
 st.subheader("Start training")
 from core import jobs as launch_jobs  # noqa: E402  (the launch section is appended to the page as a unit)
-from core.store.datasets import list_datasets as launch_list_datasets  # noqa: E402
+from core.data import service as launch_datasets  # noqa: E402
 
 launch_owner = ui.current_user()
-launch_names = [d["name"] for d in launch_list_datasets(launch_owner)]
+launch_names = launch_datasets.dataset_names(launch_owner)  # own ones, then the team's as owner/name
 if not launch_names:
     st.info("No dataset yet: import one on the Datasets page, then come back to start training.")
     ui.link_page("pages/1_Datasets.py", "Go to Datasets", ":material/photo_library:")

@@ -13,6 +13,7 @@ import streamlit as st
 from core import jobs, ui
 from core.errors import UserError
 from core.jobs import view
+from core.users import can_change
 
 POLL_S = 2.0  # progress bar, images/s, ETA, log tail
 # The curves redraw less often: re-sending three plotly charts costs the browser ~0.1 of a core each time, CPU a
@@ -24,9 +25,10 @@ st.title("Jobs")
 st.caption("Training and indexing run in the background, one job per GPU (one on a CPU-only server); "
            "you can close this tab and come back.")
 
-owner = ui.current_user()
-everyone = st.toggle("Show every user's jobs", key="jobs_everyone")
-rows = jobs.list_jobs(None if everyone else owner)
+user = ui.current_user()
+team = st.toggle("Show the team's jobs too", key="jobs_everyone",
+                 help="Jobs others shared with the team: you can follow them, not cancel or change them")
+rows = jobs.list_jobs(user, team=team)
 if not rows:
     st.info("No jobs yet. Start one from the Train page.")
     ui.link_page("pages/2_Train.py", "Go to Train", ":material/model_training:")
@@ -52,7 +54,7 @@ job_id = st.selectbox("Job", ids, key="jobs_selected", format_func=lambda i: f"#
 
 
 try:
-    job = jobs.status(job_id)
+    job = jobs.status(user, job_id)
 except UserError as exc:
     ui.show_error(exc)
     st.stop()
@@ -70,13 +72,14 @@ elif state == "succeeded":
     done = f" Model {job['model_id']} is on the Models page." if job.get("model_id") else ""
     st.success(f"Finished {view.when(job['finished_at'])}.{done}", icon=view.STATE_ICONS["succeeded"])
 job_live = state in ("queued",) + jobs.ACTIVE
+mine = can_change(user, job)  # a team job of someone else: followed here, changed only by its owner
 
 
 @st.fragment(run_every=POLL_S if job_live else None)
 def job_progress(job_id: int) -> None:
     """Progress bar, loss, rate, images/s, ETA, device and the log's tail: redrawn every POLL_S s while live."""
     try:
-        st_ = jobs.status(job_id)
+        st_ = jobs.status(user, job_id)
     except UserError as exc:
         ui.show_error(exc)
         return
@@ -95,13 +98,13 @@ def job_progress(job_id: int) -> None:
                f"Created {view.when(st_['created_at'])}"
                + (f" · Extends job {st_['parent_id']}" if st_.get("parent_id") else ""))
     with st.expander("Log", expanded=state in jobs.ACTIVE or state == "failed"):
-        st.code(jobs.logs(job_id, tail=60) or "(empty)", language="text")
+        st.code(jobs.logs(user, job_id, tail=60) or "(empty)", language="text")
 
 
 @st.fragment(run_every=CURVES_S if job_live else None)
 def job_curves(job_id: int) -> None:
     """Loss, accuracy and learning-rate curves and the per-epoch table: redrawn every CURVES_S seconds while live."""
-    curves = jobs.metrics(job_id)
+    curves = jobs.metrics(user, job_id)
     figs = view.figures(curves["history"], curves["series"])
     if figs:
         chart_cols = st.columns(len(figs))
@@ -116,25 +119,26 @@ job_progress(job_id)
 job_curves(job_id)
 
 acts = st.columns(4)
-if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued",) + jobs.ACTIVE,
+if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued",) + jobs.ACTIVE or not mine,
                   icon=":material/stop_circle:"):
     with st.spinner("Asking the job to stop between steps and save a checkpoint..."):
-        jobs.cancel(job_id)
+        jobs.cancel(user, job_id)
     st.rerun()
-if acts[1].button("Resume", key="jobs_resume", disabled=state not in jobs.RESUMABLE,
+if acts[1].button("Resume", key="jobs_resume", disabled=state not in jobs.RESUMABLE or not mine,
                   icon=":material/play_arrow:", help="Continue from the last completed epoch"):
     try:
-        jobs.resume(job_id)
+        jobs.resume(user, job_id)
         st.rerun()
     except UserError as exc:
         ui.show_error(exc)
 is_train = job["type"] == "train"
 extra = acts[2].number_input("More epochs", min_value=1, max_value=1000, value=5, step=1,
-                             key="jobs_extend_epochs", disabled=not is_train)
-if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:", disabled=not is_train or job_live,
+                             key="jobs_extend_epochs", disabled=not is_train or not mine)
+if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:",
+                  disabled=not is_train or job_live or not mine,
                   help="A new job that continues this one's checkpoint for more epochs"):
     try:
-        st.session_state["jobs_select_next"] = jobs.extend(job_id, int(extra))
+        st.session_state["jobs_select_next"] = jobs.extend(user, job_id, int(extra))
         st.rerun()
     except UserError as exc:
         ui.show_error(exc)
@@ -143,3 +147,5 @@ if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not i
     cfg = job["config"]
     ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"), cfg.get("options"))
     ui.go_to_page("pages/2_Train.py", "Train")
+ui.share_toggle(user, job, lambda visibility: jobs.share_job(user, job_id, visibility), key="jobs_share",
+                help="Everyone on this server can then follow this job's progress, curves and log")

@@ -7,13 +7,13 @@ import streamlit as st
 from core import ui
 from core.errors import UserError
 from core.evaluation import charts, export, report, service
+from core.data import service as datasets
 from core.evaluation.predict import predict
-from core.store import datasets as ds_store
-from core.store import models as model_store
+from core.users import can_change
 
 st.set_page_config(page_title="Models", layout="wide")
 st.title("Models")
-owner = ui.current_user()
+user = ui.current_user()
 GALLERY_PAGE = 12  # misclassified images per page (each carries a fix-labels form)
 
 
@@ -23,7 +23,7 @@ def gallery(items: list[dict], caption, columns: int = 6) -> None:
     for i, it in enumerate(items):
         with cols[i % columns]:
             try:
-                st.image(ds_store.thumbnail_path(it["item_id"]), caption=caption(it), width="stretch")
+                st.image(datasets.thumbnail_path(user, it["item_id"]), caption=caption(it), width="stretch")
             except UserError:
                 st.caption(f"item {it['item_id']} (deleted)")
 
@@ -89,7 +89,7 @@ def misclassified_view(row: dict, result: dict) -> None:
         return
     pages = max(1, -(-len(wrong) // GALLERY_PAGE))
     page = st.number_input("Page", 1, pages, 1, key="models_wrong_page") if pages > 1 else 1
-    dataset_concepts = sorted(set(ds_store.dataset_concepts(row["dataset_id"])) | set(row["concepts"])) \
+    dataset_concepts = sorted(set(datasets.dataset_concepts(user, row["dataset_id"])) | set(row["concepts"])) \
         if row.get("dataset_id") else list(row["concepts"])
     cols = st.columns(4)
     for i, miss in enumerate(wrong[(page - 1) * GALLERY_PAGE: page * GALLERY_PAGE]):
@@ -97,18 +97,18 @@ def misclassified_view(row: dict, result: dict) -> None:
             true = ", ".join(f"{t['name']} ({t['probability']:.2f})" for t in miss["true"])
             guess = ", ".join(f"{p['name']} ({p['probability']:.2f})" for p in miss["predicted"])
             try:
-                st.image(ds_store.thumbnail_path(miss["item_id"]), width="stretch")
+                st.image(datasets.thumbnail_path(user, miss["item_id"]), width="stretch")
             except UserError:
                 st.caption("(image deleted from the dataset)")
                 continue
             st.caption(f"true: {true}  \npredicted: {guess}")
             with st.popover("Fix labels"):
-                current = ds_store.get_item(miss["item_id"])["labels"]
+                current = datasets.get_item(user, miss["item_id"])["labels"]
                 labels = st.multiselect("Labels", sorted(set(dataset_concepts) | set(current)), default=current,
                                         key=f"models_fix_{miss['item_id']}")
                 if st.button("Save labels", key=f"models_fix_save_{miss['item_id']}"):
                     try:
-                        version = ds_store.set_item_labels(miss["item_id"], labels)
+                        version = datasets.set_item_labels(user, miss["item_id"], labels)
                         st.success(f"Saved: the dataset is now version {version}. Re-evaluate to see the effect.")
                     except UserError as exc:
                         ui.show_error(exc)
@@ -160,7 +160,7 @@ def evaluation_tab(row: dict) -> None:
             return
         bar = st.progress(0.0, text="Evaluating...")
         try:
-            result = service.evaluate(owner, row["id"], refresh=True,
+            result = service.evaluate(user, row["id"], refresh=True,
                                       progress=lambda f, text: bar.progress(f, text=text))
         except UserError as exc:
             ui.show_error(exc)
@@ -182,14 +182,14 @@ def predict_tab(row: dict) -> None:
         files = st.file_uploader("Images", accept_multiple_files=True, key="models_predict_upload")
         images = [(f.name, f.getvalue()) for f in files or []]
     else:
-        datasets = ds_store.list_datasets(owner)
-        if not datasets:
+        visible = datasets.list_datasets(user)
+        if not visible:
             st.info("No dataset yet.")
             return
-        names = [d["name"] for d in datasets]
-        default = next((i for i, d in enumerate(datasets) if d["id"] == row.get("dataset_id")), 0)
+        names = [datasets.display_name(user, d) for d in visible]
+        default = next((i for i, d in enumerate(visible) if d["id"] == row.get("dataset_id")), 0)
         name = st.selectbox("Dataset", names, index=default, key="models_predict_dataset")
-        records = ds_store.dataset_records(ds_store.get_dataset(owner, name)["id"])[:500]
+        records = datasets.dataset_records(user, name)[:500]
         picked = st.multiselect("Images", records, default=records[:1], key=f"models_predict_items_{name}",
                                 format_func=lambda r: f"#{r['item_id']} {r['source_path'] or ''} "
                                                       f"[{', '.join(r['labels'])}]", max_selections=12)
@@ -198,7 +198,7 @@ def predict_tab(row: dict) -> None:
         if service.multi_label(row) else 0.5
     if st.button("Predict", key="models_predict_btn", disabled=not images):
         try:
-            st.session_state["models_predictions"] = (row["id"], predict(owner, row["id"], images,
+            st.session_state["models_predictions"] = (row["id"], predict(user, row["id"], images,
                                                                          threshold=threshold))
         except UserError as exc:
             ui.show_error(exc)
@@ -221,7 +221,7 @@ def share_tab(row: dict) -> None:
     if st.button("Build report", key="models_report_btn"):
         with st.spinner("Building the report..."):
             try:
-                st.session_state["models_report"] = (row["id"], report.build_report(owner, row["id"]))
+                st.session_state["models_report"] = (row["id"], report.build_report(user, row["id"]))
             except UserError as exc:
                 ui.show_error(exc)
     built = st.session_state.get("models_report")
@@ -237,7 +237,7 @@ def share_tab(row: dict) -> None:
         out = ui.export_path(f"{row['name']}.{ {'zip': 'zip', 'torchscript': 'pt', 'onnx': 'onnx'}[fmt] }")
         with st.spinner("Exporting and checking the export against the original..."):
             try:
-                st.session_state["models_export"] = (row["id"], fmt, export.export_model(owner, row["id"], fmt, out))
+                st.session_state["models_export"] = (row["id"], fmt, export.export_model(user, row["id"], fmt, out))
             except UserError as exc:
                 ui.show_error(exc)
     built = st.session_state.get("models_export")
@@ -255,22 +255,30 @@ def share_tab(row: dict) -> None:
     except UserError as exc:
         ui.show_error(exc)
 
+    mine = can_change(user, row)
+    st.subheader("Sharing")
+    st.caption(f"Owner: {row['owner']}. Team: everyone on this server may evaluate it, predict with it, export it "
+               "and use it as a base model, read-only.")
+    ui.share_toggle(user, row, lambda visibility: service.share_model(user, row["id"], visibility), key="models_share",
+                    help="Everyone on this server may then evaluate it, predict with it and use it as a base")
+
     st.subheader("Delete")
-    sure = st.checkbox(f"Yes, delete {row['name']} and its files", key="models_delete_confirm")
-    if st.button("Delete model", key="models_delete_btn", disabled=not sure, type="primary"):
-        model_store.delete_model(owner, row["id"])
+    sure = st.checkbox(f"Yes, delete {row['name']} and its files", key="models_delete_confirm", disabled=not mine)
+    if st.button("Delete model", key="models_delete_btn", disabled=not sure or not mine, type="primary"):
+        service.delete_model(user, row["id"])
         st.session_state.pop("models_selected", None)
         st.rerun()
 
 
 def compare_section(rows: list[dict]) -> None:
-    names = st.multiselect("Models to compare (same kind, same dataset version)", [r["name"] for r in rows],
-                           key="models_compare")
-    if len(names) < 2:
+    names = {r["id"]: r["name"] if r["owner"] == str(user) else f"{r['owner']}/{r['name']}" for r in rows}
+    picked = st.multiselect("Models to compare (same kind, same dataset version)", list(names),
+                            format_func=names.get, key="models_compare")
+    if len(picked) < 2:
         st.caption("Pick two or more models.")
         return
     try:
-        comparison = service.compare(owner, names)
+        comparison = service.compare(user, picked)
     except UserError as exc:
         ui.show_error(exc)
         return
@@ -290,14 +298,14 @@ def import_section() -> None:
                           help="An archive exported from another template is refused.")
     if st.button("Import", key="models_import_btn", disabled=upload is None):
         try:
-            model_id = export.import_archive(owner, upload.getvalue(),
+            model_id = export.import_archive(user, upload.getvalue(),
                                              expect=None if expect == choices[0] else tuple(expect.split("/", 1)))
-            st.success(f"Imported as model {model_store.get_model_by_id(model_id)['name']}.")
+            st.success(f"Imported as model {service.get(user, model_id)['name']}.")
         except UserError as exc:
             ui.show_error(exc)
 
 
-rows = service.registry_rows(owner)
+rows = service.registry_rows(user)
 if not rows:
     st.info("No trained model yet. Train one on the Train page, or import an exported model below.")
     ui.link_page("pages/2_Train.py", "Go to Train", icon=":material/model_training:")
@@ -315,7 +323,7 @@ if st.session_state.get("models_selected") not in ids:
 model_id = st.selectbox("Open model", ids, key="models_selected",
                         format_func=lambda i: f"{by_id[i]['name']} · {ui.KIND_LABELS.get(by_id[i]['kind'])} · "
                                               f"{by_id[i]['template']} · {by_id[i]['dataset']}")
-row = model_store.get_model_by_id(model_id)
+row = service.get(user, model_id)
 
 tab_eval, tab_predict, tab_share, tab_compare, tab_import = st.tabs(
     ["Evaluation", "Predict", "Report, export, delete", "Compare", "Import"])

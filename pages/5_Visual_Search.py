@@ -10,13 +10,14 @@ import streamlit as st
 
 from core import jobs, ui
 from core.errors import UserError
+from core.data import service as datasets_service
+from core.evaluation import service as models_service
 from core.search import service
-from core.store import datasets as ds_store
-from core.store import models as model_store
+from core.users import can_change
 
 st.set_page_config(page_title="Visual Search", layout="wide")
 st.title("Visual Search")
-owner = ui.current_user()
+user = ui.current_user()
 MODES = ("Upload an image", "Dataset image", "Concept")
 ANY = "(any concept)"
 
@@ -37,12 +38,14 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
         if not datasets:
             st.info("No dataset yet: import one on the Datasets page first.")
             return
-        models = [m for m in model_store.list_models(owner) if m["kind"] in ("embedder", "classifier")]
+        models = [m for m in models_service.list_models(user) if m["kind"] in ("embedder", "classifier")]
         choices = ["general"] + [str(m["id"]) for m in models]
         labels = {"general": "General embedder (EfficientNet-Lite0, ImageNet, 1,280-d)"}
-        labels.update({str(m["id"]): f"{m['name']} ({m['kind']}, {m['template']})" for m in models})
+        labels.update({str(m["id"]): f"{m['name']} ({m['kind']}, {m['template']})"
+                       + ("" if m["owner"] == str(user) else f", shared by {m['owner']}") for m in models})
         c1, c2, c3 = st.columns([2, 3, 2])
-        dataset = c1.selectbox("Dataset", [d["name"] for d in datasets], key="vs_build_dataset")
+        dataset = c1.selectbox("Dataset", [datasets_service.display_name(user, d) for d in datasets],
+                               key="vs_build_dataset")
         model = c2.selectbox("Embedding model", choices, format_func=labels.get, key="vs_build_model",
                              help="A classifier embeds with its layer before the classifier.")
         name = c3.text_input("Index name (optional)", key="vs_build_name", placeholder="dataset-model")
@@ -52,12 +55,12 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
             config = {"dataset": dataset, "model": model, "name": name.strip() or None}
             try:
                 if background:
-                    job_id = jobs.submit(owner, "index", config)
-                    st.success(f"Job {job_id} queued: {jobs.describe(jobs.status(job_id))}. "
+                    job_id = jobs.submit(user, "index", config)
+                    st.success(f"Job {job_id} queued: {jobs.describe(jobs.status(user, job_id))}. "
                                "The index appears here when it finishes.")
                 else:
                     bar = st.progress(0.0, text="Embedding images...")
-                    res = service.build_index_now(owner, dataset, model, config["name"], progress=lambda d, t:
+                    res = service.build_index_now(user, dataset, model, config["name"], progress=lambda d, t:
                                                   bar.progress(d / max(t, 1), text=f"Embedded {d:,} of {t:,} images"))
                     bar.progress(1.0, text="Done")
                     st.session_state["vs_index"] = res["name"]
@@ -66,7 +69,7 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
                 ui.show_error(exc)
 
 
-def facts_section(facts: dict) -> None:
+def facts_section(name: str, facts: dict) -> None:
     cols = st.columns(6)
     cols[0].metric("Images", f"{facts['count']:,}")
     cols[1].metric("Dimension", facts["dim"])
@@ -78,13 +81,14 @@ def facts_section(facts: dict) -> None:
     st.caption(f"Model: {facts['model_label']} · dataset {facts['dataset']} (version {facts['dataset_version']})"
                + (f" · parameters: {params}" if params else "")
                + (f" · {facts['images_per_sec']:.1f} images/s embedded" if facts.get("images_per_sec") else ""))
+    mine = can_change(user, facts)
     if facts["stale"]:
         st.warning("The dataset changed since this index was built: new images are not searchable yet and deleted "
-                   "ones are skipped.")
-        if st.button("Sync the index now", key="vs_sync"):
+                   "ones are skipped." + ("" if mine else f" Its owner, {facts['owner']}, can sync it."))
+        if mine and st.button("Sync the index now", key="vs_sync"):
             try:
                 with st.spinner("Embedding new images..."):
-                    res = service.sync_index(owner, facts["name"])
+                    res = service.sync_index(user, name)
                 st.success(f"Synced: {res['added']} added, {res['removed']} removed; {res['count']:,} images.")
             except Exception as exc:  # noqa: BLE001
                 ui.show_error(exc)
@@ -108,8 +112,7 @@ def results_grid(results: list[dict], per_row: int = 5) -> None:
 
 def query_section(name: str, facts: dict) -> None:
     """Query by upload, dataset image or concept; k and a concept filter; results and the query's nearest concepts."""
-    ds_id = facts["dataset_id"]
-    concepts = ds_store.dataset_concepts(ds_id)
+    concepts = service.index_concepts(user, name)
     if "vs_next_item" in st.session_state:  # "Find similar" on a result (or from the Datasets page)
         st.session_state["vs_mode"] = "Dataset image"
         st.session_state["vs_item"] = int(st.session_state.pop("vs_next_item"))
@@ -126,12 +129,11 @@ def query_section(name: str, facts: dict) -> None:
                 st.image(up, width=160)
                 query = {"image": up.getvalue()}
         elif mode == "Dataset image":
-            first = ds_store.find_items(ds_id, limit=1)
-            default = first[0]["item_id"] if first else 0
-            st.session_state.setdefault("vs_item", default)
+            first = service.index_first_item(user, name)
+            st.session_state.setdefault("vs_item", first or 0)
             item = st.number_input("Item id", min_value=0, step=1, key="vs_item")
             try:
-                it = ds_store.get_item(int(item))
+                it = service.index_item(user, name, int(item))
                 st.image(it["thumb"], width=160, caption=f"item {it['item_id']}: {', '.join(it['labels'])}")
                 query = {"item_id": int(item)}
             except UserError as exc:
@@ -144,11 +146,11 @@ def query_section(name: str, facts: dict) -> None:
     if not query:
         return
     try:
-        opened = ui.search_index(owner, name)
+        opened = ui.search_index(user, name)
         model = ui.search_embedder(opened.model) if "image" in query else None
-        results = service.search(owner, name, k=k, concept_filter=None if flt == ANY else flt, opened=opened,
+        results = service.search(user, name, k=k, concept_filter=None if flt == ANY else flt, opened=opened,
                                  model=model, **query)
-        near = service.nearest_concepts(owner, name, top=5, opened=opened, model=model, **query)
+        near = service.nearest_concepts(user, name, top=5, opened=opened, model=model, **query)
     except Exception as exc:  # noqa: BLE001
         ui.show_error(exc)
         return
@@ -162,7 +164,7 @@ def duplicates_section(name: str) -> None:
         thr = st.slider("Similarity at least", 0.80, 1.00, 0.95, 0.01, key="vs_dup_threshold")
         if st.button("Find near-duplicates", key="vs_dup_find"):
             try:
-                pairs = service.near_duplicates(owner, name, thr, limit=200, opened=ui.search_index(owner, name))
+                pairs = service.near_duplicates(user, name, thr, limit=200, opened=ui.search_index(user, name))
             except Exception as exc:  # noqa: BLE001
                 ui.show_error(exc)
                 return
@@ -175,24 +177,25 @@ def duplicates_section(name: str) -> None:
 
 
 try:
-    datasets = ds_store.list_datasets(owner)
-    indexes = service.list_indexes(owner)
+    datasets = datasets_service.list_datasets(user)
+    indexes = service.list_indexes(user)
 except Exception as exc:  # noqa: BLE001
     ui.show_error(exc)
     st.stop()
 
 build_section(datasets, expanded=not indexes)
-indexes = service.list_indexes(owner)  # again: a build just above may have added one
+indexes = service.list_indexes(user)  # again: a build just above may have added one
 if not indexes:
     st.info("No index yet: build one above (the general embedder needs no training).")
     st.stop()
-names = [f["name"] for f in indexes]
+by_name = {f["name"] if f["owner"] == str(user) else f"{f['owner']}/{f['name']}": f for f in indexes}
+names = list(by_name)
 if "vs_next_item" in st.session_state:  # "Find similar" from the Datasets page: an index of the item's dataset
     try:
-        item_ds = ds_store.get_item(int(st.session_state["vs_next_item"]))["dataset_id"]
-        current = next((f for f in indexes if f["name"] == st.session_state.get("vs_index")), None)
+        item_ds = datasets_service.get_item(user, int(st.session_state["vs_next_item"]))["dataset_id"]
+        current = by_name.get(st.session_state.get("vs_index"))
         if current is None or current["dataset_id"] != item_ds:
-            match = [f["name"] for f in indexes if f["dataset_id"] == item_ds]
+            match = [n for n, f in by_name.items() if f["dataset_id"] == item_ds]
             if match:
                 st.session_state["vs_index"] = match[0]
             else:
@@ -203,8 +206,10 @@ if "vs_next_item" in st.session_state:  # "Find similar" from the Datasets page:
 if st.session_state.get("vs_index") not in names:
     st.session_state["vs_index"] = names[0]
 name = st.selectbox("Index", names, key="vs_index")
-facts = next(f for f in indexes if f["name"] == name)
-facts_section(facts)
+facts = by_name[name]
+facts_section(name, facts)
+ui.share_toggle(user, facts, lambda visibility: service.share_index(user, name, visibility), key="vs_share",
+                help="Everyone on this server may then search this index and see the images it holds")
 st.divider()
 query_section(name, facts)
 st.divider()

@@ -29,7 +29,7 @@ def train_config(epochs: int = 2, items: int = 40, dataset: str = "tiny", **extr
 def import_tiny(src: Path, name: str = "tiny") -> str:
     from core.data.importer import import_dataset
 
-    import_dataset(src, name)
+    import_dataset("local", src, name)
     return name
 
 

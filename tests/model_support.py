@@ -21,7 +21,7 @@ def make_trained_home(tmp_path_factory, prefix: str) -> Path:
         from core.data.importer import import_dataset
         from core.training import train
 
-        import_dataset(str(caltech_slice(tmp_path_factory.mktemp("src"), per_class=8)), "ds")
+        import_dataset("local", str(caltech_slice(tmp_path_factory.mktemp("src"), per_class=8)), "ds")
         for kind in ("classifier", "embedder"):
             res = train({"owner": "local", "dataset": "ds", "kind": kind, "template": TEMPLATE, "params": PARAMS,
                          "name": kind, "seed": 0}, home / f"run-{kind}")

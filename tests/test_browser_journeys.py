@@ -95,7 +95,8 @@ def import_from_server(page, name: str, path: str) -> None:
 def test_data_to_model(tmp_path, deeptrain_home):
     """Import a server folder, read its health report, train a small classifier, follow the job, open the model."""
     src = caltech_slice(tmp_path / "caltech3")
-    with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
+    roots = {"DEEPTRAIN_IMPORT_ROOTS": str(tmp_path)}  # the pages import server folders only under import roots
+    with streamlit_server(deeptrain_home, roots) as url, browser_page(tmp_path) as page:
         start_at(page, url, "Datasets", "Dataset name")
 
         import_from_server(page, "caltech3", str(src))
@@ -122,7 +123,7 @@ def test_data_to_model(tmp_path, deeptrain_home):
         wait_idle(page)
         assert_clean(page)
 
-        open_page(page, "Jobs", "Show every user's jobs")
+        open_page(page, "Jobs", "Show the team's jobs too")
         page.get_by_text(re.compile(r"Job \d+: classifier Studio_EfficientNetLite0_Transfer on caltech3")).wait_for()
         # The job's panel is a fragment polling every 2 s: the result appears without reloading the page.
         page.get_by_text(re.compile(r"Finished .*Model \d+ is on the Models page")).wait_for(timeout=TRAIN_TIMEOUT_MS)
@@ -157,7 +158,7 @@ def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
     """Build an index with the general embedder, query with a dataset image, read the result cards' scores."""
     from core.data.importer import import_dataset
 
-    import_dataset(caltech_slice(tmp_path / "caltech3"), "caltech3", workers=1)
+    import_dataset("local", caltech_slice(tmp_path / "caltech3"), "caltech3", workers=1)
     with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
         start_at(page, url, "Visual Search", "Build an index")
         expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("caltech3")

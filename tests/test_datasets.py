@@ -23,7 +23,7 @@ def _files(sub: str) -> list[Path]:
 
 
 def test_folder_import_records(small_folder):
-    report = import_dataset(small_folder, "small")
+    report = import_dataset("local", small_folder, "small")
     assert report["dataset"] == "small" and report["version"] == 1 and report["items"] == 18
     assert report["concepts"] == {"accordion": 6, "anchor": 6, "ant": 6}
     assert report["splits"] == {"train": 15, "val": 3, "test": 0}
@@ -51,7 +51,7 @@ def test_folder_import_records(small_folder):
 def test_grayscale_stored_as_rgb_and_counted(tmp_path):
     src = caltech_slice(tmp_path / "src", classes=("accordion", "anchor"), per_class=3)
     Image.open(next((src / "anchor").iterdir())).convert("L").save(src / "anchor" / "gray.jpg", quality=90)
-    report = import_dataset(src, "g")
+    report = import_dataset("local", src, "g")
     assert report["color"]["grayscale"] >= 1
     ds = store.get_dataset("local", "g")
     rec = [r for r in store.dataset_records(ds["id"]) if r["source_path"] == "anchor/gray.jpg"][0]
@@ -68,7 +68,7 @@ def test_exif_orientation_applied(tmp_path):
     exif[0x0112] = 6  # rotate 90 degrees on display
     img.save(src / "a" / "rot.jpg", exif=exif.tobytes())
     Image.new("RGB", (30, 30), (0, 0, 255)).save(src / "b" / "plain.png")
-    import_dataset(src, "o")
+    import_dataset("local", src, "o")
     recs = {r["source_path"]: r for r in store.dataset_records(store.get_dataset("local", "o")["id"])}
     assert (recs["a/rot.jpg"]["width"], recs["a/rot.jpg"]["height"]) == (20, 40)
     with Image.open(recs["a/rot.jpg"]["path"]) as im:
@@ -81,7 +81,7 @@ def test_caltech_extensionless_jpeg_is_kept(tmp_path, caltech):
     src.mkdir(parents=True)
     shutil.copy(caltech / "101_ObjectCategories" / "BACKGROUND_Google" / "tmp", src / "tmp")
     shutil.copy(caltech / "101_ObjectCategories" / "BACKGROUND_Google" / "image_0001.jpg", src / "image_0001.jpg")
-    report = import_dataset(tmp_path / "src", "bg")
+    report = import_dataset("local", tmp_path / "src", "bg")
     assert report["items"] == 2 and report["skipped"] == []
 
 
@@ -92,7 +92,7 @@ def test_caltech_split_lists_kept(tmp_path, caltech):
     for name in ("train.txt", "test.txt"):
         lines = [ln for ln in (caltech / name).read_text().split() if ln in present]
         (root / name).write_text("\n".join(lines) + "\n")
-    report = import_dataset(root, "lists")
+    report = import_dataset("local", root, "lists")
     assert report["splits"]["val"] == 0 and report["splits"]["test"] > 0
     ds = store.get_dataset("local", "lists")
     assert store.eval_split(ds["id"]) == "test"
@@ -107,7 +107,7 @@ def test_split_folders_kept(tmp_path):
             (src / split / concept).mkdir(parents=True)
             for i in range(n):
                 Image.new("RGB", (16 + i, 16), colour).save(src / split / concept / f"{i}.png")
-    report = import_dataset(src, "s")
+    report = import_dataset("local", src, "s")
     assert report["splits"] == {"train": 8, "val": 4, "test": 4}
     assert report["concepts"] == {"blue": 8, "red": 8}
 
@@ -136,7 +136,7 @@ def test_duplicates_stored_once(tmp_path, caltech):
     first = next(iter(sorted((src / "accordion").iterdir())))
     shutil.copy(first, src / "accordion" / "copy.jpg")
     shutil.copy(first, src / "anchor" / "also.jpg")
-    report = import_dataset(src, "dup")
+    report = import_dataset("local", src, "dup")
     assert report["items"] == 6 and report["duplicates"] == 2
     group = report["duplicate_groups"][0]
     assert sorted(group["paths"]) == sorted(["accordion/copy.jpg", "anchor/also.jpg", f"accordion/{first.name}"])
@@ -144,20 +144,20 @@ def test_duplicates_stored_once(tmp_path, caltech):
     blobs_before = _files("blobs")
     assert report["new_bytes"] == sum(p.stat().st_size for p in blobs_before)
     # a second dataset of the same images reuses the blobs
-    assert import_dataset(src, "dup2")["new_bytes"] == 0
+    assert import_dataset("local", src, "dup2")["new_bytes"] == 0
     assert _files("blobs") == blobs_before
     # re-importing into the same dataset adds nothing new
     with pytest.raises(UserError, match="already in dataset"):
-        import_dataset(src, "dup")
+        import_dataset("local", src, "dup")
     # adding one new image to it: a new version with that image; the rest reported as already there
     Image.new("RGB", (20, 20), (1, 2, 3)).save(src / "anchor" / "new.png")
-    again = import_dataset(src, "dup")
+    again = import_dataset("local", src, "dup")
     assert again["version"] == 2 and again["items"] == 1 and again["duplicates"] == 8
     assert store.get_dataset("local", "dup")["items"] == 7
 
 
 def test_edit_labels_rename_merge_delete(small_folder):
-    import_dataset(small_folder, "e")
+    import_dataset("local", small_folder, "e")
     ds = store.get_dataset("local", "e")
     recs = store.dataset_records(ds["id"])
     item = recs[0]["item_id"]
@@ -176,7 +176,7 @@ def test_edit_labels_rename_merge_delete(small_folder):
     assert store.get_dataset("local", "e")["version"] == 5 and store.get_dataset("local", "e")["items"] == 17
     counts = resplit("local", "e", 0.5, seed=1)
     assert counts["val"] > 0 and counts["train"] > 0
-    store.delete_dataset("local", "e")
+    store.delete_dataset(store.get_dataset("local", "e")["id"])
     assert _files("blobs") == [] and _files("thumbs") == []
     assert store.list_datasets("local") == []
 
@@ -187,14 +187,14 @@ def test_multilabel_csv_and_json(tmp_path, caltech):
     lines = ["path,labels,split"] + [f"{f},{'music;metal' if i % 2 else 'music'},{'val' if i == 0 else 'train'}"
                                      for i, f in enumerate(files)]
     (tmp_path / "m" / "manifest.csv").write_text("\n".join(lines) + "\n")
-    report = import_dataset(tmp_path / "m" / "manifest.csv", "csv")
+    report = import_dataset("local", tmp_path / "m" / "manifest.csv", "csv")
     assert report["concepts"] == {"metal": 4, "music": 8}
     assert report["splits"] == {"train": 7, "val": 1, "test": 0}
     recs = store.dataset_records(store.get_dataset("local", "csv")["id"])
     assert sum(1 for r in recs if r["labels"] == ["metal", "music"]) == 4
 
     (tmp_path / "m" / "list.json").write_text(json.dumps([{"path": f, "labels": ["x", "y"]} for f in files[:3]]))
-    report = import_dataset(tmp_path / "m" / "list.json", "js")
+    report = import_dataset("local", tmp_path / "m" / "list.json", "js")
     assert report["concepts"] == {"x": 3, "y": 3} and report["items"] == 3
 
 
@@ -209,7 +209,7 @@ def test_coco_boxes(tmp_path):
     anns.append({"id": 9, "image_id": 0, "category_id": 2, "bbox": [30, 20, 34, 28]})
     coco = {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]}
     (root / "ann.json").write_text(json.dumps(coco))
-    report = import_dataset(root / "ann.json", "det", val_fraction=0.0)
+    report = import_dataset("local", root / "ann.json", "det", val_fraction=0.0)
     assert report["format"] == "coco" and report["items"] == 4
     recs = store.dataset_records(store.get_dataset("local", "det")["id"])
     first = [r for r in recs if r["source_path"] == "images/0.png"][0]
@@ -220,7 +220,7 @@ def test_coco_boxes(tmp_path):
 
 def test_zip_import(tmp_path, small_folder):
     archive = shutil.make_archive(str(tmp_path / "upload"), "zip", small_folder)
-    report = import_dataset(archive, "z")
+    report = import_dataset("local", archive, "z")
     assert report["items"] == 18 and len(report["concepts"]) == 3
     assert list(paths.subdir("staging").iterdir()) == []
 
@@ -246,7 +246,7 @@ def _write_video(path: Path, codec: str, seconds: int = 3, rate: int = 10, tint:
 def test_video_frames(tmp_path, suffix, codec):
     video = tmp_path / f"clip.{suffix}"
     _write_video(video, codec)
-    report = import_dataset(video, "v", video_fps=2.0)
+    report = import_dataset("local", video, "v", video_fps=2.0)
     assert report["items"] == 6 and report["concepts"] == {"clip": 6}
     ds = store.get_dataset("local", "v")
     recs = store.dataset_records(ds["id"])
@@ -263,7 +263,7 @@ def test_videos_in_concept_folders_keep_together(tmp_path):
             _write_video(root / concept / f"{concept}{k}.mp4", "mpeg4", seconds=1, rate=4,
                          tint=20 * k + (120 if concept == "up" else 0))
     (root / "up" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 100)
-    report = import_dataset(root, "vf", video_fps=4.0)
+    report = import_dataset("local", root, "vf", video_fps=4.0)
     assert [s["path"] for s in report["skipped"]] == ["up/broken.mp4"]
     assert "not a readable video" in report["skipped"][0]["reason"]
     recs = store.dataset_records(store.get_dataset("local", "vf")["id"])
@@ -279,15 +279,15 @@ def test_broken_single_video_aborts(tmp_path):
     bad = tmp_path / "bad.webm"
     bad.write_bytes(b"\x1a\x45\xdf\xa3" + b"\x00" * 50)
     with pytest.raises(UserError, match="bad.webm"):
-        import_dataset(bad, "bv")
+        import_dataset("local", bad, "bv")
     assert store.list_datasets("local") == []
 
 
 @pytest.mark.skipif(not (CALTECH / "101_ObjectCategories").is_dir(), reason="Caltech-101 slice absent")
 def test_pool_path_matches_inprocess(tmp_path):
     src = caltech_slice(tmp_path / "src", classes=("accordion", "anchor", "ant", "barrel"), per_class=15)
-    pooled = import_dataset(src, "p", workers=2)
-    single = import_dataset(src, "q", workers=1)
+    pooled = import_dataset("local", src, "p", workers=2)
+    single = import_dataset("local", src, "q", workers=1)
     a = [(r["source_path"], Path(r["path"]).name) for r in store.dataset_records(store.get_dataset("local", "p")["id"])]
     b = [(r["source_path"], Path(r["path"]).name) for r in store.dataset_records(store.get_dataset("local", "q")["id"])]
     assert pooled["items"] == single["items"] == 60 and a == b
@@ -295,10 +295,10 @@ def test_pool_path_matches_inprocess(tmp_path):
 
 def test_import_roots_limit_server_paths(small_folder, tmp_path, monkeypatch):
     monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(tmp_path / "elsewhere"))
-    with pytest.raises(UserError, match="this server imports only from"):
-        import_dataset(small_folder, "r")
+    with pytest.raises(UserError, match="not allowed. Server folders can be imported from under"):
+        import_dataset("local", small_folder, "r", server_folder=True)
     monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(small_folder.parent))
-    assert import_dataset(small_folder, "r")["items"] == 18
+    assert import_dataset("local", small_folder, "r", server_folder=True)["items"] == 18
 
 
 def test_every_mode_stored_as_rgb(tmp_path):
@@ -319,7 +319,7 @@ def test_every_mode_stored_as_rgb(tmp_path):
     rgb.convert("1").save(src / "b" / "bits.bmp")
     rgb.save(src / "b" / "pic.webp", lossless=True)
     rgb.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(src / "b" / "pic.tiff")  # the same pixels would dedupe
-    report = import_dataset(src, "modes")
+    report = import_dataset("local", src, "modes")
     assert report["skipped"] == [] and report["items"] == 8
     for rec in store.dataset_records(store.get_dataset("local", "modes")["id"]):
         with Image.open(rec["path"]) as im:
@@ -346,5 +346,5 @@ def test_stale_staging_pruned(small_folder):
     fresh.mkdir()
     assert prune_staging() == 1
     assert not stale.exists() and fresh.exists()
-    import_dataset(small_folder, "after")
+    import_dataset("local", small_folder, "after")
     assert [p.name for p in paths.subdir("staging").iterdir()] == ["running-import"]

@@ -48,12 +48,12 @@ def test_cli_rejected_import_exits_nonzero(tmp_path, capsys):
 
 @pytest.mark.parametrize("fmt", ["folder", "csv", "coco"])
 def test_export_imports_back(tmp_path, small_folder, fmt):
-    import_dataset(small_folder, "orig")
+    import_dataset("local", small_folder, "orig")
     ds = store.get_dataset("local", "orig")
     first = store.dataset_records(ds["id"])[0]["item_id"]
     store.set_item_labels(first, ["accordion", "music"])  # multi-label survives csv and coco
     out = export_dataset("local", "orig", fmt, tmp_path / f"out-{fmt}.zip")
-    report = import_dataset(out, "back")
+    report = import_dataset("local", out, "back")
     before, after = _content("orig"), _content("back")
     if fmt == "folder":  # one folder per concept: a multi-label image is one item with both labels again
         assert report["duplicates"] == 1
@@ -71,14 +71,14 @@ def test_export_coco_keeps_boxes(tmp_path):
             "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 2, 10 + i, 5]} for i in range(3)],
             "categories": [{"id": 1, "name": "thing"}]}
     (root / "a.json").write_text(json.dumps(coco))
-    import_dataset(root / "a.json", "boxes")
+    import_dataset("local", root / "a.json", "boxes")
     out = export_dataset("local", "boxes", "coco", tmp_path / "b.zip")
-    import_dataset(out, "boxes2")
+    import_dataset("local", out, "boxes2")
     assert _content("boxes") == _content("boxes2")
 
 
 def test_digits_sample():
-    report = samples.import_digits("digits")
+    report = samples.import_digits("local", "digits")
     assert report["items"] <= 1797 and len(report["concepts"]) == 10
     assert report["items"] + report["duplicates"] == 1797
     assert report["splits"]["val"] == pytest.approx(0.2 * report["items"], rel=0.05)
@@ -88,7 +88,7 @@ def test_digits_sample():
 
 @pytest.mark.skipif(not samples.fashion_mnist_available(), reason="dataset-fashion-mnist not installed")
 def test_fashion_mnist_sample():
-    report = samples.import_fashion_mnist("fm", per_class=5, test_per_class=2, val_fraction=0.2)
+    report = samples.import_fashion_mnist("local", "fm", per_class=5, test_per_class=2, val_fraction=0.2)
     assert report["splits"] == {"train": 40, "val": 10, "test": 20}
     assert len(report["concepts"]) == 10 and all(n == 7 for n in report["concepts"].values())
     assert store.eval_split(store.get_dataset("local", "fm")["id"]) == "test"

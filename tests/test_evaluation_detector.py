@@ -45,7 +45,7 @@ def _train_detector(tmp_path) -> None:
         anns.append({"id": i, "image_id": i, "category_id": cat, "bbox": [w * 0.2, h * 0.2, w * 0.6, h * 0.6]})
     coco = {"images": images, "annotations": anns, "categories": [{"id": v, "name": k} for k, v in cats.items()]}
     (src / "ann.json").write_text(json.dumps(coco))
-    import_dataset(src / "ann.json", "boxes", val_fraction=0.34)
+    import_dataset("local", src / "ann.json", "boxes", val_fraction=0.34)
     res = train({"owner": "local", "dataset": "boxes", "kind": "detector", "template": "Studio_FasterRCNN",
                  "params": {"pretrained_weights": "None", "image_size": 128, "num_epochs": 1, "batch_size": 3,
                             "detection_score_threshold": 0.0},

@@ -39,13 +39,13 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     assert [m["epoch"] for m in st["metrics"]] == [1, 2]
     assert [m["epoch"] for m in mstore.get_epoch_metrics(str(job_id))] == [1, 2]
     assert st["progress"]["fraction"] == 1.0 and st["progress"]["device"].startswith(("CPU", "GPU"))
-    series = jobs.metrics(job_id)["series"]
+    series = jobs.metrics("local", job_id)["series"]
     assert series and series[-1][0] == pytest.approx(2.0) and all(len(p) == 3 for p in series)
     deadline = time.monotonic() + 30
     while local.alive(st["pid"], job_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not local.alive(st["pid"], job_id)  # the worker exited after reporting
-    assert "job %d succeeded" % job_id in jobs.logs(job_id)
+    assert "job %d succeeded" % job_id in jobs.logs("local", job_id)
 
     assert main(["jobs", "show", str(job_id), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -58,13 +58,13 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     assert main(["jobs", "resume", str(job_id)]) == 2  # a finished job is extended, not resumed
     assert "Extend" in capsys.readouterr().err
 
-    ext = jobs.extend(job_id, 1)  # a new job continues the checkpoint for one more epoch: a new model
-    st2 = jobs.wait(ext, timeout=180)
+    ext = jobs.extend("local", job_id, 1)  # a new job continues the checkpoint for one more epoch: a new model
+    st2 = jobs.wait("local", ext, timeout=180)
     assert st2["state"] == "succeeded", st2["error"]
     assert st2["parent_id"] == job_id and st2["model_id"] not in (None, model["id"])
     assert [m["epoch"] for m in st2["metrics"]] == [1, 2, 3]
     assert [m["epoch"] for m in mstore.get_epoch_metrics(str(ext))] == [1, 2, 3]
-    assert "resuming after epoch 2" in jobs.logs(ext)
+    assert "resuming after epoch 2" in jobs.logs("local", ext)
     assert mstore.get_model_by_id(st2["model_id"])["name"] == "tiny-model-ext"
 
 
@@ -73,33 +73,33 @@ def test_sigkill_mid_epoch_gives_interrupted_then_resume_repeats_no_epoch(tiny):
     job = wait_store(job_id, in_epoch(2, 20), timeout=180)  # epoch 1 done and checkpointed, epoch 2 under way
     sigkill(job)
     t0 = time.monotonic()
-    while (st := jobs.status(job_id))["state"] == "running" and time.monotonic() - t0 < 30:
+    while (st := jobs.status("local", job_id))["state"] == "running" and time.monotonic() - t0 < 30:
         time.sleep(0.1)
     # the pid is gone: marked by the next look at the queue, without waiting for the heartbeat to go stale
     assert time.monotonic() - t0 < local.stale_s()
     assert st["state"] == "interrupted" and "Resume" in st["error"]
     assert [m["epoch"] for m in st["metrics"]] == [1]
 
-    assert jobs.resume(job_id) == job_id
-    st = jobs.wait(job_id, timeout=180)
+    assert jobs.resume("local", job_id) == job_id
+    st = jobs.wait("local", job_id, timeout=180)
     assert st["state"] == "succeeded", st["error"]
     assert st["attempts"] == 2
     assert [m["epoch"] for m in st["metrics"]] == [1, 2]
     assert [m["epoch"] for m in mstore.get_epoch_metrics(str(job_id))] == [1, 2]
-    xs = [p[0] for p in jobs.metrics(job_id)["series"]]
+    xs = [p[0] for p in jobs.metrics("local", job_id)["series"]]
     assert xs == sorted(xs) and len(xs) == len(set(xs))  # the curve continues from the checkpoint, no overlap
-    assert "resuming after epoch 1" in jobs.logs(job_id)
+    assert "resuming after epoch 1" in jobs.logs("local", job_id)
 
 
 def test_cancel_while_queued_and_while_running(tiny):
     running = jobs.submit("local", "train", train_config(epochs=3, items=4000))
     waiting = jobs.submit("local", "train", train_config(epochs=1, items=40))
     assert store.get_job(waiting)["state"] == "queued"  # one slot: the second waits
-    st = jobs.cancel(waiting)
+    st = jobs.cancel("local", waiting)
     assert st["state"] == "cancelled" and store.get_job(waiting)["attempts"] == 0
 
     job = wait_store(running, in_epoch(1, 20), timeout=180)
-    st = jobs.cancel(running, wait_s=60)  # stops between steps and saves a checkpoint
+    st = jobs.cancel("local", running, wait_s=60)  # stops between steps and saves a checkpoint
     assert st["state"] == "cancelled" and "checkpoint" in st["error"]
     assert not local.alive(job["pid"], running)
     assert (local.run_dir(running) / "checkpoints" / "last.json").is_file()
@@ -110,10 +110,10 @@ def test_cancel_kills_a_worker_that_does_not_stop_in_time(tiny):
     job_id = jobs.submit("local", "train", train_config(epochs=2, items=4000))
     job = wait_store(job_id, in_epoch(1, 5), timeout=180)
     os.kill(job["pid"], 19)  # SIGSTOP: the worker can no longer answer, as if stuck inside a long step
-    st = jobs.cancel(job_id, wait_s=1.0)
+    st = jobs.cancel("local", job_id, wait_s=1.0)
     assert st["state"] == "cancelled" and "killed" in st["error"]
     assert not local.alive(job["pid"], job_id)
-    assert jobs.status(job_id)["state"] == "cancelled"  # and it stays so
+    assert jobs.status("local", job_id)["state"] == "cancelled"  # and it stays so
 
 
 def _submit_in_new_process(config: dict, barrier_file: str | None = None) -> subprocess.Popen:
@@ -153,9 +153,9 @@ def test_job_keeps_running_after_the_submitting_process_exits(tiny):
     assert proc.returncode == 0  # the process that queued the job (an app server) is gone
     job = wait_store(job_id, in_epoch(1, 5), timeout=180)
     assert job["pid"] not in local._children  # not ours: this process re-attaches through the store only
-    listed = {j["id"]: j for j in jobs.list_jobs()}
+    listed = {j["id"]: j for j in jobs.list_jobs("local", team=True)}
     assert listed[job_id]["state"] == "running"
-    st = jobs.wait(job_id, timeout=180)
+    st = jobs.wait("local", job_id, timeout=180)
     assert st["state"] == "succeeded", st["error"]
     assert [m["epoch"] for m in st["metrics"]] == [1, 2]
 
@@ -187,7 +187,7 @@ def test_tampered_configuration_in_the_store_fails_with_a_clear_message(tiny):
     assert "ValidationError" in job["traceback"]
     assert job["model_id"] is None
     with pytest.raises(ValidationError, match="image_size"):
-        jobs.resume(job_id)  # resume validates again
+        jobs.resume("local", job_id)  # resume validates again
 
 
 def test_each_queue_slot_gets_one_of_the_servers_own_gpus(monkeypatch):

@@ -19,7 +19,21 @@ def test_empty_page_renders():
     assert any("No dataset yet" in i.value for i in at.info)
 
 
-def test_import_zip_shows_report(tmp_path, small_folder):
+def test_server_folder_without_import_roots_says_how_to_configure_one(tmp_path, small_folder):
+    """No import roots: the form says how to configure one, and a typed path is refused without reading it."""
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    at.radio(key="ds_source_kind").set_value("Path on the server").run()
+    assert any("DEEPTRAIN_IMPORT_ROOTS" in c.value for c in at.caption)
+    at.text_input(key="ds_name").set_value("nope")
+    at.text_input(key="ds_server_path").set_value(str(small_folder)).run()
+    at.button(key="ds_import_server").click().run()
+    assert not at.exception
+    assert any("not allowed" in e.value for e in at.error)
+    assert store.list_datasets("local") == []
+
+
+def test_import_zip_shows_report(tmp_path, small_folder, monkeypatch):
+    monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(tmp_path))
     archive = shutil.make_archive(str(tmp_path / "upload"), "zip", small_folder)
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.radio(key="ds_source_kind").set_value("Path on the server").run()
@@ -34,7 +48,8 @@ def test_import_zip_shows_report(tmp_path, small_folder):
     assert store.get_dataset("local", "from-zip")["items"] == 18
 
 
-def test_import_refused_shows_message(tmp_path):
+def test_import_refused_shows_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", str(tmp_path))
     bad = tmp_path / "empty.zip"
     import zipfile
 
@@ -50,7 +65,7 @@ def test_import_refused_shows_message(tmp_path):
 
 
 def test_browse_edit_rename_export_delete(small_folder):
-    import_dataset(small_folder, "b")
+    import_dataset("local", small_folder, "b")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     assert not at.exception
     assert len(at.get("image")) == 18 + 1  # the grid and the opened image
@@ -78,7 +93,7 @@ def test_browse_edit_rename_export_delete(small_folder):
 def test_paging_and_filter(tmp_path):
     from tests.conftest import caltech_slice
 
-    import_dataset(caltech_slice(tmp_path / "p", per_class=10), "paged")
+    import_dataset("local", caltech_slice(tmp_path / "p", per_class=10), "paged")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     at.selectbox(key="ds_per_page").set_value(25).run()
     assert len(at.get("image")) == 25 + 1
@@ -105,7 +120,7 @@ def test_upload_saved_to_disk_then_imported(tmp_path, small_folder):
     upload.read(10)  # a partly read upload is saved whole
     saved = ui.save_upload(upload, chunk_bytes=4096)
     assert saved.suffix == ".zip" and saved.read_bytes() == data
-    report = import_dataset(saved, "uploaded", source_label=upload.name)
+    report = import_dataset("local", saved, "uploaded", source_label=upload.name)
     saved.unlink()
     assert report["items"] == 18 and report["source"] == "My Photos.zip"
 
@@ -117,7 +132,7 @@ def test_health_tab_finds_a_resized_copy_as_near_duplicate(small_folder):
     original = sorted((small_folder / "ant").iterdir())[0]
     with Image.open(original) as img:
         img.resize((img.width * 3 // 4, img.height * 3 // 4)).save(small_folder / "anchor" / "copy_of_ant.jpg")
-    import_dataset(small_folder, "dups")
+    import_dataset("local", small_folder, "dups")
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     at.button(key="ds_dup_find").click().run()
     assert not at.exception
@@ -128,7 +143,7 @@ def test_health_tab_finds_a_resized_copy_as_near_duplicate(small_folder):
 
 
 def test_find_similar_hands_the_item_to_visual_search(small_folder):
-    import_dataset(small_folder, "sim")
+    import_dataset("local", small_folder, "sim")
     at = AppTest.from_file(PAGE, default_timeout=60).run()
     item_id = at.selectbox(key="ds_open_item").value
     at.button(key="ds_find_similar").click().run()

@@ -30,7 +30,7 @@ def test_empty_jobs_page_points_to_train():
 def test_jobs_page_shows_running_and_finished_jobs_and_its_buttons_act(tiny):
     done = jobs.submit("local", "train", train_config(
         epochs=2, items=40, options={"early_stopping_patience": 5, "compile": False}))
-    assert jobs.wait(done, timeout=180)["state"] == "succeeded"
+    assert jobs.wait("local", done, timeout=180)["state"] == "succeeded"
     running = jobs.submit("local", "train", train_config(epochs=3, items=4000))
     wait_store(running, in_epoch(1, 60), timeout=180)  # 60 of 3,000 steps: the bar shows 2%
 

@@ -99,8 +99,11 @@ def test_embedder_view(home):
 
 
 def test_compare_refuses_mixed_kinds(home):
+    from core.store.models import get_model
+
     at = AppTest.from_file(PAGE, default_timeout=180).run()
-    at.multiselect(key="models_compare").set_value(["classifier", "embedder"]).run()
+    at.multiselect(key="models_compare").set_value([get_model("local", n)["id"] for n in ("classifier", "embedder")])
+    at.run()
     assert not at.exception
     assert any("one kind" in e.value for e in at.error)
 

@@ -33,7 +33,7 @@ def test_empty_page_renders():
 
 
 def test_build_query_and_duplicates(small_folder):
-    import_dataset(small_folder, "cal", workers=1)
+    import_dataset("local", small_folder, "cal", workers=1)
     at = AppTest.from_file(PAGE, default_timeout=120).run()
     assert not at.exception
     at.checkbox(key="vs_build_background").uncheck()
@@ -95,7 +95,7 @@ def test_background_build_is_a_job(small_folder, monkeypatch):
     from tests.jobs_support import cleanup
 
     monkeypatch.setenv("DEEPTRAIN_HEARTBEAT_S", "0.3")
-    import_dataset(small_folder, "cal", workers=1)
+    import_dataset("local", small_folder, "cal", workers=1)
     try:
         at = AppTest.from_file(PAGE, default_timeout=60).run()
         at.text_input(key="vs_build_name").set_value("bg")
@@ -103,7 +103,7 @@ def test_background_build_is_a_job(small_folder, monkeypatch):
         assert not at.exception
         assert "queued: index of cal with general model" in _texts(at)
         job = jobs.list_jobs("local")[0]
-        assert jobs.wait(job["id"], timeout=240)["state"] == "succeeded"
+        assert jobs.wait("local", job["id"], timeout=240)["state"] == "succeeded"
     finally:
         cleanup()
     at.run()

@@ -21,7 +21,7 @@ from tests.conftest import caltech_slice
 @pytest.fixture
 def cal(small_folder) -> dict:
     """Dataset "cal" (accordion, anchor, ant: 6 each) and its general-embedder index "cal-general"."""
-    import_dataset(small_folder, "cal", workers=1)
+    import_dataset("local", small_folder, "cal", workers=1)
     res = service.build_index_now("local", "cal")
     assert res == {"index_id": res["index_id"], "name": "cal-general", "count": 18, "stopped": False}
     ds = ds_store.get_dataset("local", "cal")
@@ -79,7 +79,7 @@ def test_refusals_name_what_is_wrong(cal, capsys, tmp_path):
         service.search("local", name, concept="zebra")
     with pytest.raises(UserError, match="exactly one"):
         service.search("local", name, item_id=1, concept="ant")
-    with pytest.raises(UserError, match="not found; your indexes: cal-general"):
+    with pytest.raises(UserError, match="not found; indexes: cal-general"):
         service.search("local", "nope", item_id=1)
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match="bad.jpg: not a readable image"):
@@ -111,10 +111,11 @@ def test_sync_add_remove_survives_reload_and_empties(cal, tmp_path, capsys):
     assert len(res) == 16 and not set(ant[:2]) & {r["item"] for r in res}
 
     more = caltech_slice(tmp_path / "more", classes=("airplanes",), per_class=3)
-    import_dataset(more, "cal", workers=1)
+    import_dataset("local", more, "cal", workers=1)
     assert main(["index", "sync", name, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert (out["added"], out["removed"], out["count"]) == (3, 0, 19) and not service.index_facts("local", name)["stale"]
+    assert (out["added"], out["removed"], out["count"]) == (3, 0, 19)
+    assert not service.index_facts("local", name)["stale"]
     top = service.search("local", name, concept="airplanes", k=3)
     assert all(r["concepts"] == ["airplanes"] for r in top)
 
@@ -139,7 +140,7 @@ def test_near_duplicates(small_folder, tmp_path, capsys):
     photo = sorted((src / "anchor").iterdir())[0]
     with Image.open(photo) as im:  # the same photo re-encoded smaller: a near-duplicate, not a byte duplicate
         im.convert("RGB").resize((im.width * 9 // 10, im.height * 9 // 10)).save(src / "ant" / "copy.jpg", quality=70)
-    import_dataset(src, "dups", workers=1)
+    import_dataset("local", src, "dups", workers=1)
     pairs = service.dataset_near_duplicates("local", "dups", threshold=0.9)  # no index yet: embedded in memory
     assert len(pairs) >= 1
     top = pairs[0]
@@ -156,7 +157,7 @@ def test_near_duplicates(small_folder, tmp_path, capsys):
 
 
 def test_build_stops_and_resumes_from_its_checkpoint(small_folder, tmp_path, monkeypatch):
-    import_dataset(small_folder, "cal", workers=1)
+    import_dataset("local", small_folder, "cal", workers=1)
     monkeypatch.setattr(service, "CHECKPOINT_EVERY", 8)
     monkeypatch.setattr(embed, "BATCH_SIZE", 4)
 
@@ -203,10 +204,10 @@ def test_index_job_runs_in_a_worker(small_folder, monkeypatch):
     from tests.jobs_support import cleanup
 
     monkeypatch.setenv("DEEPTRAIN_HEARTBEAT_S", "0.3")
-    import_dataset(small_folder, "cal", workers=1)
+    import_dataset("local", small_folder, "cal", workers=1)
     try:
         job_id = jobs.submit("local", "index", {"dataset": "cal", "model": "general", "name": "by-job"})
-        st = jobs.wait(job_id, timeout=240)
+        st = jobs.wait("local", job_id, timeout=240)
         assert st["state"] == "succeeded", st.get("error")
     finally:
         cleanup()

@@ -43,7 +43,7 @@ def manifest_dataset(tmp: Path, name: str = "tiny", n_train: int = 2, n_val: int
         per_class[cls] = i + 1
         lines.append(f"{rel},{cls},{split_of(i, n_train)}")
     (src / "manifest.csv").write_text("\n".join(lines) + "\n")
-    return import_dataset(src / "manifest.csv", name, fmt="csv")
+    return import_dataset("local", src / "manifest.csv", name, fmt="csv")
 
 
 def coco_dataset(tmp: Path, name: str = "boxes", n_train: int = 2, n_val: int = 1) -> dict:
@@ -65,7 +65,7 @@ def coco_dataset(tmp: Path, name: str = "boxes", n_train: int = 2, n_val: int = 
     coco = {"images": images, "annotations": annotations,
             "categories": [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]}
     (src / "coco.json").write_text(json.dumps(coco))
-    return import_dataset(src / "coco.json", name, fmt="coco")
+    return import_dataset("local", src / "coco.json", name, fmt="coco")
 
 
 def tiny_params(template, **overrides) -> dict:

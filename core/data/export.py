@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 
 from core.errors import UserError
-from core.paths import DEFAULT_USER
 from core.store import datasets as store
+from core.users import User
 
 EXPORT_FORMATS = ("folder", "csv", "coco")
 
@@ -28,8 +28,8 @@ def _member_name(rec: dict) -> str:
     return f"{rec['item_id']}_{stem}{Path(rec['path']).suffix}"
 
 
-def export_dataset(owner: str, name: str, fmt: str, out: str | os.PathLike) -> Path:
-    """Write dataset ``name`` of ``owner`` to the zip ``out`` and return its path.
+def export_dataset(user: User | str, dataset: str | int, fmt: str, out: str | os.PathLike) -> Path:
+    """Write ``dataset`` (one ``user`` sees: own or the team's) to the zip ``out`` and return its path.
 
     folder: ``<split>/<concept>/<file>`` (an image with several labels appears under each of its concepts; one
     with none under ``_unlabeled``); csv: ``manifest.csv`` (path,labels,split) and ``images/``; coco:
@@ -38,7 +38,7 @@ def export_dataset(owner: str, name: str, fmt: str, out: str | os.PathLike) -> P
     """
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"Unknown export format {fmt!r}; formats: {', '.join(EXPORT_FORMATS)}")
-    ds = store.get_dataset(owner or DEFAULT_USER, name)
+    ds = store.get_dataset(user, dataset)
     recs = store.dataset_records(ds["id"])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,8 @@ def export_dataset(owner: str, name: str, fmt: str, out: str | os.PathLike) -> P
                 for b in rec["boxes"]:
                     anns.append({"id": len(anns) + 1, "image_id": rec["item_id"], "category_id": cat_id[b["concept"]],
                                  "bbox": [b["x"], b["y"], b["w"], b["h"]], "area": b["w"] * b["h"], "iscrowd": 0})
-            coco = {"info": {"description": f"{name} version {ds['version']}"}, "images": images, "annotations": anns,
+            coco = {"info": {"description": f"{ds['name']} version {ds['version']}"}, "images": images,
+                    "annotations": anns,
                     "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
             zf.writestr("annotations.json", json.dumps(coco),
                         compress_type=zipfile.ZIP_DEFLATED)

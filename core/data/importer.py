@@ -19,15 +19,15 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core import paths
+from core import paths, settings
 from core.data.decode import process_image
 from core.data.health import health_report
 from core.data.limits import ImportLimits
 from core.data.sources import Entry, build_plan, check_box
 from core.data.split import stratified_split
 from core.errors import UserError
-from core.paths import DEFAULT_USER
 from core.store import datasets as store
+from core.users import User, as_user, require_owner
 
 Progress = Callable[[float, str], None]
 # fork where the platform has it: workers start at once and need no import (everything they run, PIL and NumPy,
@@ -64,17 +64,44 @@ def prune_staging(max_age_s: float = STALE_STAGING_S) -> int:
     return removed
 
 
-def check_allowed(src: Path) -> None:
-    """On a shared server, ``DEEPTRAIN_IMPORT_ROOTS`` (folders joined by ``:``) limits which server paths a user may
-    import from; uploads and sample data under ``DEEPTRAIN_HOME`` are always allowed. Unset: any readable path."""
-    roots = os.environ.get("DEEPTRAIN_IMPORT_ROOTS")
+def check_allowed(src: Path) -> Path:
+    """Check a server path a browser or API user typed; return it resolved, for the import to read.
+
+    Allowed: a path that, with every symbolic link resolved, lies under one of the resolved ``import_roots`` and
+    neither in nor above the data directory (it holds every user's stored images, the database and models, so a root
+    that contains it must not open it). No roots configured: no server path at all. The refusal is one message for
+    every reason, decided on the resolved path before anything is read, so it tells nothing of whether the path
+    exists, what it links to or what it holds; it names only the path as typed and the configured roots.
+    """
+    roots = settings.get("import_roots")
+
+    def within(path: Path, folder: Path) -> bool:
+        return path == folder or folder in path.parents
+
+    try:
+        real = src.resolve()
+        home = paths.home().resolve()
+        ok = any(within(real, r.resolve()) for r in roots) and not within(real, home) and not within(home, real)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unreadable component, a NUL in the name
+        ok = False
+    if not ok:
+        raise UserError(f"{src}: not allowed. {import_roots_help()}")
+    return real
+
+
+def import_roots_help() -> str:
+    """One sentence for the Datasets page's server-folder form (and check_allowed's refusal): the folders a user may
+    import from, or, with none configured, how an operator allows some."""
+    try:
+        roots = settings.get("import_roots")
+    except UserError as exc:
+        return f"Server folders cannot be imported until the setting import_roots is fixed: {exc}"
     if not roots:
-        return
-    allowed = [Path(r).expanduser().resolve() for r in roots.split(os.pathsep) if r.strip()] + [paths.home()]
-    real = src.resolve()
-    if not any(real == a or a in real.parents for a in allowed):
-        raise UserError(f"{src}: this server imports only from {', '.join(str(a) for a in allowed)} "
-                        "(DEEPTRAIN_IMPORT_ROOTS)")
+        return ("This server imports no server folders: an operator can allow some with the setting import_roots "
+                "(environment DEEPTRAIN_IMPORT_ROOTS, folders joined by ':', or import_roots = [...] in settings.toml "
+                "in the data directory); upload a zip instead.")
+    return (f"Server folders can be imported from under {', '.join(str(r) for r in roots)} (setting import_roots), "
+            "never from the studio's data directory or a folder that holds it.")
 
 
 def _decode_all(entries: list[Entry], stage_blobs: Path, stage_thumbs: Path, max_pixels: int, workers: int,
@@ -102,16 +129,20 @@ def _decode_all(entries: list[Entry], stage_blobs: Path, stage_thumbs: Path, max
             pool.join()
 
 
-def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_USER, fmt: str = "auto",
+def import_dataset(user: User | str, source: str | os.PathLike, name: str, fmt: str = "auto",
                    val_fraction: float = 0.2, seed: int = 0, progress: Progress | None = None, *,
                    limits: ImportLimits | None = None, workers: int | None = None, video_fps: float = 1.0,
-                   video_label: str | None = None, source_label: str | None = None) -> dict[str, Any]:
-    """Import a folder, zip, CSV/JSON manifest, COCO file or video as dataset ``name`` of ``owner``.
+                   video_label: str | None = None, source_label: str | None = None,
+                   server_folder: bool = False) -> dict[str, Any]:
+    """Import a folder, zip, CSV/JSON manifest, COCO file or video as ``user``'s dataset ``name``.
 
-    Importing into an existing name adds the new images to it (a new version); images already in it are reported
-    as duplicates. Splits present in the source are kept; otherwise a stratified ``val_fraction`` goes to val.
+    Importing into an existing name of the user's adds the new images to it (a new version); images already in it
+    are reported as duplicates. Splits present in the source are kept; otherwise a stratified ``val_fraction`` goes
+    to val.
 
     Args:
+        server_folder: ``source`` is a path a browser or API user typed: it must lie under the configured import
+            roots (:func:`check_allowed`). Paths from the command line are the operator's and may be anything.
         progress: called with (fraction 0..1, message).
         limits: archive and pixel limits (default: ``ImportLimits.from_env()``).
         workers: decoding processes (default: one per core).
@@ -130,9 +161,11 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
         raise UserError(f"val_fraction {val_fraction} is outside 0 to 0.9")
     limits = limits or ImportLimits.from_env()
     workers = workers or os.cpu_count() or 1
+    user = as_user(user)
     src = Path(source).expanduser()
-    check_allowed(src)
-    label = source_label or str(src)
+    label = source_label or str(src)  # as the user typed it
+    if server_folder:
+        src = check_allowed(src)  # the resolved path: what was checked is what is read
     prune_staging()
     staging = paths.subdir("staging") / uuid.uuid4().hex
     try:
@@ -141,7 +174,7 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
         plan = build_plan(src, fmt, staging / "scratch", limits, progress, video_fps=video_fps,
                           video_label=video_label)
         stage_blobs, stage_thumbs = staging / "blobs", staging / "thumbs"
-        existing = store.find_dataset(owner, name)
+        existing = store.find_dataset(user.name, name)
         in_dataset = store.dataset_hashes(existing["id"]) if existing else set()
 
         skipped = list(plan.skipped)
@@ -199,7 +232,7 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
         report = health_report(records, skipped, duplicates, label, plan.kind, time.perf_counter() - t0, new_bytes)
         report["val_fraction"] = float(val_fraction)
         report["seed"] = int(seed)
-        dataset_id, version = store.commit_import(owner, name, label, records, stage_blobs, stage_thumbs, report)
+        dataset_id, version = store.commit_import(user.name, name, label, records, stage_blobs, stage_thumbs, report)
         report.update(dataset=name, dataset_id=dataset_id, version=version,
                       seconds=round(time.perf_counter() - t0, 3))
         if progress:
@@ -209,14 +242,15 @@ def import_dataset(source: str | os.PathLike, name: str, owner: str = DEFAULT_US
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def resplit(owner: str, name: str, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
+def resplit(user: User | str, dataset: str | int, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:
     """Re-draw the train/val split of a dataset, stratified and seeded; test items stay where they are.
 
     Frames of one video stay together. Returns the new split counts (the dataset version is bumped on a change).
     """
     if not 0.0 <= float(val_fraction) <= 0.9:
         raise UserError(f"val_fraction {val_fraction} is outside 0 to 0.9")
-    ds = store.get_dataset(owner, name)
+    ds = store.get_dataset(user, dataset)
+    require_owner(user, ds, f"Dataset {ds['name']!r}")
     recs = [r for r in store.dataset_records(ds["id"]) if r["split"] != "test"]
     videos = store.item_videos(ds["id"])
     groups = [videos.get(r["item_id"]) for r in recs]

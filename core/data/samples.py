@@ -14,7 +14,7 @@ from PIL import Image
 from core import paths
 from core.data.importer import import_dataset
 from core.errors import UserError
-from core.paths import DEFAULT_USER
+from core.users import User
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -54,19 +54,19 @@ def _write(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, nam
         pil.save(d / f"{split}_{i:05d}.png", compress_level=1)
 
 
-def _import_generated(fill: Callable[[Path], None], name: str, owner: str, val_fraction: float, seed: int,
+def _import_generated(user: User | str, fill: Callable[[Path], None], name: str, val_fraction: float, seed: int,
                       progress: Progress | None, source_label: str) -> dict[str, Any]:
     folder = paths.subdir("staging") / f"samples-{uuid.uuid4().hex}"
     try:
         fill(folder)
-        report = import_dataset(folder, name, owner, "folder", val_fraction, seed, progress,
+        report = import_dataset(user, folder, name, "folder", val_fraction, seed, progress,
                                 source_label=source_label)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return report
 
 
-def import_fashion_mnist(name: str = "fashion-mnist", owner: str = DEFAULT_USER, per_class: int = 100,
+def import_fashion_mnist(user: User | str, name: str = "fashion-mnist", per_class: int = 100,
                          test_per_class: int | None = None, val_fraction: float = 0.2, seed: int = 0,
                          progress: Progress | None = None) -> dict[str, Any]:
     """Import ``per_class`` training and ``test_per_class`` test images per class (default: a sixth, as 60k/10k).
@@ -100,11 +100,11 @@ def import_fashion_mnist(name: str = "fashion-mnist", owner: str = DEFAULT_USER,
             tidx = _pick(yt, test_per_class, seed)
             _write(folder, "test", xt[tidx], yt[tidx], FASHION_CLASSES)
 
-    return _import_generated(fill, name, owner, val_fraction, seed, progress,
+    return _import_generated(user, fill, name, val_fraction, seed, progress,
                              f"Fashion-MNIST ({per_class} per class)")
 
 
-def import_digits(name: str = "digits", owner: str = DEFAULT_USER, val_fraction: float = 0.2, seed: int = 0,
+def import_digits(user: User | str, name: str = "digits", val_fraction: float = 0.2, seed: int = 0,
                   progress: Progress | None = None) -> dict[str, Any]:
     """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), stored at 32x32, split 80/20 stratified."""
     from sklearn.datasets import load_digits
@@ -120,4 +120,4 @@ def import_digits(name: str = "digits", owner: str = DEFAULT_USER, val_fraction:
             Image.fromarray(img, "L").resize((8 * DIGITS_SCALE, 8 * DIGITS_SCALE), Image.Resampling.NEAREST) \
                 .save(d / f"{i:04d}.png")
 
-    return _import_generated(fill, name, owner, val_fraction, seed, progress, "scikit-learn digits")
+    return _import_generated(user, fill, name, val_fraction, seed, progress, "scikit-learn digits")

@@ -286,8 +286,8 @@ def _is_wrapper(folder: Path) -> bool:
 def _check_link(path: Path, top: Path, rel: str) -> None:
     target = path.resolve()
     if target != top and top not in target.parents:
-        raise UserError(f"{rel}: symbolic link leads outside the imported folder (to {target}); links must stay "
-                        "inside it")
+        raise UserError(f"{rel}: symbolic link leads outside the imported folder; links inside the folder must "
+                        "stay inside it")
 
 
 def _walk_files(folder: Path, top: Path, base: Path, plan: Plan):
@@ -321,12 +321,13 @@ def _apply_split_lists(plan: Plan, lists: dict[str, Path]) -> None:
                 continue
             entry = by_rel.get(rel)
             if entry is None:
-                missing.append(f"{rel} (line {n})")
+                missing.append(f"line {n}")
                 continue
             entry.split = split
         if missing:
-            raise UserError(f"{lst.name} names {len(missing)} file(s) that do not exist in the folder, e.g. "
-                            f"{', '.join(missing[:3])}")
+            raise UserError(f"{lst.name} names {len(missing)} file(s) that do not exist in the folder, e.g. on "
+                            f"{', '.join(missing[:3])}; expected one path per line, relative to the concept "
+                            "folders' parent")
 
 
 def _add_video(plan: Plan, file: Path, rel: str, label: str, split: str | None, scratch: Path, fps: float,
@@ -391,7 +392,7 @@ def _manifest_path(manifest: Path, raw: Any, where: str) -> Path:
         raise UserError(f"{where}: path is missing or empty")
     norm = raw.strip().replace("\\", "/")
     if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in norm.split("/"):
-        raise UserError(f"{where}: path {raw!r} must be relative to the manifest and stay inside its folder")
+        raise UserError(f"{where}: the path must be relative to the manifest and stay inside its folder")
     return manifest.parent / norm
 
 
@@ -399,26 +400,29 @@ def _finish_manifest(manifest: Path, rows: list[tuple[str, Any, list[str], str |
     """Rows (where, raw path, labels, split) into a plan; files named twice merge labels; missing files abort."""
     plan = Plan(kind=kind)
     by_path: dict[Path, Entry] = {}
+    first_where: dict[Path, str] = {}
     missing: list[str] = []
     for where, raw, labs, split in rows:
         path = _manifest_path(manifest, raw, where)
         if split is not None and split not in SPLITS:
-            raise UserError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            raise UserError(f"{where}: the split is not one of {', '.join(SPLITS)}")
         if not path.is_file():
-            missing.append(f"{raw} ({where})")
+            missing.append(where)
             continue
         rel = path.relative_to(manifest.parent).as_posix()
         entry = by_path.get(path)
         if entry is None:
             entry = by_path[path] = Entry(path=path, rel=rel, labels=[], split=split)
+            first_where[path] = where
             plan.entries.append(entry)
         elif split is not None and entry.split not in (None, split):
-            raise UserError(f"{where}: {raw!r} is listed again with split {split!r} (was {entry.split!r})")
+            raise UserError(f"{where}: {rel} is listed again with another split than at {first_where[path]}; a file "
+                            "has one split")
         entry.labels = sorted(set(entry.labels) | set(labs))
         entry.split = entry.split or split
     if missing:
-        raise UserError(f"{manifest.name} names {len(missing)} file(s) that do not exist, e.g. "
-                        f"{', '.join(missing[:3])}")
+        raise UserError(f"{manifest.name} names {len(missing)} file(s) that do not exist, e.g. at "
+                        f"{', '.join(missing[:3])}; paths are relative to the manifest's folder")
     if not plan.entries:
         raise UserError(f"{manifest.name}: the manifest lists no files")
     return plan
@@ -439,7 +443,7 @@ def read_csv_manifest(manifest: Path) -> Plan:
         raise UserError(f"{manifest.name}: malformed CSV: {exc}") from None
     allowed = ["path", "labels", "split"]
     if header[:2] != ["path", "labels"] or any(h not in allowed for h in header) or len(set(header)) != len(header):
-        raise UserError(f"{manifest.name}: header is {','.join(header)!r}; expected path,labels or "
+        raise UserError(f"{manifest.name}: the first line is not a manifest header; expected path,labels or "
                         "path,labels,split")
     rows = []
     try:
@@ -479,7 +483,7 @@ def read_json_manifest(manifest: Path) -> Plan:
             raise UserError(f"{where}: expected an object with path, labels and optional split")
         unknown = set(obj) - {"path", "labels", "split"}
         if unknown:
-            raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: path, labels, split")
+            raise UserError(f"{where}: {len(unknown)} unknown key(s); allowed: path, labels, split")
         labs = obj.get("labels")
         if not isinstance(labs, list) or not labs:
             raise UserError(f"{where}: labels must be a non-empty list of names")
@@ -524,14 +528,14 @@ def read_coco(path: Path) -> Plan:
             if alt.is_file():
                 file = alt
             else:
-                missing.append(str(im["file_name"]))
+                missing.append(f"images[{n}]")
                 continue
         size = None
         if isinstance(im.get("width"), (int, float)) and isinstance(im.get("height"), (int, float)):
             size = (int(im["width"]), int(im["height"]))
         split = im.get("split")
         if split is not None and split not in SPLITS:
-            raise UserError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+            raise UserError(f"{where}: the split is not one of {', '.join(SPLITS)}")
         extra = im.get("labels") or []  # image-level labels (this studio's exports write them)
         if not isinstance(extra, list):
             raise UserError(f"{where}: labels must be a list of names")
@@ -540,23 +544,22 @@ def read_coco(path: Path) -> Plan:
         images[im["id"]] = entry
         plan.entries.append(entry)
     if missing:
-        raise UserError(f"{path.name} names {len(missing)} image file(s) that do not exist, e.g. "
-                        f"{', '.join(missing[:3])}")
+        raise UserError(f"{path.name} names {len(missing)} image file(s) that do not exist, e.g. at "
+                        f"{', '.join(missing[:3])}; file_name is looked up beside the JSON file, then in images/")
     for n, a in enumerate(annotations):
         where = f"{path.name}: annotations[{n}]"
         if not isinstance(a, dict):
             raise UserError(f"{where} must be an object")
         if a.get("category_id") not in cats:
-            raise UserError(f"{where} names unknown category {a.get('category_id')!r}; categories: "
-                            f"{', '.join(f'{k}={v}' for k, v in list(cats.items())[:10])}")
+            raise UserError(f"{where}: category_id is not the id of any of the {len(cats)} categories")
         if a.get("image_id") not in images:
-            raise UserError(f"{where} names unknown image {a.get('image_id')!r}")
+            raise UserError(f"{where}: image_id is not the id of any of the {len(images)} images")
         bbox = a.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise UserError(f"{where}: bbox must be [x, y, width, height] in pixels, got {bbox!r}")
+            raise UserError(f"{where}: bbox must be a list of four numbers [x, y, width, height] in pixels")
         x, y, w, h = (float(v) for v in bbox)
         if w <= 0 or h <= 0:
-            raise UserError(f"{where}: box {bbox} has no area (width and height must be above 0)")
+            raise UserError(f"{where}: the box has no area (width and height must be above 0)")
         entry = images[a["image_id"]]
         if entry.declared_size:
             check_box(where, entry.rel, (x, y, w, h), entry.declared_size)
@@ -574,5 +577,5 @@ def check_box(where: str, rel: str, box: tuple[float, float, float, float], size
     width, height = size
     tol = 0.5
     if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
-        raise UserError(f"{where}: box [x={x:g}, y={y:g}, w={w:g}, h={h:g}] falls outside image {rel} "
-                        f"({width}x{height})")
+        raise UserError(f"{where}: the box falls outside image {rel}; x, y, width and height must keep it inside "
+                        "the image, in pixels")

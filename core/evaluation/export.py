@@ -22,6 +22,7 @@ from typing import Sequence
 from core import paths
 from core.errors import UserError
 from core.evaluation import service
+from core.users import User, as_user
 
 FORMATS = ("zip", "torchscript", "onnx")
 TOLERANCE = 1e-4  # largest difference allowed between the exported and the original network's outputs
@@ -82,11 +83,11 @@ def _check_close(what: str, expected, got) -> float:
     return diff
 
 
-def export_model(owner: str, model: str | int, fmt: str = "zip", out: str | Path = "") -> dict:
+def export_model(user: User | str, model: str | int, fmt: str = "zip", out: str | Path = "") -> dict:
     """Write the model to ``out`` as ``fmt`` (zip | torchscript | onnx). Returns {"path", "format", "max_diff"}."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    row = service.get(owner, model)
+    row = service.get(user, model)
     out = Path(out or f"{row['name']}.{ {'zip': 'zip', 'torchscript': 'pt', 'onnx': 'onnx'}[fmt] }")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "zip":
@@ -431,11 +432,12 @@ def unpack_archive(data: bytes, dest: Path, expect: tuple[str, str] | None = Non
     return config
 
 
-def import_archive(owner: str, data: bytes | str | Path, name: str | None = None,
+def import_archive(user: User | str, data: bytes | str | Path, name: str | None = None,
                    expect: tuple[str, str] | None = None) -> int:
-    """Register an exported zip as a model of ``owner`` (checked as :func:`unpack_archive` says); returns its id."""
+    """Register an exported zip as a model of ``user``'s (checked as :func:`unpack_archive` says); returns its id."""
     from core.store import models as store
 
+    owner = as_user(user).name
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     dest = paths.subdir("models") / f"imported-{uuid.uuid4().hex[:12]}"

@@ -12,6 +12,7 @@ from typing import Sequence, Union
 
 from core.errors import UserError
 from core.evaluation import service
+from core.users import User
 
 ImageSource = Union[str, Path, tuple[str, bytes]]  # a path, or (file name, bytes) from an upload
 MAX_PIXELS = 50_000_000  # ~50 megapixels: bigger uploads are refused rather than decoded into ~150 MB of RAM
@@ -42,10 +43,10 @@ def _name(source: ImageSource) -> str:
     return source[0] if isinstance(source, tuple) else str(source)
 
 
-def predict(owner: str, model: str | int, images: Sequence[ImageSource], *,
+def predict(user: User | str, model: str | int, images: Sequence[ImageSource], *,
             top_k: int = 5, threshold: float = 0.5) -> list[dict]:
     """Run the model on ``images``; see the module docstring for the output."""
-    row = service.get(owner, model)
+    row = service.get(user, model)
     if not images:
         raise UserError("predict: give at least one image")
     pil = [open_image(src) for src in images]  # refuse bad uploads before loading the network

@@ -14,6 +14,7 @@ import time
 from typing import Sequence
 
 from core.evaluation import charts, service
+from core.users import User
 
 MISCLASSIFIED_SAMPLE = 24  # images inlined in the report's misclassified gallery
 MAP_THUMBS = 300  # embedding-map points that carry a hover thumbnail (each ~3 KB)
@@ -73,12 +74,12 @@ def _fig(fig, div_id: str) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, config={"displaylogo": False})
 
 
-def build_report(owner: str, model: str | int, threshold: float = 0.5) -> str:
+def build_report(user: User | str, model: str | int, threshold: float = 0.5) -> str:
     """The HTML text of the model's evaluation report."""
     from plotly.offline import get_plotlyjs
 
-    row = service.get(owner, model)
-    result = service.evaluate(owner, row["id"])
+    row = service.get(user, model)
+    result = service.evaluate(user, row["id"])
     parts = [
         f"<h1>{html.escape(row['name'])}</h1>",
         f"<p class=muted>{html.escape(row['kind'])} · template {html.escape(row['template'])} · dataset "

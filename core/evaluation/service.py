@@ -18,7 +18,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.evaluation import metrics as m
-from core.paths import DEFAULT_USER
+from core.users import User, as_user, can_see, check_visibility, require_owner
 
 EVAL_VERSION = 1  # bump when the figures' definitions change, so old caches are recomputed
 BATCH = 32  # images per forward pass during evaluation
@@ -68,11 +68,38 @@ def load_model(row: dict):
     return loaded
 
 
-def get(owner: str, model: str | int) -> dict:
-    """The owner's model row by name or id."""
+def get(user: User | str, model: str | int) -> dict:
+    """The model row ``user`` sees by name, ``owner/name`` or id (NotFound, as for a missing one, otherwise)."""
     from core.store.models import get_model
 
-    return get_model(owner, model)
+    return get_model(user, model)
+
+
+def list_models(user: User | str, kind: str | None = None) -> list[dict]:
+    """The model rows ``user`` sees (own and the team's), newest first, optionally of one kind."""
+    from core.store.models import list_models as _list
+
+    return _list(user, kind)
+
+
+def delete_model(user: User | str, model: str | int) -> None:
+    """Delete the user's model: its row, epoch metrics and folder."""
+    from core.store.models import delete_model as _delete
+
+    row = get(user, model)
+    require_owner(user, row, f"Model {row['name']!r}")
+    _delete(row["id"])
+
+
+def share_model(user: User | str, model: str | int, visibility: str) -> dict:
+    """Make the user's model ``team`` (everyone may evaluate it, predict with it and use it as a base) or
+    ``private`` again."""
+    from core.store.models import get_model_by_id, set_visibility
+
+    row = get(user, model)
+    require_owner(user, row, f"Model {row['name']!r}")
+    set_visibility(row["id"], check_visibility(visibility))
+    return get_model_by_id(row["id"])
 
 
 def multi_label(row: dict) -> bool:
@@ -153,20 +180,23 @@ def _dataset_or_none(row: dict) -> dict | None:
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(owner: str, model: str | int, *, refresh: bool = False, threshold: float = 0.5,
+def evaluate(user: User | str, model: str | int, *, refresh: bool = False, threshold: float = 0.5,
              progress: Progress | None = None) -> dict:
     """Every figure for the model on its dataset's held-out split (test when present, else val), cached.
 
     Raises UserError when the dataset is gone, the split is empty, or the weights cannot be read.
     """
-    row = get(owner, model)
+    row = get(user, model)
+    dataset = _dataset_or_none(row)
+    if dataset is not None and not can_see(user, dataset):  # its images are not the user's to see
+        raise UserError(f"model {row['name']!r}: its dataset is not shared with you, so its evaluation (which shows "
+                        "the dataset's images) is not available")
     if not refresh:
         hit = cached(row)
         if hit is not None and (hit["kind"] != "classifier" or hit["threshold"] == threshold):
             return hit
         if hit is not None:
             return at_threshold(row, hit, threshold)
-    dataset = _dataset_or_none(row)
     if dataset is None:
         raise UserError(f"model {row['name']!r}: its dataset was deleted, so it cannot be evaluated again")
     loaded = load_model(row)
@@ -320,9 +350,9 @@ def summary(result: dict) -> dict:
     return {"map": result["map"], "ap50": result["ap50"], "ap75": result["ap75"], "images": result["images"]}
 
 
-def compare(owner: str, models: Sequence[str | int]) -> dict:
+def compare(user: User | str, models: Sequence[str | int]) -> dict:
     """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay."""
-    rows = [get(owner, name) for name in models]
+    rows = [get(user, name) for name in models]
     if len(rows) < 2:
         raise UserError("compare: choose at least two models")
     kinds = {r["kind"] for r in rows}
@@ -334,7 +364,7 @@ def compare(owner: str, models: Sequence[str | int]) -> dict:
         raise UserError(f"compare: models must be trained on the same dataset version ({names})")
     table, curves = [], []
     for r in rows:
-        res = evaluate(owner, r["id"])
+        res = evaluate(user, r["id"])
         table.append({"model": r["name"], "template": r["template"], **summary(res)})
         if res["kind"] == "classifier" and "__micro__" in res["curves"]:
             curves.append({"model": r["name"], **res["curves"]["__micro__"]})
@@ -355,20 +385,24 @@ def _duration(seconds: float | None) -> str:
     return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
 
 
-def registry_rows(owner: str = DEFAULT_USER) -> list[dict]:
-    """Every model of the owner as a table row: template, dataset version, hyperparameters, when, how long, metrics."""
+def registry_rows(user: User | str) -> list[dict]:
+    """Every model ``user`` sees as a table row: owner, sharing, template, dataset version, hyperparameters, when,
+    how long, metrics. A dataset the user may not see is named "not shared"."""
     import time
 
     from core.store import datasets as ds
-    from core.store.models import list_models
 
-    names: dict[int, str] = {d["id"]: d["name"] for d in ds.list_datasets(owner)}
+    user = as_user(user)
+    names: dict[int, str] = {d["id"]: d["name"] if d["owner"] == user.name else f"{d['owner']}/{d['name']}"
+                             for d in ds.list_datasets(user)}
     out = []
-    for r in list_models(owner):
+    for r in list_models(user):
         metrics = r.get("metrics") or {}
+        gone = "deleted" if _dataset_or_none(r) is None else "not shared"
         out.append({
-            "id": r["id"], "name": r["name"], "kind": r["kind"], "template": r["template"],
-            "dataset": (f"{names.get(r['dataset_id'], 'deleted')} v{r['dataset_version']}"
+            "id": r["id"], "name": r["name"], "owner": r["owner"], "visibility": r["visibility"], "kind": r["kind"],
+            "template": r["template"],
+            "dataset": (f"{names.get(r['dataset_id'], gone)} v{r['dataset_version']}"
                         if r.get("dataset_id") else "-"),
             "trained": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
             "train time": _duration(r.get("train_seconds")),

@@ -21,10 +21,11 @@ from core.errors import UserError, ValidationError
 from core.jobs import local, runners
 from core.store import jobs as store
 from core.store.jobs import ACTIVE, RESUMABLE, STATES, TERMINAL
+from core.users import User, as_user, can_change, can_see, check_visibility, require_owner
 
 __all__ = [
     "ACTIVE", "TERMINAL", "RESUMABLE", "STATES", "submit", "status", "progress", "metrics", "cancel", "resume",
-    "extend", "list_jobs", "logs", "queue_summary", "pump", "wait", "describe",
+    "extend", "list_jobs", "logs", "queue_summary", "pump", "wait", "describe", "share_job",
 ]
 
 DEAD_MESSAGE = ("The worker process stopped unexpectedly (killed, out of memory or the machine restarted); "
@@ -42,8 +43,9 @@ def describe(job: dict) -> str:
     return str(job.get("type"))
 
 
-def submit(owner: str, job_type: str, config: dict, *, parent_id: int | None = None) -> int:
-    """Check ``config`` and queue a job; returns its id at once. Raises UserError naming a bad field."""
+def submit(user: User | str, job_type: str, config: dict, *, parent_id: int | None = None) -> int:
+    """Check ``config`` and queue a job of ``user``'s; returns its id at once. Raises UserError naming a bad field."""
+    owner = as_user(user).name
     config = runners.validate(job_type, owner, copy.deepcopy(config))
     job_id = store.insert_job(owner, job_type, config, parent_id=parent_id)
     local.job_dir(job_id)
@@ -95,6 +97,20 @@ def pump() -> list[int]:
 # ---------------------------------------------------------------- reading
 
 
+def _job(user: User | str, job_id: int) -> dict:
+    """The job ``user`` sees; one it may not see answers exactly like a missing one."""
+    job = store.get_job(job_id)
+    if not can_see(user, job):
+        raise store.not_found(job_id)
+    return job
+
+
+def _own_job(user: User | str, job_id: int) -> dict:
+    job = _job(user, job_id)
+    require_owner(user, job, f"Job {job['id']}")
+    return job
+
+
 def _progress_of(job: dict) -> dict:
     p = dict(job.get("progress") or {})
     params = (job.get("config") or {}).get("params") or {}
@@ -109,7 +125,8 @@ def _progress_of(job: dict) -> dict:
 def _summary(job: dict) -> dict:
     p = job.get("progress") or {}
     return {
-        "id": job["id"], "owner": job["owner"], "type": job["type"], "state": job["state"], "what": describe(job),
+        "id": job["id"], "owner": job["owner"], "visibility": job["visibility"], "type": job["type"],
+        "state": job["state"], "what": describe(job),
         "created_at": job["created_at"], "started_at": job["started_at"], "finished_at": job["finished_at"],
         "epoch": p.get("epoch"), "num_epochs": p.get("num_epochs") or ((job["config"] or {}).get("params") or {})
         .get("num_epochs"), "fraction": 1.0 if job["state"] == "succeeded" else p.get("fraction"),
@@ -118,48 +135,52 @@ def _summary(job: dict) -> dict:
     }
 
 
-def status(job_id: int) -> dict:
+def status(user: User | str, job_id: int) -> dict:
     """Everything about one job except its step curve: state, what, progress, metrics per epoch, error, result."""
     pump()
-    job = store.get_job(job_id)
+    job = _job(user, job_id)
     return {
         **_summary(job), "config": job["config"], "progress": _progress_of(job), "metrics": job["history"] or [],
-        "traceback": job["traceback"], "result": job["result"], "cancel_requested": job["cancel_requested"],
+        "traceback": job["traceback"] if can_change(user, job) else None,  # server paths: its owner and admins
+        "result": job["result"], "cancel_requested": job["cancel_requested"],
         "pid": job["pid"], "host": job["host"], "log_path": str(local.log_path(job["id"])),
     }
 
 
-def progress(job_id: int) -> dict:
+def progress(user: User | str, job_id: int) -> dict:
     """The latest progress (epoch, step, images/s, ETA, loss, lr, fraction, device, memory); no pumping."""
-    return _progress_of(store.get_job(job_id))
+    return _progress_of(_job(user, job_id))
 
 
-def metrics(job_id: int) -> dict:
+def metrics(user: User | str, job_id: int) -> dict:
     """Curves so far: ``history`` (one dict per epoch) and ``series`` ([epochs_done, loss, lr] points per step)."""
-    job = store.get_job(job_id)
+    job = _job(user, job_id)
     return {"history": job["history"] or [], "series": job["series"] or []}
 
 
-def list_jobs(owner: str | None = None, limit: int | None = None) -> list[dict]:
-    """Jobs, newest first (all owners when ``owner`` is None), after pumping the queue."""
+def list_jobs(user: User | str, team: bool = False, limit: int | None = None) -> list[dict]:
+    """The user's jobs, newest first, after pumping the queue; with ``team`` also the jobs others shared with the
+    team (an admin's ``team`` view is every job)."""
     pump()
-    return [_summary(j) for j in store.list_jobs(owner, limit=limit)]
+    return [_summary(j) for j in store.list_jobs(user, team=team, limit=limit)]
 
 
-def queue_summary(owner: str | None = None) -> dict:
-    """The queue at a glance for the home page: counts by state, how many run and wait, the running jobs
-    (``active``: id, owner, what, epoch, fraction, ETA) and the concurrency limit."""
+def queue_summary(user: User | str) -> dict:
+    """The queue at a glance for the home page: counts by state over the whole server (the queue is shared: they
+    say how long a new job waits), how many run and wait, the running jobs the user sees (``active``: id, owner,
+    what, epoch, fraction, ETA) and the concurrency limit."""
     pump()
     counts = {s: 0 for s in STATES}
-    counts.update(store.count_by_state(owner))
-    active = [_summary(j) for j in store.list_jobs(owner, states=ACTIVE)]
-    return {"counts": counts, "running": len(active), "queued": counts["queued"], "active": active,
+    counts.update(store.count_by_state())
+    running = [j for j in store.list_jobs(None, states=ACTIVE)]
+    active = [_summary(j) for j in running if can_see(user, j)]
+    return {"counts": counts, "running": len(running), "queued": counts["queued"], "active": active,
             "max_jobs": local.max_jobs()}
 
 
-def logs(job_id: int, tail: int = 200) -> str:
+def logs(user: User | str, job_id: int, tail: int = 200) -> str:
     """The last ``tail`` lines of the job's log (worker output, progress lines, tracebacks)."""
-    store.get_job(job_id)
+    _job(user, job_id)
     path = local.log_path(job_id)
     if not path.is_file():
         return ""
@@ -176,12 +197,12 @@ def logs(job_id: int, tail: int = 200) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-tail:])
 
 
-def wait(job_id: int, timeout: float | None = None, poll: float = 0.5,
+def wait(user: User | str, job_id: int, timeout: float | None = None, poll: float = 0.5,
          on_progress: Callable[[dict], None] | None = None) -> dict:
     """Block until the job reaches a final state (pumping meanwhile); returns its status. UserError on timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        st = status(job_id)
+        st = status(user, job_id)
         if on_progress is not None:
             on_progress(st)
         if st["state"] in TERMINAL:
@@ -194,16 +215,16 @@ def wait(job_id: int, timeout: float | None = None, poll: float = 0.5,
 # ---------------------------------------------------------------- acting
 
 
-def cancel(job_id: int, wait_s: float | None = None) -> dict:
+def cancel(user: User | str, job_id: int, wait_s: float | None = None) -> dict:
     """Cancel a job: a queued one at once; a running one is asked to stop between steps and save a checkpoint, and
     killed (its whole process group) if it has not stopped within ``wait_s`` (``DEEPTRAIN_CANCEL_GRACE_S``). Never
     returns with the job still shown as running. Returns its status."""
-    job = store.get_job(job_id)
+    job = _own_job(user, job_id)
     if job["state"] == "queued" and store.cancel_queued(job_id):
-        return status(job_id)
+        return status(user, job_id)
     job = store.get_job(job_id)
     if job["state"] not in ACTIVE:
-        return status(job_id)
+        return status(user, job_id)
     store.request_cancel(job_id)
     grace = local.cancel_grace_s() if wait_s is None else wait_s
     deadline = time.monotonic() + grace
@@ -211,7 +232,7 @@ def cancel(job_id: int, wait_s: float | None = None) -> dict:
         reap()
         if store.get_job(job_id)["state"] not in ACTIVE:
             _wait_exit(job, 5.0)  # it saved and reported; let it exit (and free its memory) before returning
-            return status(job_id)
+            return status(user, job_id)
         time.sleep(0.1)
     job = store.get_job(job_id)
     if job["pid"] and job["host"] == local.host():
@@ -219,7 +240,7 @@ def cancel(job_id: int, wait_s: float | None = None) -> dict:
     store.finish(job_id, "cancelled", error=(
         f"Cancelled; the worker did not stop within {grace:.0f} s and was killed. "
         "Resume continues from the last completed epoch."))
-    return status(job_id)
+    return status(user, job_id)
 
 
 def _wait_exit(job: dict, timeout: float) -> None:
@@ -231,9 +252,9 @@ def _wait_exit(job: dict, timeout: float) -> None:
         time.sleep(0.05)
 
 
-def resume(job_id: int) -> int:
+def resume(user: User | str, job_id: int) -> int:
     """Queue an interrupted, cancelled or failed job again; it continues from its last checkpoint. Returns its id."""
-    job = store.get_job(job_id)
+    job = _own_job(user, job_id)
     if job["state"] not in RESUMABLE:
         hint = " Use Extend to train it for more epochs." if job["state"] == "succeeded" else ""
         raise UserError(f"Job {job_id} is {job['state']}: only interrupted, cancelled or failed jobs can be "
@@ -245,9 +266,9 @@ def resume(job_id: int) -> int:
     return job_id
 
 
-def extend(job_id: int, extra_epochs: int) -> int:
+def extend(user: User | str, job_id: int, extra_epochs: int) -> int:
     """A new training job that continues a finished one's checkpoint for ``extra_epochs`` more epochs; its id."""
-    job = store.get_job(job_id)
+    job = _own_job(user, job_id)
     if job["type"] != "train":
         raise UserError(f"Job {job_id} is a {job['type']} job; only training jobs can be extended")
     if job["state"] in ("queued",) + ACTIVE:
@@ -275,6 +296,13 @@ def extend(job_id: int, extra_epochs: int) -> int:
                               history=job["history"] or [], series=job["series"] or [])
     pump()
     return new_id
+
+
+def share_job(user: User | str, job_id: int, visibility: str) -> dict:
+    """Make the user's job ``team`` (everyone sees its progress, curves and log, read-only) or ``private`` again."""
+    _own_job(user, job_id)
+    store.set_visibility(job_id, check_visibility(visibility))
+    return status(user, job_id)
 
 
 def jobs_root() -> str:

@@ -52,12 +52,20 @@ def _require(config: dict, *keys: str) -> None:
         raise ValidationError(f"The job configuration lacks {', '.join(missing)}")
 
 
+def _dataset_ref(owner: str, dataset: str | int) -> str:
+    """The dataset a job of ``owner`` uses, checked visible now and named so that the worker finds the same one:
+    the owner's own by name, a team dataset of someone else as ``owner/name``."""
+    from core.store import datasets
+
+    ds = datasets.get_dataset(owner, dataset)
+    return ds["name"] if ds["owner"] == owner else f"{ds['owner']}/{ds['name']}"
+
+
 # ---------------------------------------------------------------- train
 
 
 def _validate_train(owner: str, config: dict) -> dict:
     """Template and hyperparameters within the spec's bounds, and a dataset the owner has."""
-    from core.store import datasets
     from core.templates import validate as validate_params
 
     _require(config, "dataset", "kind", "template")
@@ -69,7 +77,7 @@ def _validate_train(owner: str, config: dict) -> dict:
         from core.training.engine import training_options
 
         training_options(config["options"])  # early_stopping_patience, restore_best, compile: refused here, at once
-    datasets.get_dataset(owner, config["dataset"])
+    config["dataset"] = _dataset_ref(owner, config["dataset"])
     try:
         config["seed"] = int(config.get("seed", 0) or 0)
     except (TypeError, ValueError):
@@ -90,10 +98,8 @@ def _run_train(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> dic
 
 
 def _validate_index(owner: str, config: dict) -> dict:
-    from core.store import datasets
-
     _require(config, "dataset")
-    datasets.get_dataset(owner, config["dataset"])
+    config["dataset"] = _dataset_ref(owner, config["dataset"])
     config.setdefault("model", "general")
     config["owner"] = owner
     return config

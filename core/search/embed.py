@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from core.errors import UserError
+from core.users import User
 
 GENERAL = "general"
 BATCH_SIZE = 32  # images per forward pass: large enough to keep BLAS busy, small enough for ~200 MB of activations
@@ -30,7 +31,7 @@ _cache: dict[tuple, Any] = {}
 _cache_lock = threading.Lock()
 
 
-def resolve_model(owner: str, model: str | int) -> tuple[str, dict | None]:
+def resolve_model(user: User | str, model: str | int) -> tuple[str, dict | None]:
     """The model key an index records (``"general"`` or ``"model:<id>"``) and the stored model's row (None: general).
 
     Raises UserError for an unknown model or a detector (no image embedding).
@@ -39,7 +40,7 @@ def resolve_model(owner: str, model: str | int) -> tuple[str, dict | None]:
         return GENERAL, None
     from core.store import models as model_store
 
-    row = model_store.get_model(owner, model)
+    row = model_store.get_model(user, model)
     if row["kind"] == "detector":
         raise UserError(f"model {row['name']!r} is a detector; build an index with an embedder, a classifier or "
                         f"'general'")

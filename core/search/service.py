@@ -29,6 +29,7 @@ from core.search import embed as embedding
 from core.search import index as vindex
 from core.store import datasets as ds_store
 from core.store import indexes as store
+from core.users import NotFound, User, as_user, can_change, check_visibility, require_owner
 
 EMBEDDINGS_FILE = "embeddings.npz"
 INDEX_FILE = "vectors.idx"
@@ -186,7 +187,7 @@ def _params(index: vindex.VectorIndex, key: str, **facts: Any) -> dict:
     return out
 
 
-def build_index_now(owner: str, dataset: str, model: str = "general", name: str | None = None,
+def build_index_now(user: User | str, dataset: str, model: str = "general", name: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Build in this process (no job queue): for the CLI ``--wait`` fallback, the page without jobs, and tests."""
     class _Progress:
@@ -198,7 +199,8 @@ def build_index_now(owner: str, dataset: str, model: str = "general", name: str 
         def should_stop(self): return False
         def log(self, line): pass
 
-    return build_index({"owner": owner, "dataset": dataset, "model": model, "name": name}, None, _Progress())
+    config = {"owner": as_user(user).name, "dataset": dataset, "model": model, "name": name}
+    return build_index(config, None, _Progress())
 
 
 # ------------------------------------------------------------------------------------------------ opening
@@ -224,9 +226,9 @@ class OpenIndex:
         return pos if pos < len(self.ids) and self.ids[pos] == item_id else None
 
 
-def index_stamp(owner: str, name: str | int) -> tuple:
+def index_stamp(user: User | str, index: str | int) -> tuple:
     """A key that changes whenever the index is rebuilt, synced or replaced: for a server-wide cache of open_index."""
-    row = store.get_index(owner, name)
+    row = store.get_index(user, index)
     return (row["id"], row["path"], _stamp(Path(row["path"])))
 
 
@@ -234,9 +236,9 @@ _open_cache: dict[str, OpenIndex] = {}  # by index folder (unique per data direc
 _open_lock = threading.Lock()
 
 
-def open_index(owner: str, name: str | int) -> OpenIndex:
+def open_index(user: User | str, index: str | int) -> OpenIndex:
     """The index loaded from its files, once per process until a file changes (a sync or rebuild)."""
-    row = store.get_index(owner, name)
+    row = store.get_index(user, index)
     folder = Path(row["path"])
     stamp = _stamp(folder)
     with _open_lock:
@@ -264,12 +266,13 @@ def open_index(owner: str, name: str | int) -> OpenIndex:
 
 # ------------------------------------------------------------------------------------------------ sync
 
-def sync_index(owner: str, name: str | int, progress: Callable[[int, int], None] | None = None) -> dict:
+def sync_index(user: User | str, index: str | int, progress: Callable[[int, int], None] | None = None) -> dict:
     """Bring an index up to date with its dataset: embed new items, remove deleted ones; returns counts.
 
     Switches to the backend the new size calls for (and re-trains an IVF index that grew REBUILD_GROWTH-fold).
     """
-    row = store.get_index(owner, name)
+    row = store.get_index(user, index)
+    require_owner(user, row, f"Index {row['name']!r}")
     ds = ds_store.get_dataset_by_id(row["dataset_id"])
     folder = Path(row["path"])
     ids, vectors, key = _load_embeddings(folder / EMBEDDINGS_FILE)
@@ -381,7 +384,7 @@ def search_vectors(opened: OpenIndex, vectors: np.ndarray, model_key: str, k: in
     return opened.index.search(vectors, k)
 
 
-def search(owner: str, index_name: str | int, *, image: Any = None, item_id: int | None = None,
+def search(user: User | str, index: str | int, *, image: Any = None, item_id: int | None = None,
            concept: str | None = None, k: int = 10, concept_filter: str | None = None,
            opened: OpenIndex | None = None, model: Any = None) -> list[dict]:
     """The ``k`` most similar images, best first: [{"item", "concepts", "score", "path"}].
@@ -393,7 +396,7 @@ def search(owner: str, index_name: str | int, *, image: Any = None, item_id: int
     k = int(k)
     if k < 1:
         raise UserError(f"k must be at least 1, got {k}")
-    opened = opened or open_index(owner, index_name)
+    opened = opened or open_index(user, index)
     q = query_vector(opened, image=image, item_id=item_id, concept=concept, model=model)
     view = _dataset_view(opened.row["dataset_id"])
     if concept_filter and not any(concept_filter in labs for labs in view["labels"].values()):
@@ -421,12 +424,12 @@ def search(owner: str, index_name: str | int, *, image: Any = None, item_id: int
         fetch = min(count, fetch * 4)
 
 
-def nearest_concepts(owner: str, index_name: str | int, *, image: Any = None, item_id: int | None = None,
+def nearest_concepts(user: User | str, index: str | int, *, image: Any = None, item_id: int | None = None,
                      concept: str | None = None, top: int = 5, opened: OpenIndex | None = None,
                      model: Any = None) -> list[dict]:
     """The query's nearest concepts by cosine similarity to each concept's mean embedding: [{"concept", "score",
     "images"}], best first."""
-    opened = opened or open_index(owner, index_name)
+    opened = opened or open_index(user, index)
     q = query_vector(opened, image=image, item_id=item_id, concept=concept, model=model)
     names, cents, sizes = _centroids(opened)
     if not names:
@@ -483,13 +486,13 @@ def duplicate_pairs(ids: np.ndarray, vectors: np.ndarray, threshold: float = DEF
     return [(a, b, round(s, 6)) for (a, b), s in ranked]
 
 
-def near_duplicates(owner: str, index_name: str | int, threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+def near_duplicates(user: User | str, index: str | int, threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
                     limit: int = 1000, opened: OpenIndex | None = None) -> list[dict]:
     """Near-duplicate pairs among an index's images: [{"a", "b", "score", "a_path", "b_path", "a_concepts",
     "b_concepts"}], most similar first."""
     if not 0.0 < float(threshold) <= 1.0:
         raise UserError(f"threshold must be in (0, 1], got {threshold}")
-    opened = opened or open_index(owner, index_name)
+    opened = opened or open_index(user, index)
     view = _dataset_view(opened.row["dataset_id"])
     out = []
     for a, b, s in duplicate_pairs(opened.ids, opened.vectors, float(threshold), opened.index, limit):
@@ -499,16 +502,16 @@ def near_duplicates(owner: str, index_name: str | int, threshold: float = DEFAUL
     return out
 
 
-def dataset_near_duplicates(owner: str, dataset: str, threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+def dataset_near_duplicates(user: User | str, dataset: str, threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
                             model: str = "general", limit: int = 1000) -> list[dict]:
     """Near-duplicate pairs of a dataset, for the health report: uses an index of that dataset and model when one
     exists (synced first), else embeds the images in memory (nothing stored)."""
-    ds = ds_store.get_dataset(owner, dataset)
-    key, _ = embedding.resolve_model(owner, model)
-    existing = store.list_indexes(owner, dataset_id=ds["id"], model=key)
+    ds = ds_store.get_dataset(user, dataset)
+    key, _ = embedding.resolve_model(user, model)
+    existing = [r for r in store.list_indexes(user, dataset_id=ds["id"], model=key) if can_change(user, r)]
     if existing:
-        sync_index(owner, existing[0]["id"])
-        return near_duplicates(owner, existing[0]["id"], threshold, limit)
+        sync_index(user, existing[0]["id"])
+        return near_duplicates(user, existing[0]["id"], threshold, limit)
     if not 0.0 < float(threshold) <= 1.0:
         raise UserError(f"threshold must be in (0, 1], got {threshold}")
     recs = ds_store.dataset_records(ds["id"])
@@ -524,19 +527,21 @@ def dataset_near_duplicates(owner: str, dataset: str, threshold: float = DEFAULT
 
 # ------------------------------------------------------------------------------------------------ facts, list, delete
 
-def index_facts(owner: str, name: str | int) -> dict:
+def index_facts(user: User | str, index: str | int) -> dict:
     """What the page and ``index list`` show: model, dimension, count, type and parameters, build time, memory."""
-    row = store.get_index(owner, name)
+    row = store.get_index(user, index)
     try:
         ds = ds_store.get_dataset_by_id(row["dataset_id"])
-        ds_name, ds_version = ds["name"], ds["version"]
+        ds_name, ds_version = ds["name"] if ds["owner"] == as_user(user).name else f"{ds['owner']}/{ds['name']}", \
+            ds["version"]
     except UserError:
         ds_name, ds_version = None, None
     params = row["params"]
     folder = Path(row["path"])
     disk = sum(f.stat().st_size for f in folder.glob("*") if f.is_file()) if folder.is_dir() else 0
     return {
-        "id": row["id"], "name": row["name"], "dataset": ds_name, "dataset_id": row["dataset_id"],
+        "id": row["id"], "name": row["name"], "owner": row["owner"], "visibility": row["visibility"],
+        "dataset": ds_name, "dataset_id": row["dataset_id"],
         "model": row["model"], "model_label": embedding.model_label(row["model"]), "dim": row["dim"],
         "count": row["count"], "index_type": row["index_type"], "exact": bool(params.get("exact", True)),
         "index_params": params.get("index", {}), "build_seconds": row["build_seconds"],
@@ -546,18 +551,53 @@ def index_facts(owner: str, name: str | int) -> dict:
     }
 
 
-def list_indexes(owner: str, dataset: str | None = None) -> list[dict]:
-    """Facts of the owner's indexes (optionally of one dataset), newest first."""
-    dataset_id = ds_store.get_dataset(owner, dataset)["id"] if dataset else None
-    return [index_facts(owner, r["id"]) for r in store.list_indexes(owner, dataset_id=dataset_id)]
+def list_indexes(user: User | str, dataset: str | None = None) -> list[dict]:
+    """Facts of the indexes the user sees, own and the team's (optionally of one dataset), newest first."""
+    dataset_id = ds_store.get_dataset(user, dataset)["id"] if dataset else None
+    return [index_facts(user, r["id"]) for r in store.list_indexes(user, dataset_id=dataset_id)]
 
 
-def delete_index(owner: str, name: str | int) -> None:
-    """Delete an index's row and folder."""
-    row = store.get_index(owner, name)
+def delete_index(user: User | str, index: str | int) -> None:
+    """Delete the user's index: its row and folder."""
+    row = store.get_index(user, index)
+    require_owner(user, row, f"Index {row['name']!r}")
     store.delete_index_row(row["id"])
     with _open_lock:
         _open_cache.pop(str(Path(row["path"])), None)
     folder = Path(row["path"])
     if folder.is_dir() and paths.subdir("indexes") in folder.resolve().parents:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def share_index(user: User | str, index: str | int, visibility: str) -> dict:
+    """Make the user's index ``team`` (everyone may search it and see the images it holds) or ``private`` again."""
+    row = store.get_index(user, index)
+    require_owner(user, row, f"Index {row['name']!r}")
+    store.set_visibility(row["id"], check_visibility(visibility))
+    return index_facts(user, row["id"])
+
+
+def index_item(user: User | str, index: str | int, item_id: int) -> dict:
+    """An item of the index's dataset (path, thumbnail, labels, ...), for a query by item id. Any other item, and
+    one that does not exist, answers the same: NotFound."""
+    row = store.get_index(user, index)
+    try:
+        item_id = int(item_id)
+    except (TypeError, ValueError):
+        raise NotFound(f"Unknown item id {item_id}") from None
+    if ds_store.item_dataset(item_id) != row["dataset_id"]:
+        raise NotFound(f"Unknown item id {item_id}")
+    return ds_store.get_item(item_id)
+
+
+def index_concepts(user: User | str, index: str | int) -> list[str]:
+    """The concepts of the index's dataset (for a query by concept and the result filter), sorted."""
+    row = store.get_index(user, index)
+    return ds_store.dataset_concepts(row["dataset_id"])
+
+
+def index_first_item(user: User | str, index: str | int) -> int | None:
+    """The first item of the index's dataset (a default for a query by item id), or None when it is empty."""
+    row = store.get_index(user, index)
+    first = ds_store.find_items(row["dataset_id"], limit=1)
+    return first[0]["item_id"] if first else None

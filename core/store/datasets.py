@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 
 from core import paths
 from core.errors import UserError
-from core.paths import DEFAULT_USER
+from core.users import NotFound, User, as_user
+from core.store import access
 from core.store.engine import now, transaction
 from core.store.schema import blobs, boxes, concepts, datasets, import_reports, items, labels
 
@@ -39,10 +40,10 @@ def thumb_file(digest: str) -> Path:
 def clean_label(name: str, where: str) -> str:
     """A concept name with surrounding whitespace removed; empty or whitespace-only names are refused."""
     if not isinstance(name, str):
-        raise UserError(f"{where}: label must be text, got {name!r}")
+        raise UserError(f"{where}: a label is not text; labels must be text")
     cleaned = name.strip()
     if not cleaned:
-        raise UserError(f"{where}: label name {name!r} is empty or only whitespace; every label needs a name")
+        raise UserError(f"{where}: a label name is empty or only whitespace; every label needs a name")
     return cleaned
 
 
@@ -61,66 +62,75 @@ def _summary(conn: Connection, row: Any) -> dict[str, Any]:
     return ds
 
 
-def _names(conn: Connection, owner: str) -> list[str]:
-    return list(conn.execute(sa.select(datasets.c.name).where(datasets.c.owner == owner).order_by(datasets.c.name))
-                .scalars())
-
-
 def find_dataset(owner: str, name: str) -> dict[str, Any] | None:
-    """The dataset row (id, owner, name, version, source, created_at, updated_at), or None."""
+    """``owner``'s own dataset row called ``name`` (id, owner, visibility, name, version, ...), or None."""
     with transaction() as conn:
         row = conn.execute(sa.select(datasets).where(datasets.c.owner == owner, datasets.c.name == name)).first()
         return dict(row._mapping) if row else None
 
 
-def get_dataset(owner: str, name: str) -> dict[str, Any]:
-    """A dataset with its item count, split counts and images per concept; unknown name: UserError with choices."""
+def get_dataset(user: User | str, ref: str | int) -> dict[str, Any]:
+    """The dataset ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees, with its item count, split counts
+    and images per concept. One it may not see answers like a missing one: NotFound listing the visible names."""
     with transaction() as conn:
-        row = conn.execute(sa.select(datasets).where(datasets.c.owner == owner, datasets.c.name == name)).first()
+        row = access.lookup(conn, datasets, user, ref)
         if row is None:
-            names = _names(conn, owner)
+            names = access.visible_names(conn, datasets, user)
             listed = ", ".join(names) if names else "none yet; import one first"
-            raise UserError(f"Unknown dataset {name!r} for user {owner!r}; datasets: {listed}")
+            raise NotFound(f"Unknown dataset {ref!r}; datasets: {listed}")
         return _summary(conn, row)
 
 
 def get_dataset_by_id(dataset_id: int) -> dict[str, Any]:
-    """:func:`get_dataset` by id."""
+    """:func:`get_dataset` by id, whoever owns it (for the services and the training process, not for a user)."""
     with transaction() as conn:
         row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).first()
         if row is None:
-            raise UserError(f"Unknown dataset id {dataset_id}")
+            raise NotFound(f"Unknown dataset id {dataset_id}")
         return _summary(conn, row)
 
 
-def dataset_names(owner: str = DEFAULT_USER) -> list[str]:
-    """The owner's dataset names, sorted (cheap: no counts)."""
+def dataset_names(user: User | str) -> list[str]:
+    """The dataset names ``user`` sees, sorted: own ones plain, others' team datasets as ``owner/name``."""
     with transaction() as conn:
-        return _names(conn, owner)
+        return access.visible_names(conn, datasets, user)
 
 
-def list_datasets(owner: str = DEFAULT_USER) -> list[dict[str, Any]]:
-    """The owner's datasets by name, each with id, name, version, items, splits, concepts (counts)."""
+def list_datasets(user: User | str) -> list[dict[str, Any]]:
+    """The datasets ``user`` sees (own first, then the team's), each with id, owner, visibility, name, version,
+    items, splits, concepts (counts)."""
+    user = as_user(user)
     with transaction() as conn:
-        rows = conn.execute(sa.select(datasets).where(datasets.c.owner == owner).order_by(datasets.c.name)).all()
+        rows = conn.execute(sa.select(datasets).where(access.visible(datasets, user))
+                            .order_by(datasets.c.owner != user.name, datasets.c.owner, datasets.c.name)).all()
         return [_summary(conn, r) for r in rows]
 
 
-def delete_dataset(owner: str, name: str) -> None:
-    """Delete a dataset, its items, labels, boxes and reports; blobs no other dataset uses are removed too."""
-    ds = get_dataset(owner, name)
+def set_visibility(dataset_id: int, visibility: str) -> None:
     with transaction() as conn:
-        hashes = set(conn.execute(sa.select(items.c.blob).where(items.c.dataset_id == ds["id"])).scalars())
-        ids = list(conn.execute(sa.select(items.c.id).where(items.c.dataset_id == ds["id"])).scalars())
+        conn.execute(datasets.update().where(datasets.c.id == dataset_id).values(visibility=visibility))
+
+
+def delete_dataset(dataset_id: int) -> None:
+    """Delete a dataset, its items, labels, boxes and reports; blobs no other dataset uses are removed too."""
+    with transaction() as conn:
+        hashes = set(conn.execute(sa.select(items.c.blob).where(items.c.dataset_id == dataset_id)).scalars())
+        ids = list(conn.execute(sa.select(items.c.id).where(items.c.dataset_id == dataset_id)).scalars())
         for chunk in _chunks(ids):
             conn.execute(labels.delete().where(labels.c.item_id.in_(chunk)))
             conn.execute(boxes.delete().where(boxes.c.item_id.in_(chunk)))
-        conn.execute(items.delete().where(items.c.dataset_id == ds["id"]))
-        conn.execute(concepts.delete().where(concepts.c.dataset_id == ds["id"]))
-        conn.execute(import_reports.delete().where(import_reports.c.dataset_id == ds["id"]))
-        conn.execute(datasets.delete().where(datasets.c.id == ds["id"]))
+        conn.execute(items.delete().where(items.c.dataset_id == dataset_id))
+        conn.execute(concepts.delete().where(concepts.c.dataset_id == dataset_id))
+        conn.execute(import_reports.delete().where(import_reports.c.dataset_id == dataset_id))
+        conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
         files = _drop_unused_blobs(conn, hashes)
     _unlink(files)
+
+
+def item_dataset(item_id: int) -> int | None:
+    """The dataset id an item belongs to, or None when there is no such item."""
+    with transaction() as conn:
+        return conn.execute(sa.select(items.c.dataset_id).where(items.c.id == int(item_id))).scalar_one_or_none()
 
 
 def _bump(conn: Connection, dataset_id: int) -> int:
@@ -299,7 +309,7 @@ def get_item(item_id: int) -> dict[str, Any]:
         r = conn.execute(sa.select(items, blobs.c.ext, blobs.c.width, blobs.c.height, blobs.c.grayscale)
                          .join(blobs, blobs.c.hash == items.c.blob).where(items.c.id == item_id)).first()
         if r is None:
-            raise UserError(f"Unknown item id {item_id}")
+            raise NotFound(f"Unknown item id {item_id}")
         labs = _labels_by_item(conn, r.dataset_id, [item_id])
         bxs = _boxes_by_item(conn, r.dataset_id, [item_id])
     return {"item_id": r.id, "dataset_id": r.dataset_id, "split": r.split, "source_path": r.source_path,
@@ -313,7 +323,7 @@ def thumbnail_path(item_id: int) -> str:
     with transaction() as conn:
         digest = conn.execute(sa.select(items.c.blob).where(items.c.id == item_id)).scalar_one_or_none()
     if digest is None:
-        raise UserError(f"Unknown item id {item_id}")
+        raise NotFound(f"Unknown item id {item_id}")
     return str(thumb_file(digest))
 
 
@@ -345,7 +355,7 @@ def set_item_labels(item_id: int, new_labels: list[str]) -> int:
     with transaction() as conn:
         dataset_id = conn.execute(sa.select(items.c.dataset_id).where(items.c.id == item_id)).scalar_one_or_none()
         if dataset_id is None:
-            raise UserError(f"Unknown item id {item_id}")
+            raise NotFound(f"Unknown item id {item_id}")
         ids = _concept_ids(conn, dataset_id, cleaned)
         conn.execute(labels.delete().where(labels.c.item_id == item_id))
         if ids:

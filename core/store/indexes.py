@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from core.errors import UserError
+from core.users import NotFound, User
+from core.store import access
 from core.store.engine import now, transaction
 from core.store.schema import indexes
 
@@ -67,36 +69,39 @@ def get_index_by_id(index_id: int) -> dict:
     with transaction() as conn:
         r = conn.execute(sa.select(indexes).where(indexes.c.id == int(index_id))).first()
     if r is None:
-        raise UserError(f"index {index_id}: no such index")
+        raise NotFound(f"index {index_id}: no such index")
     return _row(r)
 
 
-def get_index(owner: str, name_or_id: str | int) -> dict:
-    """The owner's index by name or id; UserError listing the owner's indexes."""
+def get_index(user: User | str, ref: str | int) -> dict:
+    """The index ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees; NotFound listing the visible ones
+    otherwise (an index the user may not see answers like a missing one)."""
     with transaction() as conn:
-        q = sa.select(indexes).where(indexes.c.owner == owner)
-        r = conn.execute(q.where(indexes.c.name == str(name_or_id))).first()
-        if r is None and str(name_or_id).strip().isdigit():
-            r = conn.execute(q.where(indexes.c.id == int(str(name_or_id).strip()))).first()
+        r = access.lookup(conn, indexes, user, ref)
         if r is None:
-            names = sorted(conn.execute(sa.select(indexes.c.name).where(indexes.c.owner == owner)).scalars())
+            names = access.visible_names(conn, indexes, user)
     if r is None:
         have = ", ".join(names) if names else "none yet (build one with `python -m core index build`)"
-        raise UserError(f"index {name_or_id!r}: not found; your indexes: {have}")
+        raise NotFound(f"index {ref!r}: not found; indexes: {have}")
     return _row(r)
 
 
-def list_indexes(owner: str | None = None, dataset_id: int | None = None, model: str | None = None) -> list[dict]:
-    """Indexes, newest first: the owner's (everyone's with None), optionally of one dataset and/or model."""
+def list_indexes(user: User | str | None = None, dataset_id: int | None = None, model: str | None = None) -> list[dict]:
+    """Indexes, newest first: those ``user`` sees (every index with None), optionally of one dataset and/or model."""
     q = sa.select(indexes).order_by(indexes.c.id.desc())
-    if owner is not None:
-        q = q.where(indexes.c.owner == owner)
+    if user is not None:
+        q = q.where(access.visible(indexes, user))
     if dataset_id is not None:
         q = q.where(indexes.c.dataset_id == int(dataset_id))
     if model is not None:
         q = q.where(indexes.c.model == model)
     with transaction() as conn:
         return [_row(r) for r in conn.execute(q)]
+
+
+def set_visibility(index_id: int, visibility: str) -> None:
+    with transaction() as conn:
+        conn.execute(indexes.update().where(indexes.c.id == int(index_id)).values(visibility=visibility))
 
 
 def delete_index_row(index_id: int) -> None:

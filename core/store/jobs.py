@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from core.errors import UserError
+from core.users import NotFound, User, as_user
+from core.store import access
 from core.store.engine import engine, now, transaction
 from core.store.schema import jobs
 
@@ -45,26 +46,42 @@ def insert_job(owner: str, job_type: str, config: dict, *, parent_id: int | None
         return int(res.inserted_primary_key[0])
 
 
+def not_found(job_id: Any) -> NotFound:
+    """The one answer for a job id that does not exist or that the asker may not see."""
+    return NotFound(f"No job with id {job_id}; `python -m core jobs` lists the jobs.")
+
+
 def get_job(job_id: int) -> dict:
-    """One job as a dict; an unknown id is a UserError."""
+    """One job as a dict, whoever owns it; an unknown id is NotFound."""
+    try:
+        job_id = int(job_id)
+    except (TypeError, ValueError):
+        raise not_found(job_id) from None
     with engine().connect() as conn:
-        row = conn.execute(sa.select(jobs).where(jobs.c.id == int(job_id))).first()
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
-        raise UserError(f"No job with id {job_id}; `python -m core jobs` lists the jobs.")
+        raise not_found(job_id)
     return _row(row)
 
 
-def list_jobs(owner: str | None = None, states: Iterable[str] | None = None, limit: int | None = None) -> list[dict]:
-    """Jobs, newest first, optionally of one owner and in some states."""
+def list_jobs(user: User | str | None = None, states: Iterable[str] | None = None, limit: int | None = None,
+              team: bool = False) -> list[dict]:
+    """Jobs, newest first: ``user``'s own (with ``team``, also those ``user`` sees: the team's, every job for an
+    admin; every job with user None), optionally in some states."""
     q = sa.select(jobs).order_by(jobs.c.id.desc())
-    if owner is not None:
-        q = q.where(jobs.c.owner == owner)
+    if user is not None:
+        q = q.where(access.visible(jobs, user) if team else jobs.c.owner == as_user(user).name)
     if states is not None:
         q = q.where(jobs.c.state.in_(list(states)))
     if limit:
         q = q.limit(limit)
     with engine().connect() as conn:
         return [_row(r) for r in conn.execute(q)]
+
+
+def set_visibility(job_id: int, visibility: str) -> None:
+    with transaction() as conn:
+        conn.execute(jobs.update().where(jobs.c.id == int(job_id)).values(visibility=visibility))
 
 
 def count_by_state(owner: str | None = None) -> dict[str, int]:

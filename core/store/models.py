@@ -15,6 +15,8 @@ import sqlalchemy as sa
 
 from core import paths
 from core.errors import UserError
+from core.users import NotFound, User
+from core.store import access
 from core.store.engine import now, transaction
 from core.store.schema import epoch_metrics, models
 
@@ -94,39 +96,43 @@ def get_model_by_id(model_id: int) -> dict:
     with transaction() as conn:
         r = conn.execute(sa.select(models).where(models.c.id == int(model_id))).first()
     if r is None:
-        raise UserError(f"model {model_id}: no such model")
+        raise NotFound(f"model {model_id}: no such model")
     return _row(r)
 
 
-def get_model(owner: str, name_or_id: str | int) -> dict:
-    """The owner's model by name or id (an int or a string of digits); UserError listing the owner's models."""
+def get_model(user: User | str, ref: str | int) -> dict:
+    """The model ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees; NotFound listing the visible ones
+    otherwise (a model the user may not see answers like a missing one)."""
     with transaction() as conn:
-        q = sa.select(models).where(models.c.owner == owner)
-        r = conn.execute(q.where(models.c.name == str(name_or_id))).first()
-        if r is None and str(name_or_id).strip().isdigit():
-            r = conn.execute(q.where(models.c.id == int(str(name_or_id).strip()))).first()
+        r = access.lookup(conn, models, user, ref)
         if r is None:
-            names = list(conn.execute(sa.select(models.c.name).where(models.c.owner == owner)).scalars())
+            names = access.visible_names(conn, models, user)
     if r is None:
-        have = ", ".join(sorted(names)) if names else "none yet"
-        raise UserError(f"model {name_or_id!r}: not found; your models: {have}")
+        have = ", ".join(names) if names else "none yet"
+        raise NotFound(f"model {ref!r}: not found; models: {have}")
     return _row(r)
 
 
-def list_models(owner: str | None = None, kind: str | None = None) -> list[dict]:
-    """The owner's models (everyone's with owner None), newest first, optionally of one kind."""
+def list_models(user: User | str | None = None, kind: str | None = None) -> list[dict]:
+    """The models ``user`` sees (every model with None: the services' and workers' view), newest first, optionally
+    of one kind."""
     q = sa.select(models).order_by(models.c.id.desc())
-    if owner is not None:
-        q = q.where(models.c.owner == owner)
+    if user is not None:
+        q = q.where(access.visible(models, user))
     if kind is not None:
         q = q.where(models.c.kind == kind)
     with transaction() as conn:
         return [_row(r) for r in conn.execute(q)]
 
 
-def delete_model(owner: str, name_or_id: str | int) -> None:
+def set_visibility(model_id: int, visibility: str) -> None:
+    with transaction() as conn:
+        conn.execute(models.update().where(models.c.id == int(model_id)).values(visibility=visibility))
+
+
+def delete_model(model_id: int) -> None:
     """Delete the model's row, its epoch metrics and its folder (when the folder is under the data directory)."""
-    row = get_model(owner, name_or_id)
+    row = get_model_by_id(model_id)
     with transaction() as conn:
         conn.execute(models.delete().where(models.c.id == row["id"]))
         if row.get("run"):

@@ -1,0 +1,81 @@
+"""Who acts: the user every service takes first, and what that user may see and change.
+
+Every dataset, job, model and index has an owner and a visibility: ``private`` (the default: its owner alone sees
+it) or ``team`` (every user sees it and may use it, read-only). Only the owner changes, deletes, cancels or shares a
+thing; an admin sees and may act on everything. A thing a user may not see answers exactly like one that does not
+exist (:class:`NotFound`, same message), so its existence stays private.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.errors import UserError
+
+VISIBILITIES = ("private", "team")
+ROLES = ("admin", "member", "viewer")
+_NAME_RE = re.compile(r"^[\w][\w.@+-]{0,99}$")
+
+
+class NotFound(UserError, LookupError):
+    """No such thing, or one the acting user may not see: the two answer the same."""
+
+
+class NotAllowed(UserError, PermissionError):
+    """The acting user sees the thing but may not change it (a team item of someone else)."""
+
+
+@dataclass(frozen=True)
+class User:
+    """The acting user: a name (an email or login) and a role (admin | member | viewer)."""
+
+    name: str
+    role: str = "member"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def as_user(user: "User | str") -> User:
+    """A User from a User or a plain name (a name acts as a member)."""
+    if isinstance(user, User):
+        return user
+    return User(check_user_name(user))
+
+
+def check_user_name(name: str) -> str:
+    """A user name: 1-100 letters, digits or ``_ . @ + -``, starting with a letter or digit (emails fit)."""
+    cleaned = (name or "").strip() if isinstance(name, str) else ""
+    if not _NAME_RE.match(cleaned):
+        raise UserError(f"User name {name!r} is not allowed: use 1-100 letters, digits or _ . @ + -, starting with "
+                        "a letter or digit")
+    return cleaned
+
+
+def check_visibility(visibility: str) -> str:
+    if visibility not in VISIBILITIES:
+        raise UserError(f"Visibility {visibility!r} is not allowed; choose one of {', '.join(VISIBILITIES)}")
+    return visibility
+
+
+def can_see(user: "User | str", row: dict) -> bool:
+    user = as_user(user)
+    return user.is_admin or row["owner"] == user.name or row.get("visibility") == "team"
+
+
+def can_change(user: "User | str", row: dict) -> bool:
+    user = as_user(user)
+    return user.is_admin or row["owner"] == user.name
+
+
+def require_owner(user: "User | str", row: dict, label: str) -> None:
+    """Refuse a change to ``row`` (a thing ``user`` sees, named ``label`` in the message, e.g. "Dataset 'cats'")
+    unless ``user`` owns it or is an admin."""
+    if not can_change(user, row):
+        raise NotAllowed(f"{label} belongs to {row['owner']} and is shared with the team read-only; only its owner "
+                         "can change it")
