@@ -179,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from core import paths
 
-    config = {"owner": args.user, "dataset": args.dataset, "kind": args.kind, "template": args.template,
+    config = {"owner": args.user.name, "dataset": args.dataset, "kind": args.kind, "template": args.template,
               "params": _parse_sets(args.set), "name": args.name, "seed": args.seed}
     options = {"early_stopping_patience": args.patience} if args.patience else {}
     if args.compile is not None:
@@ -198,7 +198,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     from core.device import keep_freed_memory
     from core.training import ConsoleCallbacks, train
+    from core.users import require_role
 
+    require_role(args.user, "member", "training")
     keep_freed_memory()
     run_dir = paths.subdir("runs") / f"fg-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     result = train(config, run_dir, ConsoleCallbacks(quiet=args.json))
@@ -230,7 +232,7 @@ def _job_line(j: dict) -> str:
     return f"{j['id']:>5}  {j['state']:<11} {frac:>5}  {when}  {j['owner']:<8} {j['what']}  {epoch}"
 
 
-def follow_job(user: str, job_id: int, as_json: bool = False) -> int:
+def follow_job(user, job_id: int, as_json: bool = False) -> int:
     """Follow a job to its end with a progress bar on stderr; print its final status; exit 0 only on success."""
     from tqdm import tqdm
 
@@ -437,6 +439,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- doctor (issue: nothing lost)
+# COMMANDS:doctor
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the store, its files, disk, jobs and settings; exit 1 when the store is damaged, 0 otherwise."""
+    from core import doctor
+
+    report = doctor.run(hash_files=not args.fast, collect=args.collect)
+    _print_json(report) if args.json else doctor.print_report(report)
+    return 1 if report["errors"] else 0
+
+
 # ---------------------------------------------------------------- sharing and settings
 # COMMANDS:sharing
 def cmd_share(args: argparse.Namespace) -> int:
@@ -626,6 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default=None, help="keep only results labelled with this concept")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
+    # PARSERS:doctor
+    p = sub.add_parser("doctor", help="check the store, its images, disk, caches, jobs and settings (exit 1: damaged)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--fast", action="store_true", help="check each image's size instead of hashing its content")
+    p.add_argument("--collect", action="store_true", help="then remove orphans: files no row refers to, abandoned "
+                   "imports, temporary files, expired exports and uploads")
+    p.set_defaults(func=cmd_doctor)
     # PARSERS:sharing
     p = sub.add_parser("share", help="share a dataset, model, index or job with the team (others: read-only)")
     p.add_argument("what", choices=["dataset", "model", "index", "job"])
@@ -638,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that read no stored data as a user (doctor examines the store itself, and must not write to it first)
+_NO_STORE = ("templates", "validate", "worker", "settings", "doctor")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -646,6 +670,10 @@ def main(argv: list[str] | None = None) -> int:
         from core.users import check_user_name
 
         args.user = check_user_name(args.user if args.user is not None else settings.get("user"))
+        if args.command not in _NO_STORE:  # acting on stored data: who, with which role (core.accounts)
+            from core import accounts
+
+            args.user = accounts.identify(args.user, "cli")
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

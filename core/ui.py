@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import streamlit as st
 
 from core import device as _device
+from core import settings
 from core.errors import UserError
+from core.paths import DEFAULT_USER
+from core.text import human_bytes
+from core.users import User
 
 KIND_LABELS = {"classifier": "Visual Classifier", "embedder": "Visual Embedder", "detector": "Visual Detector"}
 
@@ -19,32 +25,182 @@ def device_info() -> _device.DeviceInfo:
     return _device.device_info()
 
 
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=])")
+# GFM turns bare addresses into links after escapes are resolved (https://..., www...., a@b.c), so a backslash cannot
+# stop it: a WORD JOINER (U+2060, invisible, zero width) after the scheme's colon, "www" and "@" does.
+_AUTOLINK = re.compile(r"(?i):(?=//)|\bwww(?=\\\.)|@")
+log = logging.getLogger("deeptrain")
+
+
+def md(text: Any) -> str:
+    """User-written text (names, labels, messages that quote them) made literal inside Streamlit markdown: every
+    character markdown, Streamlit's ``:directives:`` or LaTeX would act on is escaped, so ``![](https://...)`` shows
+    as those characters instead of making every viewer's browser fetch an image, and ``[x](url)`` makes no link.
+    Bare addresses (``https://...``, ``www.``, ``a@b.c``) are kept from becoming links too. Newlines become spaces
+    (one message, one line)."""
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _AUTOLINK.sub(lambda m: m.group(0) + "\u2060", escaped)
+
+
 def show_error(exc: BaseException) -> None:
-    """A clear message for a user error; anything else gets a plain sentence and the traceback folded below."""
+    """A clear message for a user error; anything else a short sentence with an error id, the traceback (server
+    paths, SQL) going to the server's log under that id, never to the page."""
     if isinstance(exc, UserError):
-        st.error(str(exc))
+        st.error(md(exc))
         return
-    import traceback
+    import uuid
 
-    st.error(f"Something went wrong: {type(exc).__name__}: {exc}")
-    with st.expander("Details"):
-        st.code("".join(traceback.format_exception(exc)))
-
-
-def current_user() -> str:
-    """The acting user (a local default until sign-in exists)."""
-    from core.paths import DEFAULT_USER
-
-    return st.session_state.setdefault("user", DEFAULT_USER)
+    error_id = uuid.uuid4().hex[:8]
+    log.error("error %s: %s", error_id, type(exc).__name__, exc_info=exc)
+    st.error(f"Something went wrong on the server (error id {error_id}); the details are in the server's log "
+             "under that id. Try again, or tell your admin the id.")
 
 
-def home_overview() -> None:
+# ---------------------------------------------------------------- who is signed in
+IDENTITY_REFRESH_S = 30.0  # how often a session re-reads its user's role (an admin's change applies within this)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def request_headers() -> Mapping[str, str]:
+    """The headers of the browser's request to this session: the one place the studio reads them (tests replace
+    this function to act as a reverse proxy)."""
+    return st.context.headers
+
+
+def _auth_section() -> dict | None:
+    """The ``[auth]`` section of ``.streamlit/secrets.toml`` (Streamlit's OIDC sign-in), or None."""
+    try:
+        if not st.secrets.load_if_toml_exists():
+            return None
+        auth = st.secrets.get("auth")
+    except Exception:  # noqa: BLE001 - an unreadable secrets file means no sign-in is configured here
+        return None
+    return dict(auth) if auth else None
+
+
+def sign_in_mode() -> str:
+    """How this server knows who is there: "oidc" (an ``[auth]`` section: st.login), "proxy" (the setting
+    ``auth_header`` names a header a trusted reverse proxy sets), or "single" (one local user, no sign-in)."""
+    if _auth_section():
+        return "oidc"
+    if settings.get("auth_header"):
+        return "proxy"
+    return "single"
+
+
+def _sign_in_screen() -> None:
+    """Nothing but the sign-in button(s) until the user has signed in with the identity provider."""
+    st.title("Deep Training Studio")
+    st.write("Sign in to continue.")
+    auth = _auth_section() or {}
+    providers = [k for k, v in auth.items() if isinstance(v, Mapping)] if "client_id" not in auth else []
+    if not providers:
+        st.button("Sign in", key="auth_sign_in", type="primary", on_click=st.login)
+    for name in providers:
+        st.button(f"Sign in with {name}", key=f"auth_sign_in_{name}", on_click=st.login, args=(name,))
+
+
+def _no_proxy_identity() -> None:
+    st.error(f"This server signs people in through its reverse proxy, which sets the header "
+             f"{settings.get('auth_header')!r}; this request came without it. Open the studio through the proxy's "
+             "address.")
+
+
+def _signed_in_name(mode: str) -> str | None:
+    if mode == "oidc":
+        if not st.user.is_logged_in:
+            return None
+        return st.user.get("email") or st.user.get("preferred_username") or st.user.get("sub")
+    if mode == "proxy":
+        header = settings.get("auth_header").lower()
+        return next((v.strip() for k, v in request_headers().items() if k.lower() == header and v.strip()), None)
+    return DEFAULT_USER
+
+
+def current_user() -> User:
+    """The signed-in user with their role, resolved once per page run (and re-read every IDENTITY_REFRESH_S).
+
+    Until someone has signed in, this shows the sign-in screen (or, behind a proxy that sent no identity, says so)
+    and stops the page: nothing else of the studio shows.
+    """
+    import time
+
+    from core import accounts
+
+    mode = sign_in_mode()
+    name = _signed_in_name(mode)
+    if name is None:
+        # The only page until someone signs in: a hidden navigation, so not even the page list shows.
+        st.navigation([st.Page(_sign_in_screen if mode == "oidc" else _no_proxy_identity, title="Sign in",
+                               default=True)], position="hidden").run()
+        st.stop()
+    cached = st.session_state.get("_studio_user")
+    if cached and cached[0] == (mode, name) and time.monotonic() - cached[2] < IDENTITY_REFRESH_S:
+        user = cached[1]
+    else:
+        try:
+            user = accounts.identify(name, mode)
+        except UserError as exc:
+            st.error(md(exc))
+            st.stop()
+        st.session_state["_studio_user"] = ((mode, name), user, time.monotonic())
+    return user
+
+
+def identity_sidebar(user: User) -> None:
+    """Who is signed in, their role, and "Sign out" (the app draws it once per run, above the pages)."""
+    mode = sign_in_mode()
+    with st.sidebar:
+        st.text(f"Signed in as {user.name} ({user.role})" if mode != "single" else f"Single-user mode: {user.name}")
+        if mode == "oidc":
+            st.button("Sign out", key="auth_sign_out", on_click=st.logout)
+        elif mode == "proxy":
+            st.caption("Sign out through your organisation's sign-in page.")
+
+
+def reachable_without_sign_in() -> bool:
+    """Whether anyone on the network reaches this server and acts as its one user (no sign-in, not on loopback)."""
+    return sign_in_mode() == "single" and str(st.get_option("server.address") or "") not in LOOPBACK
+
+
+PAGES = (  # file, title, icon, the role it needs
+    ("pages/0_Home.py", "Home", ":material/home:", "viewer"),
+    ("pages/1_Datasets.py", "Datasets", ":material/photo_library:", "viewer"),
+    ("pages/2_Train.py", "Train", ":material/model_training:", "member"),
+    ("pages/3_Jobs.py", "Jobs", ":material/monitoring:", "viewer"),
+    ("pages/4_Models.py", "Models", ":material/deployed_code:", "viewer"),
+    ("pages/5_Visual_Search.py", "Visual Search", ":material/image_search:", "viewer"),
+    ("pages/6_Users.py", "Users", ":material/group:", "admin"),
+)
+
+
+def pages_for(user: User) -> list[tuple[str, str, str, str]]:
+    """The entries of PAGES ``user``'s role can use: a viewer has no Train page, only admins have Users."""
+    from core.users import has_role
+
+    return [p for p in PAGES if has_role(user, p[3])]
+
+
+def navigation(user: User):
+    """st.navigation over the pages ``user`` can use; Home is the default page."""
+    return st.navigation([st.Page(f, title=t, icon=i, default=(f == PAGES[0][0])) for f, t, i, _ in pages_for(user)])
+
+
+def require_page_role(user: User, role: str, what: str) -> None:
+    """Stop a page (opened by its address) that ``user``'s role cannot use, with a plain message."""
+    from core.users import has_role
+
+    if not has_role(user, role):
+        st.info(f"{what} needs the {role} role; you are a {user.role}. Ask an admin.")
+        st.stop()
+
+
+def home_overview(user: User) -> None:
     """The home page's overview: datasets, models and the job queue at a glance."""
     from core import jobs as _jobs
     from core.data import service as _datasets
     from core.evaluation import service as _models
 
-    user = current_user()
     st.subheader("At a glance")
     summary = _jobs.queue_summary(user)
     cols = st.columns(3)
@@ -52,7 +208,7 @@ def home_overview() -> None:
     cols[1].metric("Models", len(_models.list_models(user)))
     cols[2].metric("Jobs running / queued", f"{summary['running']} / {summary['queued']}")
     for job in summary.get("active", []):
-        st.caption(f"Running: job {job.get('id')} — {job.get('what', '')}")
+        st.caption(f"Running: job {job.get('id')} — {md(job.get('what', ''))}")
 
 
 def prefill_train(kind: str, template: str, params: dict, dataset: str | None = None,
@@ -87,16 +243,29 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
     st.session_state["train_compile"] = opts["compile"]
 
 
+def check_upload(uploaded) -> None:
+    """Refuse an upload larger than the setting ``max_upload_bytes``, naming it, its size and the limit."""
+    limit = settings.get("max_upload_bytes")
+    size = getattr(uploaded, "size", None)
+    if size is None:
+        size = len(uploaded.getvalue())
+    if size > limit:
+        raise UserError(f"{uploaded.name}: {human_bytes(size)} is more than one upload may be on this server "
+                        f"({human_bytes(limit)}, max_upload_bytes); import a large archive from a server folder or "
+                        "with `python -m core dataset import`")
+
+
 def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:
     """Write an uploaded file to a temporary file under ``DEEPTRAIN_HOME/uploads`` in chunks; return its path.
 
-    The caller deletes it when done. The suffix is kept (importers read it to tell a zip from a video).
+    The caller deletes it when done. The suffix is kept (importers read it to tell a zip from a video). An upload
+    over ``max_upload_bytes`` is refused before anything is written (UserError).
     """
     import tempfile
-    from pathlib import Path
 
     from core import paths
 
+    check_upload(uploaded)
     suffix = Path(uploaded.name).suffix.lower()[:10]
     uploaded.seek(0)
     with tempfile.NamedTemporaryFile(dir=paths.subdir("uploads"), suffix=suffix, delete=False) as out:
@@ -108,13 +277,19 @@ def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:
     return Path(out.name)
 
 
-def export_path(filename: str) -> Path:
-    """A path under ``DEEPTRAIN_HOME/exports`` for a file offered for download."""
-    import re
+def export_path(user: User, filename: str) -> Path:
+    """A new path for a file offered to ``user`` for download: ``DEEPTRAIN_HOME/exports/<user>/<request>/<name>``, so
+    two people (or two tabs) exporting the same name never overwrite each other's file."""
+    import uuid
 
     from core import paths
 
-    return paths.subdir("exports") / re.sub(r"[^\w.+-]+", "_", filename)
+    def safe(text: str) -> str:
+        return re.sub(r"[^\w.+-]+", "_", text).strip("._") or "_"
+
+    folder = paths.subdir("exports") / safe(user.name) / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / safe(filename)
 
 
 # ---------------------------------------------------------------- visual search: index and model, once per server
@@ -169,10 +344,13 @@ def go_to_page(page: str, label: str) -> None:
 def share_toggle(user, thing: dict, share: Callable[[str], Any], key: str, help: str) -> None:
     """The "Shared with the team" switch of a thing the user owns (``share(visibility)`` applies it); for someone
     else's team thing, a note naming its owner instead."""
-    from core.users import can_change
+    from core.users import can_change, has_role
 
     if not can_change(user, thing):
-        st.caption(f"Shared by {thing['owner']} with the team: you can use it; only its owner can change it.")
+        st.caption(f"Shared by {md(thing['owner'])} with the team: you can use it; only its owner can change it.")
+        return
+    if not has_role(user, "member"):
+        st.caption(f"Sharing needs the member role; you are a {user.role}.")
         return
     shared = st.toggle("Shared with the team", value=thing["visibility"] == "team", key=key, help=help)
     if shared != (thing["visibility"] == "team"):

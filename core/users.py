@@ -15,6 +15,9 @@ from core.errors import UserError
 
 VISIBILITIES = ("private", "team")
 ROLES = ("admin", "member", "viewer")
+# What each role may do: a viewer browses, evaluates and searches; a member also imports, labels, trains, builds
+# indexes and shares; an admin sees and may act on everything.
+_RANK = {"viewer": 0, "member": 1, "admin": 2}
 _NAME_RE = re.compile(r"^[\w][\w.@+-]{0,99}$")
 
 
@@ -73,9 +76,22 @@ def can_change(user: "User | str", row: dict) -> bool:
     return user.is_admin or row["owner"] == user.name
 
 
+def has_role(user: "User | str", role: str) -> bool:
+    """Whether ``user``'s role is ``role`` or above (viewer < member < admin)."""
+    return _RANK.get(as_user(user).role, -1) >= _RANK[role]
+
+
+def require_role(user: "User | str", role: str, what: str) -> None:
+    """Refuse ``what`` (e.g. "importing a dataset") unless ``user``'s role is ``role`` or above."""
+    user = as_user(user)
+    if not has_role(user, role):
+        raise NotAllowed(f"{user.name} is a {user.role}: {what} needs the {role} role; ask an admin")
+
+
 def require_owner(user: "User | str", row: dict, label: str) -> None:
     """Refuse a change to ``row`` (a thing ``user`` sees, named ``label`` in the message, e.g. "Dataset 'cats'")
-    unless ``user`` owns it or is an admin."""
+    unless ``user`` owns it (and may change things: a member) or is an admin."""
+    require_role(user, "member", f"changing {label}")
     if not can_change(user, row):
         raise NotAllowed(f"{label} belongs to {row['owner']} and is shared with the team read-only; only its owner "
                          "can change it")

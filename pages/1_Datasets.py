@@ -16,7 +16,7 @@ from core.data.importer import import_dataset, import_roots_help, resplit
 from core.data.sources import FORMATS
 from core.errors import UserError
 from core.search.service import dataset_near_duplicates as near_duplicates
-from core.users import can_change
+from core.users import can_change, has_role
 
 st.set_page_config(page_title="Datasets", layout="wide")
 st.title("Datasets")
@@ -34,7 +34,7 @@ def show_report(report: dict, where: str) -> None:
     cols[4].metric("Duplicates", report["duplicates"])
     cols[5].metric("Grayscale / colour", f"{report['color']['grayscale']:,} / {report['color']['colour']:,}")
     for warning in report.get("warnings", []):
-        st.warning(warning)
+        st.warning(ui.md(warning))
     per_split = report.get("concepts_per_split") or {}
     rows = [{"concept": c, "split": s, "images": n} for s in SPLIT_NAMES for c, n in per_split.get(s, {}).items()]
     if rows:
@@ -49,7 +49,7 @@ def show_report(report: dict, where: str) -> None:
     right.markdown("**Shorter side**")
     right.dataframe(pd.DataFrame([sizes["short_side"]], index=["images"]), width="stretch")
     if report.get("near_empty"):
-        st.markdown(f"**Near-empty concepts:** {', '.join(report['near_empty'])}")
+        st.markdown(f"**Near-empty concepts:** {ui.md(', '.join(report['near_empty']))}")
     if report.get("duplicate_groups"):
         with st.expander(f"Exact duplicates ({report['duplicates']:,}), stored once"):
             st.dataframe(pd.DataFrame([{"files": ", ".join(d["paths"]), "labels": ", ".join(d["labels"]),
@@ -67,7 +67,7 @@ def run_import(action) -> None:
         report = action(lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)), text=message))
     except UserError as exc:
         bar.empty()
-        st.error(f"Import refused, nothing was stored: {exc}")
+        st.error(f"Import refused, nothing was stored: {ui.md(exc)}")
         return
     st.session_state["ds_last_report"] = report
     st.session_state["ds_selected"] = report["dataset"]
@@ -75,9 +75,8 @@ def run_import(action) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ import
-tab_import, tab_browse, tab_health, tab_manage = st.tabs(["Import", "Browse", "Health report", "Manage & export"])
-
-with tab_import:
+def import_tab() -> None:
+    """Upload, server folder or sample data, with the report of the last import."""
     source_kind = st.radio("Source", ["Upload a file", "Path on the server", "Sample data"], horizontal=True,
                            key="ds_source_kind",
                            help="Large datasets: put them on the server and give the path instead of uploading.")
@@ -91,11 +90,19 @@ with tab_import:
     if source_kind == "Upload a file":
         st.caption("A zip with one folder per concept (optionally under train/ val/ test/), or with a manifest "
                    "(CSV path,labels[,split] or JSON) or a COCO file beside the images; or a video (mp4, webm).")
+        # A new key once the upload is on disk: Streamlit then drops the old uploader and the bytes it held in the
+        # server's memory for this session.
+        upload_round = st.session_state.get("ds_upload_round", 0)
         upload = st.file_uploader("Zip archive or video", type=["zip", "mp4", "webm", "mov", "mkv"],
-                                  key="ds_upload")
+                                  key=f"ds_upload_{upload_round}")
         fps = st.number_input("Video frames per second", 0.1, 30.0, 1.0, 0.1, key="ds_upload_fps")
         if st.button("Import", key="ds_import_upload", type="primary", disabled=upload is None or not name):
-            path = ui.save_upload(upload)
+            try:
+                path = ui.save_upload(upload)
+            except UserError as exc:
+                st.error(f"Import refused, nothing was stored: {ui.md(exc)}")
+                return
+            st.session_state["ds_upload_round"] = upload_round + 1
             try:
                 run_import(lambda p: import_dataset(user, path, name, "auto", val_fraction, seed, p, video_fps=fps,
                                                     video_label=Path(upload.name).stem,
@@ -128,9 +135,17 @@ with tab_import:
             run_import(lambda p: samples.import_digits(user, name or "digits", val_fraction, seed, p))
     if st.session_state.get("ds_last_report"):
         report = st.session_state["ds_last_report"]
-        st.success(f"Imported {report['items']:,} images into {report['dataset']!r} (version {report['version']}) "
-                   f"in {report['seconds']:.1f} s")
+        st.success(f"Imported {report['items']:,} images into {ui.md(repr(report['dataset']))} "
+                   f"(version {report['version']}) in {report['seconds']:.1f} s")
         show_report(report, "import")
+
+member = has_role(user, "member")  # a viewer browses and exports: no import, labelling or editing
+if member:
+    tab_import, tab_browse, tab_health, tab_manage = st.tabs(["Import", "Browse", "Health report", "Manage & export"])
+    with tab_import:
+        import_tab()
+else:
+    tab_browse, tab_health, tab_manage = st.tabs(["Browse", "Health report", "Export"])
 
 names = datasets.dataset_names(user)
 if not names:
@@ -143,14 +158,14 @@ with st.sidebar:
     selected = st.selectbox("Dataset", names, key="ds_selected")
 ds = datasets.get_dataset(user, selected)
 concepts = datasets.dataset_concepts(user, ds["id"])
-mine = can_change(user, ds)  # a team dataset of someone else is read-only here
+mine = member and can_change(user, ds)  # a team dataset of someone else is read-only here
 if not mine:
-    st.sidebar.caption(f"Shared by {ds['owner']} with the team: you can browse, train on and search it; only its "
-                       "owner can change it.")
+    st.sidebar.caption(f"Shared by {ui.md(ds['owner'])} with the team: you can browse, train on and search it; "
+                       "only its owner can change it.")
 
 # ------------------------------------------------------------------------------------------------ browse
 with tab_browse:
-    st.caption(f"{ds['name']} version {ds['version']}: {ds['items']:,} images, {len(concepts)} concepts")
+    st.caption(f"{ui.md(ds['name'])} version {ds['version']}: {ds['items']:,} images, {len(concepts)} concepts")
     c1, c2, c3 = st.columns(3)
     concept = c1.selectbox("Concept", ["(all)"] + concepts, key="ds_browse_concept")
     split = c2.selectbox("Split", ["(all)", *SPLIT_NAMES], key="ds_browse_split")
@@ -167,7 +182,7 @@ with tab_browse:
     for start in range(0, len(shown), cols_per_row):
         cols = st.columns(cols_per_row)
         for col, item in zip(cols, shown[start:start + cols_per_row]):
-            col.image(item["thumb"], caption=f"#{item['item_id']} {', '.join(item['labels'])} ({item['split']})",
+            col.image(item["thumb"], caption=f"#{item['item_id']} {ui.md(', '.join(item['labels']))} ({item['split']})",
                       width="stretch")
     if shown:
         st.divider()
@@ -176,9 +191,9 @@ with tab_browse:
                                format_func=lambda i: f"#{i}")
         item = datasets.get_item(user, item_id)
         left, right = st.columns([2, 3])
-        left.image(item["path"], caption=f"{item['source_path']} ({item['width']}x{item['height']})")
+        left.image(item["path"], caption=f"{ui.md(item['source_path'])} ({item['width']}x{item['height']})")
         with right:
-            st.write(f"Split: **{item['split']}**" + (f" · video {item['video']} at {item['video_time']:.2f} s"
+            st.write(f"Split: **{item['split']}**" + (f" · video {ui.md(item['video'])} at {item['video_time']:.2f} s"
                                                        if item["video"] else ""))
             if item["boxes"]:
                 st.dataframe(pd.DataFrame(item["boxes"]), width="stretch")
@@ -195,7 +210,7 @@ with tab_browse:
                     st.success(f"Labels saved (dataset version {version})")
                     st.rerun()
                 except UserError as exc:
-                    st.error(str(exc))
+                    ui.show_error(exc)
             if b2.button("Delete this image", key="ds_delete_item", disabled=not mine):
                 datasets.delete_items(user, ds["id"], [item_id])
                 st.rerun()
@@ -232,8 +247,8 @@ with tab_health:
             st.write(f"{len(pairs)} pair(s) at similarity {threshold:.2f} or more")
             for pair in pairs[:50]:
                 c1, c2, c3 = st.columns([2, 2, 1])
-                c1.image(pair["a_path"], caption=f"#{pair['a']} {', '.join(pair['a_concepts'])}", width=160)
-                c2.image(pair["b_path"], caption=f"#{pair['b']} {', '.join(pair['b_concepts'])}", width=160)
+                c1.image(pair["a_path"], caption=f"#{pair['a']} {ui.md(', '.join(pair['a_concepts']))}", width=160)
+                c2.image(pair["b_path"], caption=f"#{pair['b']} {ui.md(', '.join(pair['b_concepts']))}", width=160)
                 c3.metric("similarity", f"{pair['score']:.3f}")
         else:
             st.success(f"No pair of images at similarity {threshold:.2f} or more.")
@@ -241,8 +256,8 @@ with tab_health:
 # ------------------------------------------------------------------------------------------------ manage
 with tab_manage:
     st.subheader("Sharing")
-    st.caption(f"Owner: {ds['owner']}. Private: only its owner sees it. Team: everyone on this server sees it and may "
-               "train on it and search it, read-only.")
+    st.caption(f"Owner: {ui.md(ds['owner'])}. Private: only its owner sees it. Team: everyone on this server sees it "
+               "and may train on it and search it, read-only.")
     ui.share_toggle(user, ds, lambda visibility: datasets.share_dataset(user, ds["id"], visibility), key="ds_share",
                     help="Everyone on this server may then browse it, train on it and search it, read-only")
 
@@ -253,10 +268,10 @@ with tab_manage:
     if c3.button("Rename", key="ds_rename_btn", disabled=not (old and new.strip() and mine)):
         try:
             version = datasets.rename_concept(user, ds["id"], old, new)
-            st.success(f"Renamed {old!r} to {new.strip()!r} (version {version})")
+            st.success(f"Renamed {ui.md(repr(old))} to {ui.md(repr(new.strip()))} (version {version})")
             st.rerun()
         except UserError as exc:
-            st.error(str(exc))
+            ui.show_error(exc)
 
     st.subheader("Train / validation split")
     st.caption("Stratified per concept and reproducible from the seed; test images stay in test.")
@@ -272,17 +287,17 @@ with tab_manage:
     fmt = c1.radio("Form", EXPORT_FORMATS, horizontal=True, key="ds_export_format",
                    format_func={"folder": "Folder per concept", "csv": "CSV manifest", "coco": "COCO"}.get)
     if c2.button("Prepare the zip", key="ds_export_btn"):
-        out = export_dataset(user, ds["id"], fmt, ui.export_path(f"{ds['name']}-v{ds['version']}-{fmt}.zip"))
+        out = export_dataset(user, ds["id"], fmt, ui.export_path(user, f"{ds['name']}-v{ds['version']}-{fmt}.zip"))
         st.session_state["ds_export_file"] = str(out)
     export_file = st.session_state.get("ds_export_file")
     if export_file and Path(export_file).is_file():
-        with open(export_file, "rb") as f:
-            st.download_button(f"Download {Path(export_file).name}", f, file_name=Path(export_file).name,
-                               mime="application/zip", key="ds_export_download")
+        # read when the button is clicked, not on every rerun of the page (an export can be gigabytes)
+        st.download_button(f"Download {Path(export_file).name}", lambda: Path(export_file).read_bytes(),
+                           file_name=Path(export_file).name, mime="application/zip", key="ds_export_download")
 
     st.subheader("Delete the dataset")
-    confirm = st.checkbox(f"Yes, delete {ds['name']!r} and its {ds['items']:,} images", key="ds_delete_confirm",
-                          disabled=not mine)
+    confirm = st.checkbox(f"Yes, delete {ui.md(repr(ds['name']))} and its {ds['items']:,} images",
+                          key="ds_delete_confirm", disabled=not mine)
     if st.button("Delete dataset", key="ds_delete_dataset", disabled=not confirm or not mine, type="primary"):
         datasets.delete_dataset(user, ds["id"])
         st.session_state.pop("ds_selected", None)

@@ -68,6 +68,8 @@ def _param_widget(spec: ParamSpec) -> Any:
 
 st.set_page_config(page_title="Train", layout="wide")
 st.title("Train")
+user = ui.current_user()
+ui.require_page_role(user, "member", "Training")
 st.caption("Pick a template type and a template, then set its hyperparameters within the specification's bounds.")
 
 kind = st.radio("Template type", KINDS, format_func=lambda k: KIND_LABELS[k], horizontal=True,
@@ -142,7 +144,7 @@ st.subheader("Start training")
 from core import jobs as launch_jobs  # noqa: E402  (the launch section is appended to the page as a unit)
 from core.data import service as launch_datasets  # noqa: E402
 
-launch_owner = ui.current_user()
+launch_owner = user
 launch_names = launch_datasets.dataset_names(launch_owner)  # own ones, then the team's as owner/name
 if not launch_names:
     st.info("No dataset yet: import one on the Datasets page, then come back to start training.")

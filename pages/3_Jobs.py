@@ -13,7 +13,7 @@ import streamlit as st
 from core import jobs, ui
 from core.errors import UserError
 from core.jobs import view
-from core.users import can_change
+from core.users import can_change, has_role
 
 POLL_S = 2.0  # progress bar, images/s, ETA, log tail
 # The curves redraw less often: re-sending three plotly charts costs the browser ~0.1 of a core each time, CPU a
@@ -35,7 +35,8 @@ if not rows:
     st.stop()
 
 st.dataframe(
-    [{"id": r["id"], "state": r["state"], "what": r["what"], "who": r["owner"], "created": view.when(r["created_at"]),
+    [{"id": r["id"], "state": r["state"] + (f" (#{r['position']} in line)" if r.get("position") else ""),
+      "what": r["what"], "who": r["owner"], "created": view.when(r["created_at"]),
       "progress": r["fraction"] or 0.0, "epoch": f"{r['epoch'] or '-'}/{r['num_epochs'] or '?'}",
       "finished": view.when(r["finished_at"])} for r in rows],
     key="jobs_table", hide_index=True,
@@ -60,19 +61,20 @@ except UserError as exc:
     st.stop()
 state = job["state"]
 st.session_state["jobs_seen_state"] = state
-st.subheader(f"Job {job_id}: {job['what']}")
+st.subheader(f"Job {job_id}: {ui.md(job['what'])}")
 if state == "failed":
-    st.error(job["error"] or "The job failed.", icon=view.STATE_ICONS["failed"])
+    st.error(ui.md(job["error"] or "The job failed."), icon=view.STATE_ICONS["failed"])
     if job.get("traceback"):
         with st.expander("Traceback"):
             st.code(job["traceback"], language="text")
 elif state in ("cancelled", "interrupted"):
-    st.warning(job["error"] or state.capitalize(), icon=view.STATE_ICONS[state])
+    st.warning(ui.md(job["error"] or state.capitalize()), icon=view.STATE_ICONS[state])
 elif state == "succeeded":
     done = f" Model {job['model_id']} is on the Models page." if job.get("model_id") else ""
     st.success(f"Finished {view.when(job['finished_at'])}.{done}", icon=view.STATE_ICONS["succeeded"])
 job_live = state in ("queued",) + jobs.ACTIVE
-mine = can_change(user, job)  # a team job of someone else: followed here, changed only by its owner
+# a team job of someone else is followed here, changed only by its owner (and a viewer changes nothing)
+mine = has_role(user, "member") and can_change(user, job)
 
 
 @st.fragment(run_every=POLL_S if job_live else None)
@@ -86,7 +88,8 @@ def job_progress(job_id: int) -> None:
     state, p = st_["state"], st_["progress"]
     if state != st.session_state.get("jobs_seen_state"):
         st.rerun()  # started, ended, cancelled: redraw the whole page (messages, buttons, timers)
-    st.progress(float(p.get("fraction") or 0.0), text=f"{state.capitalize()} · {view.progress_text(state, p)}")
+    line = view.progress_text(state, p, st_.get("position"))
+    st.progress(float(p.get("fraction") or 0.0), text=f"{state.capitalize()} · {line}")
     cols = st.columns(5)
     cols[0].metric("Loss", f"{p['loss']:.4f}" if isinstance(p.get("loss"), (int, float)) else "-")
     cols[1].metric("Learning rate", f"{p['lr']:.3e}" if isinstance(p.get("lr"), (int, float)) else "-")
@@ -94,7 +97,7 @@ def job_progress(job_id: int) -> None:
     cols[3].metric("ETA", view.duration(p.get("eta_s")) if state in jobs.ACTIVE else "-")
     cols[4].metric("Attempts", st_["attempts"])
     st.caption(f"Device: {p.get('device') or '-'}" + (f" ({p['numerics']})" if p.get("numerics") else "")
-               + f" · Memory: {view.memory_text(p)} · Owner: {st_['owner']} · "
+               + f" · Memory: {view.memory_text(p)} · Owner: {ui.md(st_['owner'])} · "
                f"Created {view.when(st_['created_at'])}"
                + (f" · Extends job {st_['parent_id']}" if st_.get("parent_id") else ""))
     with st.expander("Log", expanded=state in jobs.ACTIVE or state == "failed"):
@@ -142,7 +145,7 @@ if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:",
         st.rerun()
     except UserError as exc:
         ui.show_error(exc)
-if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not is_train,
+if acts[3].button("Clone to new configuration", key="jobs_clone", disabled=not is_train or not has_role(user, "member"),
                   icon=":material/content_copy:", help="Open the Train page filled with this configuration"):
     cfg = job["config"]
     ui.prefill_train(cfg["kind"], cfg["template"], cfg.get("params") or {}, cfg.get("dataset"), cfg.get("options"))

@@ -9,7 +9,7 @@ from core.errors import UserError
 from core.evaluation import charts, export, report, service
 from core.data import service as datasets
 from core.evaluation.predict import predict
-from core.users import can_change
+from core.users import can_change, has_role
 
 st.set_page_config(page_title="Models", layout="wide")
 st.title("Models")
@@ -69,8 +69,9 @@ def classifier_view(row: dict, result: dict) -> None:
     true = a.selectbox("True concept", concepts, key="models_cm_true")
     pred = b.selectbox("Predicted concept", concepts, key="models_cm_pred")
     cell = service.cell_items(row, true, pred)
-    st.caption(f"{len(cell)} image(s) labelled {true!r} with top prediction {pred!r} (click a cell to pick it)")
-    gallery(cell[:36], lambda it: f"p({pred}) = {it['probability']:.2f}")
+    st.caption(f"{len(cell)} image(s) labelled {ui.md(repr(true))} with top prediction {ui.md(repr(pred))} "
+               "(click a cell to pick it)")
+    gallery(cell[:36], lambda it: f"p({ui.md(pred)}) = {it['probability']:.2f}")
 
     st.subheader("Precision-recall and ROC")
     shown = st.multiselect("Concepts", concepts, default=concepts[:5], key=f"models_curve_concepts_{row['id']}")
@@ -101,7 +102,7 @@ def misclassified_view(row: dict, result: dict) -> None:
             except UserError:
                 st.caption("(image deleted from the dataset)")
                 continue
-            st.caption(f"true: {true}  \npredicted: {guess}")
+            st.caption(f"true: {ui.md(true)}  \npredicted: {ui.md(guess)}")
             with st.popover("Fix labels"):
                 current = datasets.get_item(user, miss["item_id"])["labels"]
                 labels = st.multiselect("Labels", sorted(set(dataset_concepts) | set(current)), default=current,
@@ -132,7 +133,7 @@ def embedder_view(row: dict, result: dict) -> None:
     ids = [p["customdata"][0] for p in points if p.get("customdata")]
     by_id = {p["item_id"]: p for p in result["map"]}
     if ids:
-        gallery([by_id[i] for i in ids[:36] if i in by_id], lambda it: it["concept"])
+        gallery([by_id[i] for i in ids[:36] if i in by_id], lambda it: ui.md(it["concept"]))
 
 
 def detector_view(row: dict, result: dict) -> None:
@@ -167,7 +168,7 @@ def evaluation_tab(row: dict) -> None:
             return
         finally:
             bar.empty()
-    st.caption(f"Dataset {result['dataset']['name']} v{result['dataset']['version']} (model trained on "
+    st.caption(f"Dataset {ui.md(result['dataset']['name'])} v{result['dataset']['version']} (model trained on "
                f"v{row['dataset_version']}), {result['split']} split.")
     {"classifier": classifier_view, "embedder": embedder_view, "detector": detector_view}[result["kind"]](row, result)
 
@@ -180,7 +181,12 @@ def predict_tab(row: dict) -> None:
     images: list = []
     if source == "Upload":
         files = st.file_uploader("Images", accept_multiple_files=True, key="models_predict_upload")
-        images = [(f.name, f.getvalue()) for f in files or []]
+        for f in files or []:
+            try:
+                ui.check_upload(f)
+                images.append((f.name, f.getvalue()))
+            except UserError as exc:
+                ui.show_error(exc)
     else:
         visible = datasets.list_datasets(user)
         if not visible:
@@ -234,7 +240,7 @@ def share_tab(row: dict) -> None:
                    format_func={"zip": "zip (safetensors + config)", "torchscript": "TorchScript",
                                 "onnx": "ONNX"}.get)
     if st.button("Build export", key="models_export_btn"):
-        out = ui.export_path(f"{row['name']}.{ {'zip': 'zip', 'torchscript': 'pt', 'onnx': 'onnx'}[fmt] }")
+        out = ui.export_path(user, f"{row['name']}.{ {'zip': 'zip', 'torchscript': 'pt', 'onnx': 'onnx'}[fmt] }")
         with st.spinner("Exporting and checking the export against the original..."):
             try:
                 st.session_state["models_export"] = (row["id"], fmt, export.export_model(user, row["id"], fmt, out))
@@ -245,8 +251,8 @@ def share_tab(row: dict) -> None:
         info = built[2]
         from pathlib import Path
 
-        st.download_button(f"Download {Path(info['path']).name}", Path(info["path"]).read_bytes(),
-                           Path(info["path"]).name, key="models_export_dl")
+        st.download_button(f"Download {Path(info['path']).name}", lambda: Path(info["path"]).read_bytes(),
+                           Path(info["path"]).name, key="models_export_dl")  # read on click, not every rerun
         if fmt != "zip":
             st.caption(f"Checked: largest difference from the original network {info['max_diff']:.1e}.")
     st.caption("Load the export and predict:")
@@ -255,15 +261,16 @@ def share_tab(row: dict) -> None:
     except UserError as exc:
         ui.show_error(exc)
 
-    mine = can_change(user, row)
+    mine = has_role(user, "member") and can_change(user, row)
     st.subheader("Sharing")
-    st.caption(f"Owner: {row['owner']}. Team: everyone on this server may evaluate it, predict with it, export it "
-               "and use it as a base model, read-only.")
+    st.caption(f"Owner: {ui.md(row['owner'])}. Team: everyone on this server may evaluate it, predict with it, "
+               "export it and use it as a base model, read-only.")
     ui.share_toggle(user, row, lambda visibility: service.share_model(user, row["id"], visibility), key="models_share",
                     help="Everyone on this server may then evaluate it, predict with it and use it as a base")
 
     st.subheader("Delete")
-    sure = st.checkbox(f"Yes, delete {row['name']} and its files", key="models_delete_confirm", disabled=not mine)
+    sure = st.checkbox(f"Yes, delete {ui.md(row['name'])} and its files", key="models_delete_confirm",
+                       disabled=not mine)
     if st.button("Delete model", key="models_delete_btn", disabled=not sure or not mine, type="primary"):
         service.delete_model(user, row["id"])
         st.session_state.pop("models_selected", None)
@@ -292,15 +299,19 @@ def compare_section(rows: list[dict]) -> None:
 def import_section() -> None:
     from core.templates import list_templates
 
+    if not has_role(user, "member"):
+        st.caption(f"Importing a model needs the member role; you are a {user.role}.")
+        return
     upload = st.file_uploader("Exported model (.zip)", type=["zip"], key="models_import_upload")
     choices = ["(any template)"] + [f"{t.kind}/{t.name}" for t in list_templates()]
     expect = st.selectbox("Load into template", choices, key="models_import_template",
                           help="An archive exported from another template is refused.")
     if st.button("Import", key="models_import_btn", disabled=upload is None):
         try:
+            ui.check_upload(upload)
             model_id = export.import_archive(user, upload.getvalue(),
                                              expect=None if expect == choices[0] else tuple(expect.split("/", 1)))
-            st.success(f"Imported as model {service.get(user, model_id)['name']}.")
+            st.success(f"Imported as model {ui.md(service.get(user, model_id)['name'])}.")
         except UserError as exc:
             ui.show_error(exc)
 

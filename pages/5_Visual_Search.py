@@ -13,23 +13,14 @@ from core.errors import UserError
 from core.data import service as datasets_service
 from core.evaluation import service as models_service
 from core.search import service
-from core.users import can_change
+from core.text import human_bytes
+from core.users import can_change, has_role
 
 st.set_page_config(page_title="Visual Search", layout="wide")
 st.title("Visual Search")
 user = ui.current_user()
 MODES = ("Upload an image", "Dataset image", "Concept")
 ANY = "(any concept)"
-
-
-def fmt_bytes(n: int | None) -> str:
-    if not n:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def build_section(datasets: list[dict], expanded: bool) -> None:
@@ -56,7 +47,7 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
             try:
                 if background:
                     job_id = jobs.submit(user, "index", config)
-                    st.success(f"Job {job_id} queued: {jobs.describe(jobs.status(user, job_id))}. "
+                    st.success(f"Job {job_id} queued: {ui.md(jobs.describe(jobs.status(user, job_id)))}. "
                                "The index appears here when it finishes.")
                 else:
                     bar = st.progress(0.0, text="Embedding images...")
@@ -64,7 +55,7 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
                                                   bar.progress(d / max(t, 1), text=f"Embedded {d:,} of {t:,} images"))
                     bar.progress(1.0, text="Done")
                     st.session_state["vs_index"] = res["name"]
-                    st.success(f"Index {res['name']!r} built: {res['count']:,} images.")
+                    st.success(f"Index {ui.md(repr(res['name']))} built: {res['count']:,} images.")
             except Exception as exc:  # noqa: BLE001 - shown to the user, never a bare traceback
                 ui.show_error(exc)
 
@@ -76,12 +67,13 @@ def facts_section(name: str, facts: dict) -> None:
     params = ", ".join(f"{k}={v}" for k, v in facts["index_params"].items() if k in ("nlist", "nprobe"))
     cols[2].metric("Index type", facts["index_type"] + (" (exact)" if facts["exact"] else " (approximate)"))
     cols[3].metric("Build time", f"{facts['build_seconds']:.1f} s" if facts["build_seconds"] else "-")
-    cols[4].metric("Memory", fmt_bytes(facts["memory_bytes"]))
-    cols[5].metric("On disk", fmt_bytes(facts["disk_bytes"]))
-    st.caption(f"Model: {facts['model_label']} · dataset {facts['dataset']} (version {facts['dataset_version']})"
+    cols[4].metric("Memory", human_bytes(facts["memory_bytes"]))
+    cols[5].metric("On disk", human_bytes(facts["disk_bytes"]))
+    st.caption(f"Model: {ui.md(facts['model_label'])} · dataset {ui.md(facts['dataset'])} "
+               f"(version {facts['dataset_version']})"
                + (f" · parameters: {params}" if params else "")
                + (f" · {facts['images_per_sec']:.1f} images/s embedded" if facts.get("images_per_sec") else ""))
-    mine = can_change(user, facts)
+    mine = has_role(user, "member") and can_change(user, facts)
     if facts["stale"]:
         st.warning("The dataset changed since this index was built: new images are not searchable yet and deleted "
                    "ones are skipped." + ("" if mine else f" Its owner, {facts['owner']}, can sync it."))
@@ -103,7 +95,7 @@ def results_grid(results: list[dict], per_row: int = 5) -> None:
         for col, r in zip(cols, results[start:start + per_row]):
             with col:
                 st.image(r["path"], width="stretch")
-                st.markdown(f"**{r['score']:.3f}** · {', '.join(r['concepts']) or 'unlabelled'}  \n"
+                st.markdown(f"**{r['score']:.3f}** · {ui.md(', '.join(r['concepts'])) or 'unlabelled'}  \n"
                             f"item {r['item']}")
                 if st.button("Find similar", key=f"vs_similar_{r['item']}"):
                     st.session_state["vs_next_item"] = r["item"]
@@ -126,18 +118,22 @@ def query_section(name: str, facts: dict) -> None:
             up = st.file_uploader("Image", type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"],
                                   key="vs_upload")
             if up is not None:
-                st.image(up, width=160)
-                query = {"image": up.getvalue()}
+                try:
+                    ui.check_upload(up)
+                    st.image(up, width=160)
+                    query = {"image": up.getvalue()}
+                except UserError as exc:
+                    ui.show_error(exc)
         elif mode == "Dataset image":
             first = service.index_first_item(user, name)
             st.session_state.setdefault("vs_item", first or 0)
             item = st.number_input("Item id", min_value=0, step=1, key="vs_item")
             try:
                 it = service.index_item(user, name, int(item))
-                st.image(it["thumb"], width=160, caption=f"item {it['item_id']}: {', '.join(it['labels'])}")
+                st.image(it["thumb"], width=160, caption=f"item {it['item_id']}: {ui.md(', '.join(it['labels']))}")
                 query = {"item_id": int(item)}
             except UserError as exc:
-                st.error(str(exc))
+                ui.show_error(exc)
         else:
             if concepts:
                 query = {"concept": st.selectbox("Concept", concepts, key="vs_concept")}
@@ -155,7 +151,7 @@ def query_section(name: str, facts: dict) -> None:
         ui.show_error(exc)
         return
     if near:
-        st.markdown("**Nearest concepts:** " + " · ".join(f"{n['concept']} ({n['score']:.3f})" for n in near))
+        st.markdown("**Nearest concepts:** " + " · ".join(f"{ui.md(n['concept'])} ({n['score']:.3f})" for n in near))
     results_grid(results)
 
 
@@ -171,8 +167,8 @@ def duplicates_section(name: str) -> None:
             st.write(f"{len(pairs)} pair(s) at or above {thr:.2f}" + (" (first 200)" if len(pairs) == 200 else ""))
             for p in pairs[:30]:
                 a, b, s = st.columns([2, 2, 3])
-                a.image(p["a_path"], width=120, caption=f"item {p['a']}: {', '.join(p['a_concepts'])}")
-                b.image(p["b_path"], width=120, caption=f"item {p['b']}: {', '.join(p['b_concepts'])}")
+                a.image(p["a_path"], width=120, caption=f"item {p['a']}: {ui.md(', '.join(p['a_concepts']))}")
+                b.image(p["b_path"], width=120, caption=f"item {p['b']}: {ui.md(', '.join(p['b_concepts']))}")
                 s.metric("Similarity", f"{p['score']:.3f}")
 
 
@@ -183,7 +179,8 @@ except Exception as exc:  # noqa: BLE001
     ui.show_error(exc)
     st.stop()
 
-build_section(datasets, expanded=not indexes)
+if has_role(user, "member"):  # a viewer searches the indexes others shared
+    build_section(datasets, expanded=not indexes)
 indexes = service.list_indexes(user)  # again: a build just above may have added one
 if not indexes:
     st.info("No index yet: build one above (the general embedder needs no training).")
@@ -202,7 +199,7 @@ if "vs_next_item" in st.session_state:  # "Find similar" from the Datasets page:
                 st.warning("No index of that image's dataset yet: build one above.")
     except UserError as exc:
         st.session_state.pop("vs_next_item")
-        st.error(str(exc))
+        ui.show_error(exc)
 if st.session_state.get("vs_index") not in names:
     st.session_state["vs_index"] = names[0]
 name = st.selectbox("Index", names, key="vs_index")

@@ -23,21 +23,22 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 @contextmanager
-def streamlit_server(home: Path, extra_env: dict[str, str] | None = None) -> Iterator[str]:
+def streamlit_server(home: Path, extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (),
+                     port: int | None = None) -> Iterator[str]:
     """Start ``streamlit run streamlit_app.py`` on loopback with its own data directory; yield its URL."""
-    port = _free_port()
+    port = port or free_port()
     env = dict(os.environ, DEEPTRAIN_HOME=str(home), **(extra_env or {}))
     log = open(home.parent / f"streamlit-{port}.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
+         "--server.address", "127.0.0.1", "--server.headless", "true", *extra_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -63,8 +64,8 @@ def streamlit_server(home: Path, extra_env: dict[str, str] | None = None) -> Ite
 
 
 @contextmanager
-def browser_page(tmp_path: Path):
-    """A Playwright page in headless Debian chromium (skips the test when chromium or playwright is missing)."""
+def chromium():
+    """A Playwright browser: headless Debian chromium (skips the test when chromium or playwright is missing)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -72,11 +73,27 @@ def browser_page(tmp_path: Path):
         # Playwright gives each launch a new empty profile directory of its own.
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+VIEWPORT = {"width": 1400, "height": 1000}  # the size the journeys are written for
+
+
+def new_page(browser_or_context):
+    """A page of the journeys' size (a browser's own, or one of a context made with ``viewport=VIEWPORT``), with
+    their default timeout."""
+    page = browser_or_context.new_page(**({"viewport": VIEWPORT} if hasattr(browser_or_context, "contexts") else {}))
+    page.set_default_timeout(60_000)
+    return page
+
+
+@contextmanager
+def browser_page(tmp_path: Path):
+    """A Playwright page in headless Debian chromium (skips the test when chromium or playwright is missing)."""
+    with chromium() as browser:
+        yield new_page(browser)
 
 
 def wait_idle(page) -> None:

@@ -47,3 +47,34 @@ def small_folder(tmp_path) -> Path:
 
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture
+def signed_in(monkeypatch):
+    """Act as a signed-in user in AppTest pages: the studio trusts a reverse proxy's header (the setting
+    ``auth_header``), and ``core.ui.request_headers`` is the one place headers are read. ``signed_in("bob")`` signs
+    bob in as a member (an admin's stored role), ``signed_in("vic", "viewer")`` as a viewer; role None: the default."""
+    import core.ui
+
+    headers: dict[str, str] = {}
+    monkeypatch.setenv("DEEPTRAIN_AUTH_HEADER", "X-Forwarded-Email")
+    monkeypatch.setattr(core.ui, "request_headers", lambda: headers)
+
+    def sign_in(name: str | None, role: str | None = "member") -> None:
+        from core.store import users
+
+        headers.clear()
+        if name is not None:
+            headers["X-Forwarded-Email"] = name
+            users.seen(name, "proxy")
+            if role is not None:
+                users.set_role(name, role)
+
+    return sign_in
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of a markdown body the pages escaped with ``core.ui.md`` (AppTest returns the source)."""
+    import re
+
+    return re.sub(r"\\(.)", r"\1", markdown)

@@ -16,12 +16,12 @@ import copy
 import time
 from typing import Callable
 
-from core import paths
+from core import paths, settings
 from core.errors import UserError, ValidationError
 from core.jobs import local, runners
 from core.store import jobs as store
 from core.store.jobs import ACTIVE, RESUMABLE, STATES, TERMINAL
-from core.users import User, as_user, can_change, can_see, check_visibility, require_owner
+from core.users import User, as_user, can_change, can_see, check_visibility, require_owner, require_role
 
 __all__ = [
     "ACTIVE", "TERMINAL", "RESUMABLE", "STATES", "submit", "status", "progress", "metrics", "cancel", "resume",
@@ -45,7 +45,14 @@ def describe(job: dict) -> str:
 
 def submit(user: User | str, job_type: str, config: dict, *, parent_id: int | None = None) -> int:
     """Check ``config`` and queue a job of ``user``'s; returns its id at once. Raises UserError naming a bad field."""
-    owner = as_user(user).name
+    user = as_user(user)
+    require_role(user, "member", "starting a job")
+    owner = user.name
+    limit = settings.get("max_queued_jobs")
+    waiting = sum(n for state, n in store.count_by_state(owner).items() if state in ("queued",) + ACTIVE)
+    if waiting >= limit:
+        raise UserError(f"You have {waiting} jobs queued or running, the most one user may have (max_queued_jobs = "
+                        f"{limit}); wait for one to finish, or cancel one")
     config = runners.validate(job_type, owner, copy.deepcopy(config))
     job_id = store.insert_job(owner, job_type, config, parent_id=parent_id)
     local.job_dir(job_id)
@@ -144,6 +151,7 @@ def status(user: User | str, job_id: int) -> dict:
         "traceback": job["traceback"] if can_change(user, job) else None,  # server paths: its owner and admins
         "result": job["result"], "cancel_requested": job["cancel_requested"],
         "pid": job["pid"], "host": job["host"], "log_path": str(local.log_path(job["id"])),
+        "position": store.queue_positions().get(job["id"]) if job["state"] == "queued" else None,
     }
 
 
@@ -162,7 +170,9 @@ def list_jobs(user: User | str, team: bool = False, limit: int | None = None) ->
     """The user's jobs, newest first, after pumping the queue; with ``team`` also the jobs others shared with the
     team (an admin's ``team`` view is every job)."""
     pump()
-    return [_summary(j) for j in store.list_jobs(user, team=team, limit=limit)]
+    positions = store.queue_positions()
+    return [{**_summary(j), "position": positions.get(j["id"])}
+            for j in store.list_jobs(user, team=team, limit=limit)]
 
 
 def queue_summary(user: User | str) -> dict:

@@ -33,10 +33,10 @@ def when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
 
 
-def progress_text(state: str, p: dict) -> str:
-    """One line under the progress bar: epoch, step, images per second and ETA."""
+def progress_text(state: str, p: dict, position: int | None = None) -> str:
+    """One line under the progress bar: epoch, step, images per second and ETA; a queued job's place in line."""
     if state == "queued":
-        return "Waiting in the queue for a free slot"
+        return "Waiting in the queue for a free slot" + (f": number {position} in line" if position else "")
     parts = []
     if p.get("epoch") is not None:
         parts.append(f"epoch {p['epoch']}/{p.get('num_epochs') or '?'}")

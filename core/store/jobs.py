@@ -13,6 +13,7 @@ import uuid
 from typing import Any, Iterable
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from core.users import NotFound, User, as_user
 from core.store import access
@@ -92,20 +93,61 @@ def count_by_state(owner: str | None = None) -> dict[str, int]:
         return {state: int(n) for state, n in conn.execute(q)}
 
 
-def claim_next(max_active: int, slots: int) -> dict | None:
-    """Move the oldest queued job to ``starting`` if fewer than ``max_active`` jobs are active; return it or None.
+_AFTER_NOW = 1e12  # a "started at" later than any real time: an owner given a turn in the plan waits for the others
 
-    The whole claim is one UPDATE whose subqueries pick the job and count the active ones, so it is atomic. The GPU
+
+def _queue_order(conn: Connection) -> list[int]:
+    """The queued jobs in the order they will start: round-robin across owners, so one user's ten queued jobs do not
+    keep another user's single job waiting behind them.
+
+    Each next job is the oldest queued job of the owner with the fewest active jobs, ties going to the owner whose
+    last job started longest ago (never: first), then to the owner whose oldest queued job is oldest.
+    """
+    queued = conn.execute(sa.select(jobs.c.id, jobs.c.owner).where(jobs.c.state == "queued").order_by(jobs.c.id))
+    waiting: dict[str, list[int]] = {}
+    for job_id, owner in queued:
+        waiting.setdefault(owner, []).append(job_id)
+    if not waiting:
+        return []
+    active = dict(conn.execute(sa.select(jobs.c.owner, sa.func.count()).where(jobs.c.state.in_(ACTIVE))
+                               .group_by(jobs.c.owner)).all())
+    started = dict(conn.execute(sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
+                                .where(jobs.c.owner.in_(list(waiting))).group_by(jobs.c.owner)).all())
+    order: list[int] = []
+    turn = {o: (active.get(o, 0), started.get(o) or float("-inf")) for o in waiting}
+    for step in range(sum(len(v) for v in waiting.values())):
+        owner = min(waiting, key=lambda o: (*turn[o], waiting[o][0]))
+        order.append(waiting[owner].pop(0))
+        turn[owner] = (turn[owner][0], _AFTER_NOW + step)  # this owner just had a turn: the others go first
+        if not waiting[owner]:
+            del waiting[owner]
+    return order
+
+
+def queue_positions() -> dict[int, int]:
+    """{job id: position (1 = starts next)} for every queued job."""
+    with engine().connect() as conn:
+        return {job_id: i + 1 for i, job_id in enumerate(_queue_order(conn))}
+
+
+def claim_next(max_active: int, slots: int) -> dict | None:
+    """Move the next queued job (:func:`_queue_order`) to ``starting`` if fewer than ``max_active`` jobs are active;
+    return it or None.
+
+    The pick is read and claimed in one transaction; the UPDATE re-checks that the job is still queued and that
+    fewer than ``max_active`` jobs are active, so two pumps never start one job twice nor exceed the limit. The GPU
     slot (smallest free one below ``slots``) is chosen in the same transaction, while the write lock is held.
     """
     token = uuid.uuid4().hex
     t = now()
-    oldest = sa.select(jobs.c.id).where(jobs.c.state == "queued").order_by(jobs.c.id).limit(1).scalar_subquery()
     active = sa.select(sa.func.count()).select_from(jobs).where(jobs.c.state.in_(ACTIVE)).scalar_subquery()
     with transaction() as conn:
+        order = _queue_order(conn)
+        if not order:
+            return None
         res = conn.execute(
             jobs.update()
-            .where(jobs.c.id == oldest, active < max_active)
+            .where(jobs.c.id == order[0], jobs.c.state == "queued", active < max_active)
             .values(state="starting", claim=token, attempts=jobs.c.attempts + 1, heartbeat_at=t, pid=None,
                     started_at=sa.func.coalesce(jobs.c.started_at, t), finished_at=None)
         )

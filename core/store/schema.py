@@ -163,3 +163,13 @@ indexes = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("owner", "name"),
 )
+
+# --- users (owned by core.store.users) ---
+users = sa.Table(
+    "users", metadata,
+    sa.Column("name", sa.String, primary_key=True),  # an email or login, as the sign-in gave it
+    sa.Column("role", sa.String),  # admin | member | viewer set by an admin; NULL: from the settings
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("seen_via", sa.String, nullable=False),  # oidc | proxy | single | cli
+)
