@@ -336,7 +336,7 @@ def test_a_team_jobs_traceback_is_its_owners(world):
         share_all("private")
 
 
-def test_visual_search_page_shows_nothing_of_another_users_item(world):
+def test_visual_search_page_shows_nothing_of_another_users_item(world, signed_in):
     """An item id typed on the Visual Search page: bob, with an index of his own, gets the not-found message for
     alice's private item, exactly as for an id that does not exist, and no image of it."""
     from streamlit.testing.v1 import AppTest
@@ -348,9 +348,8 @@ def test_visual_search_page_shows_nothing_of_another_users_item(world):
     import_dataset("bob", caltech_slice(world.tmp / "bob", classes=("anchor", "ant"), per_class=3), "bobs", workers=1)
     service.build_index_now("bob", "bobs", "general", "bobs-ix")
     page = str(Path(__file__).resolve().parent.parent / "pages" / "5_Visual_Search.py")
-    at = AppTest.from_file(page, default_timeout=120)
-    at.session_state["user"] = "bob"
-    at.run()
+    signed_in("bob")
+    at = AppTest.from_file(page, default_timeout=120).run()
     assert not at.exception and at.selectbox(key="vs_index").value == "bobs-ix"
     assert not [o for o in at.selectbox(key="vs_index").options if "photos-ix" in o]  # alice's is not offered
     at.radio(key="vs_mode").set_value("Dataset image").run()
@@ -386,7 +385,7 @@ def test_pages_and_the_command_line_reach_stored_data_only_through_services():
     assert not offenders, offenders
 
 
-def test_datasets_page_shares_and_shows_others_team_datasets_read_only(world):
+def test_datasets_page_shares_and_shows_others_team_datasets_read_only(world, signed_in):
     """Alice shares her dataset with the page's switch; bob then finds it as alice/photos, read-only: the switch
     is replaced by a note naming the owner and the editing controls are disabled."""
     from streamlit.testing.v1 import AppTest
@@ -396,17 +395,15 @@ def test_datasets_page_shares_and_shows_others_team_datasets_read_only(world):
     page = str(Path(__file__).resolve().parent.parent / "pages" / "1_Datasets.py")
     share_all("private")
     try:
-        at = AppTest.from_file(page, default_timeout=120)
-        at.session_state["user"] = "alice"
-        at.run()
+        signed_in("alice")
+        at = AppTest.from_file(page, default_timeout=120).run()
         assert not at.exception and at.selectbox(key="ds_selected").value == "photos"
         at.toggle(key="ds_share").set_value(True).run()
         assert not at.exception
         assert ds_store.find_dataset("alice", "photos")["visibility"] == "team"
 
-        at = AppTest.from_file(page, default_timeout=120)
-        at.session_state["user"] = "bob"
-        at.run()
+        signed_in("bob")
+        at = AppTest.from_file(page, default_timeout=120).run()
         assert not at.exception and at.selectbox(key="ds_selected").value == "alice/photos"
         assert not [t for t in at.toggle if t.key == "ds_share"]
         assert any("Shared by alice" in c.value for c in at.caption)

@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.data.importer import import_dataset
 from core.store import datasets as store
+from tests.conftest import shown
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "1_Datasets.py")
 
@@ -41,10 +42,10 @@ def test_import_zip_shows_report(tmp_path, small_folder, monkeypatch):
     at.text_input(key="ds_server_path").set_value(archive).run()
     at.button(key="ds_import_server").click().run()
     assert not at.exception
-    assert any("Imported 18 images into 'from-zip'" in s.value for s in at.success)
+    assert any("Imported 18 images into 'from-zip'" in shown(s.value) for s in at.success)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Images"] == "18" and metrics["Concepts"] == "3" and metrics["Skipped"] == "0"
-    assert any("Studio_EfficientNetLite0_Transfer" in w.value for w in at.warning)
+    assert any("Studio_EfficientNetLite0_Transfer" in shown(w.value) for w in at.warning)
     assert store.get_dataset("local", "from-zip")["items"] == 18
 
 

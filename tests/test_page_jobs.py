@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 from core import jobs
 from core.store import jobs as store
 from core.templates import get_template
+from tests.conftest import shown
 from tests.jobs_support import in_epoch, tiny, train_config, wait_store  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -94,7 +95,7 @@ def test_failed_job_shows_the_reason_first_and_the_traceback_folded(tiny):
     jobs.pump()
     wait_store(job_id, lambda j: j["state"] in store.TERMINAL, timeout=120)
     at = _jobs_page()
-    assert "batch_size" in at.error[0].value
+    assert "batch_size" in shown(at.error[0].value)
     assert at.expander[0].label == "Traceback"
 
 

@@ -12,13 +12,15 @@ from streamlit.testing.v1 import AppTest
 from core.data.importer import import_dataset
 from core.search import service
 from core.store import datasets as ds_store
+from tests.conftest import shown
 
 PAGE = str(Path(__file__).resolve().parent.parent / "pages" / "5_Visual_Search.py")
 
 
 def _texts(at) -> str:
-    return "\n".join([m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.success]
-                     + [i.value for i in at.info] + [w.value for w in at.warning] + [e.value for e in at.error])
+    return shown("\n".join([m.value for m in at.markdown] + [c.value for c in at.caption]
+                            + [s.value for s in at.success]
+                     + [i.value for i in at.info] + [w.value for w in at.warning] + [e.value for e in at.error]))
 
 
 def _result_items(at) -> list[int]:

@@ -13,21 +13,22 @@ import contextlib
 import multiprocessing
 import os
 import re
-import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from core import paths, settings
+from core import accounts, paths, settings
+from core.data import staging as staging_area
 from core.data.decode import process_image
 from core.data.health import health_report
 from core.data.limits import ImportLimits
 from core.data.sources import Entry, build_plan, check_box
 from core.data.split import stratified_split
 from core.errors import UserError
+from core.fsutil import disk_full, is_disk_full
 from core.store import datasets as store
-from core.users import User, as_user, require_owner
+from core.text import human_bytes
+from core.users import User, as_user, require_owner, require_role
 
 Progress = Callable[[float, str], None]
 # fork where the platform has it: workers start at once and need no import (everything they run, PIL and NumPy,
@@ -36,6 +37,11 @@ Progress = Callable[[float, str], None]
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 POOL_MIN_FILES = 48  # below this, decoding in-process beats starting worker processes
 _NAME_RE = re.compile(r"^[\w][\w .+()-]{0,99}$")
+
+
+def owned(owner: str) -> set[str]:
+    """The image hashes ``owner``'s datasets already hold (they cost no more storage when imported again)."""
+    return store.owner_hashes(owner)
 
 
 def check_name(name: str) -> str:
@@ -47,21 +53,10 @@ def check_name(name: str) -> str:
     return cleaned
 
 
-STALE_STAGING_S = 24 * 3600  # a staging folder this old belongs to an import whose process died
-
-
-def prune_staging(max_age_s: float = STALE_STAGING_S) -> int:
-    """Remove staging folders left by imports that were killed (a live import removes its own); return how many."""
-    cutoff = time.time() - max_age_s
-    removed = 0
-    for entry in paths.subdir("staging").iterdir():
-        try:
-            if entry.stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
+def prune_staging() -> int:
+    """Roll back and remove the staging areas of imports whose process is gone (a live import removes its own; see
+    ``core.data.staging``); return how many went."""
+    return staging_area.recover()["areas"]
 
 
 def check_allowed(src: Path) -> Path:
@@ -156,18 +151,24 @@ def import_dataset(user: User | str, source: str | os.PathLike, name: str, fmt: 
         UserError: the source is refused; nothing was stored.
     """
     t0 = time.perf_counter()
+    user = as_user(user)
+    require_role(user, "member", "importing a dataset")
     name = check_name(name)
+    limit = settings.get("max_storage_bytes")
+    used = accounts.storage_used(user)
+    if used >= limit:
+        raise UserError(f"Your datasets hold {human_bytes(used)} of images, the most one user may store "
+                        f"(max_storage_bytes = {human_bytes(limit)}); delete a dataset or ask an admin to raise it")
     if not 0.0 <= float(val_fraction) <= 0.9:
         raise UserError(f"val_fraction {val_fraction} is outside 0 to 0.9")
     limits = limits or ImportLimits.from_env()
     workers = workers or os.cpu_count() or 1
-    user = as_user(user)
     src = Path(source).expanduser()
     label = source_label or str(src)  # as the user typed it
     if server_folder:
         src = check_allowed(src)  # the resolved path: what was checked is what is read
     prune_staging()
-    staging = paths.subdir("staging") / uuid.uuid4().hex
+    staging = staging_area.create()  # locked while this process lives: the start-up check knows it is not abandoned
     try:
         if progress:
             progress(0.0, "Reading the source")
@@ -227,19 +228,30 @@ def import_dataset(user: User | str, source: str | os.PathLike, name: str, fmt: 
         duplicates += [{"hash": None, "paths": [p], "labels": [], "extra": 1, "note": "already in the dataset"}
                        for p in already]
         new_bytes = sum(r["nbytes"] for r in records if r.get("new"))
+        mine = owned(user.name)
+        added = sum(r["nbytes"] for r in records if r["hash"] not in mine)
+        if used + added > limit:  # refused before anything is stored
+            raise UserError(f"{Path(label).name}: importing it would bring your images to {human_bytes(used + added)}, "
+                            f"past the {human_bytes(limit)} one user may store (max_storage_bytes; you hold "
+                            f"{human_bytes(used)} now)")
         if progress:
             progress(0.92, "Saving")
         report = health_report(records, skipped, duplicates, label, plan.kind, time.perf_counter() - t0, new_bytes)
         report["val_fraction"] = float(val_fraction)
         report["seed"] = int(seed)
+        staging_area.write_commit(staging, [r["hash"] for r in records])  # what to roll back if this process dies
         dataset_id, version = store.commit_import(user.name, name, label, records, stage_blobs, stage_thumbs, report)
         report.update(dataset=name, dataset_id=dataset_id, version=version,
                       seconds=round(time.perf_counter() - t0, 3))
         if progress:
             progress(1.0, f"Imported {len(records):,} images")
         return {"dataset": name, "version": version, **report}
+    except Exception as exc:
+        if is_disk_full(exc):  # in the decoders, the extraction or the database's own commit
+            raise disk_full(exc, f"the import of {Path(label).name} as dataset {name!r}") from None
+        raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging_area.remove(staging)
 
 
 def resplit(user: User | str, dataset: str | int, val_fraction: float = 0.2, seed: int = 0) -> dict[str, int]:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from core import paths
+from core.data import staging
 from core.data.importer import import_dataset
 from core.errors import UserError
 from core.users import User
@@ -56,13 +54,13 @@ def _write(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, nam
 
 def _import_generated(user: User | str, fill: Callable[[Path], None], name: str, val_fraction: float, seed: int,
                       progress: Progress | None, source_label: str) -> dict[str, Any]:
-    folder = paths.subdir("staging") / f"samples-{uuid.uuid4().hex}"
+    area = staging.create(prefix="samples-")  # removed by the start-up check if this process dies
     try:
-        fill(folder)
-        report = import_dataset(user, folder, name, "folder", val_fraction, seed, progress,
+        fill(area / "images")
+        report = import_dataset(user, area / "images", name, "folder", val_fraction, seed, progress,
                                 source_label=source_label)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        staging.remove(area)
     return report
 
 

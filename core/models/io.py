@@ -15,7 +15,7 @@ from torch import nn
 
 from core.device import channels_last_for
 from core.errors import UserError
-from core.fsutil import atomic_path, atomic_write_bytes
+from core.fsutil import atomic_path, atomic_write_bytes, write_file
 from core.models.weights import state_mismatch
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -32,7 +32,7 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     (``core.models.networks.base_description(base_config)``); its preprocessing is then the base's. Both files are
     written atomically.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from core.models.preprocess import preprocess_config
 
@@ -57,10 +57,10 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     config["embedding_dim"] = getattr(net, "embedding_dim", None)
     config["num_classes"] = len(meta["concepts"])
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    with atomic_path(directory / WEIGHTS_FILE, what=f"model weights {directory / WEIGHTS_FILE}") as tmp:
+        write_file(tmp, save(state, metadata={"format": "pt"}), fsync=False)  # the one write helper
     text = json.dumps(config, indent=2, sort_keys=True, default=str)
-    atomic_write_bytes(directory / CONFIG_FILE, text.encode())
+    atomic_write_bytes(directory / CONFIG_FILE, text.encode(), what=f"model configuration {directory / CONFIG_FILE}")
     return directory
 
 

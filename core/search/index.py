@@ -24,7 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from core.errors import UserError
-from core.fsutil import atomic_path
+from core.fsutil import atomic_path, open_write
 
 # --- named limits and tuning constants (figures measured by bench/bench_search.py on the 2-core machine) ---
 EXACT_MAX_VECTORS = 20_000  # Flat single-query search: ~0.9 ms at 10k, ~2 ms at 20k x 512-d (1 thread); IVF above
@@ -164,7 +164,7 @@ class VectorIndex(ABC):
         path.parent.mkdir(parents=True, exist_ok=True)
         header = json.dumps({"backend": self.backend, "dim": self.dim, "params": self.params(),
                              "state": self._state()}).encode()
-        with atomic_path(path) as tmp, self._lock, open(tmp, "wb") as fh:
+        with atomic_path(path, what=f"search index {path}") as tmp, self._lock, open_write(tmp) as fh:
             fh.write(_MAGIC)
             fh.write(struct.pack("<Q", len(header)))
             fh.write(header)

@@ -1,13 +1,17 @@
 """Every dataset query: datasets, blobs, items, concepts, labels, boxes, splits and import reports.
 
 Images are content-addressed files under ``paths.subdir("blobs")`` (sha256 of the stored bytes), thumbnails under
-``paths.subdir("thumbs")``; a blob is stored once however many items and datasets use it, and removed when the last
-item using it goes. A dataset's ``version`` is bumped whenever its content changes (items, labels, boxes, splits).
+``paths.subdir("thumbs")``; a blob is stored once however many items and datasets use it. When the last item using it
+goes its row goes in the same transaction, and its files after the commit, by the collector
+(``core.store.integrity.collect``), which checks again under the write lock that no row refers to them: an import
+that committed a use of the same image meanwhile keeps it. A dataset's ``version`` is bumped whenever its content
+changes (items, labels, boxes, splits).
 Written in SQLAlchemy Core only, so a PostgreSQL backend needs no change here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -18,13 +22,15 @@ from sqlalchemy.engine import Connection
 
 from core import paths
 from core.errors import UserError
+from core.fsutil import fsync_dir
 from core.users import NotFound, User, as_user
 from core.store import access
-from core.store.engine import now, transaction
-from core.store.schema import blobs, boxes, concepts, datasets, import_reports, items, labels
+from core.store.engine import now, read, transaction
+from core.store.schema import blobs, boxes, concepts, datasets, import_reports, indexes, items, labels
 
 SPLITS = ("train", "val", "test")
 _BATCH = 500  # rows per executemany and per IN (...) list: well under SQLite's 32,766 bound parameters
+log = logging.getLogger(__name__)
 
 
 def blob_file(digest: str, ext: str) -> Path:
@@ -64,7 +70,7 @@ def _summary(conn: Connection, row: Any) -> dict[str, Any]:
 
 def find_dataset(owner: str, name: str) -> dict[str, Any] | None:
     """``owner``'s own dataset row called ``name`` (id, owner, visibility, name, version, ...), or None."""
-    with transaction() as conn:
+    with read() as conn:
         row = conn.execute(sa.select(datasets).where(datasets.c.owner == owner, datasets.c.name == name)).first()
         return dict(row._mapping) if row else None
 
@@ -72,7 +78,7 @@ def find_dataset(owner: str, name: str) -> dict[str, Any] | None:
 def get_dataset(user: User | str, ref: str | int) -> dict[str, Any]:
     """The dataset ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees, with its item count, split counts
     and images per concept. One it may not see answers like a missing one: NotFound listing the visible names."""
-    with transaction() as conn:
+    with read() as conn:
         row = access.lookup(conn, datasets, user, ref)
         if row is None:
             names = access.visible_names(conn, datasets, user)
@@ -83,7 +89,7 @@ def get_dataset(user: User | str, ref: str | int) -> dict[str, Any]:
 
 def get_dataset_by_id(dataset_id: int) -> dict[str, Any]:
     """:func:`get_dataset` by id, whoever owns it (for the services and the training process, not for a user)."""
-    with transaction() as conn:
+    with read() as conn:
         row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).first()
         if row is None:
             raise NotFound(f"Unknown dataset id {dataset_id}")
@@ -92,7 +98,7 @@ def get_dataset_by_id(dataset_id: int) -> dict[str, Any]:
 
 def dataset_names(user: User | str) -> list[str]:
     """The dataset names ``user`` sees, sorted: own ones plain, others' team datasets as ``owner/name``."""
-    with transaction() as conn:
+    with read() as conn:
         return access.visible_names(conn, datasets, user)
 
 
@@ -100,7 +106,7 @@ def list_datasets(user: User | str) -> list[dict[str, Any]]:
     """The datasets ``user`` sees (own first, then the team's), each with id, owner, visibility, name, version,
     items, splits, concepts (counts)."""
     user = as_user(user)
-    with transaction() as conn:
+    with read() as conn:
         rows = conn.execute(sa.select(datasets).where(access.visible(datasets, user))
                             .order_by(datasets.c.owner != user.name, datasets.c.owner, datasets.c.name)).all()
         return [_summary(conn, r) for r in rows]
@@ -112,8 +118,14 @@ def set_visibility(dataset_id: int, visibility: str) -> None:
 
 
 def delete_dataset(dataset_id: int) -> None:
-    """Delete a dataset, its items, labels, boxes and reports; blobs no other dataset uses are removed too."""
+    """Delete a dataset, its items, labels, boxes, reports and search indexes; blobs no other dataset uses, the
+    indexes' folders and the dataset's caches are removed too."""
+    from core import disk
+    from core.store import integrity
+
     with transaction() as conn:
+        index_paths = list(conn.execute(sa.select(indexes.c.path).where(indexes.c.dataset_id == dataset_id)).scalars())
+        conn.execute(indexes.delete().where(indexes.c.dataset_id == dataset_id))
         hashes = set(conn.execute(sa.select(items.c.blob).where(items.c.dataset_id == dataset_id)).scalars())
         ids = list(conn.execute(sa.select(items.c.id).where(items.c.dataset_id == dataset_id)).scalars())
         for chunk in _chunks(ids):
@@ -123,13 +135,16 @@ def delete_dataset(dataset_id: int) -> None:
         conn.execute(concepts.delete().where(concepts.c.dataset_id == dataset_id))
         conn.execute(import_reports.delete().where(import_reports.c.dataset_id == dataset_id))
         conn.execute(datasets.delete().where(datasets.c.id == dataset_id))
-        files = _drop_unused_blobs(conn, hashes)
-    _unlink(files)
+        gone = _drop_unused_blobs(conn, hashes)
+    integrity.collect(gone)
+    for path in index_paths:
+        disk.remove_index_folder(path)
+    disk.remove_dataset_caches(dataset_id)
 
 
 def item_dataset(item_id: int) -> int | None:
     """The dataset id an item belongs to, or None when there is no such item."""
-    with transaction() as conn:
+    with read() as conn:
         return conn.execute(sa.select(items.c.dataset_id).where(items.c.id == int(item_id))).scalar_one_or_none()
 
 
@@ -139,28 +154,17 @@ def _bump(conn: Connection, dataset_id: int) -> int:
     return conn.execute(sa.select(datasets.c.version).where(datasets.c.id == dataset_id)).scalar_one()
 
 
-def _drop_unused_blobs(conn: Connection, hashes: set[str]) -> list[Path]:
-    """Delete blob rows no item uses any more; return their files (removed after the commit)."""
+def _drop_unused_blobs(conn: Connection, hashes: set[str]) -> list[str]:
+    """Delete blob rows no item uses any more; return their hashes (their files go after the commit: collect)."""
     if not hashes:
         return []
     used: set[str] = set()
     for chunk in _chunks(sorted(hashes)):
         used.update(conn.execute(sa.select(items.c.blob).where(items.c.blob.in_(chunk)).distinct()).scalars())
     unused = sorted(hashes - used)
-    files: list[Path] = []
     for chunk in _chunks(unused):
-        for digest, ext in conn.execute(sa.select(blobs.c.hash, blobs.c.ext).where(blobs.c.hash.in_(chunk))).all():
-            files += [blob_file(digest, ext), thumb_file(digest)]
         conn.execute(blobs.delete().where(blobs.c.hash.in_(chunk)))
-    return files
-
-
-def _unlink(files: Iterable[Path]) -> None:
-    for f in files:
-        try:
-            f.unlink()
-        except FileNotFoundError:
-            pass
+    return unused
 
 
 # ------------------------------------------------------------------------------------------------ records
@@ -201,7 +205,7 @@ def dataset_records(dataset_id: int, split: str | None = None) -> list[dict[str,
     """
     if split is not None and split not in SPLITS:
         raise UserError(f"Unknown split {split!r}; splits are {', '.join(SPLITS)}")
-    with transaction() as conn:
+    with read() as conn:
         q = (sa.select(items.c.id, items.c.split, items.c.source_path, items.c.blob, blobs.c.ext, blobs.c.width,
                        blobs.c.height)
              .join(blobs, blobs.c.hash == items.c.blob).where(items.c.dataset_id == dataset_id).order_by(items.c.id))
@@ -218,14 +222,14 @@ def dataset_records(dataset_id: int, split: str | None = None) -> list[dict[str,
 
 def dataset_concepts(dataset_id: int) -> list[str]:
     """The dataset's concept names, sorted (concepts with no labelled item left are dropped on every change)."""
-    with transaction() as conn:
+    with read() as conn:
         return list(conn.execute(sa.select(concepts.c.name).where(concepts.c.dataset_id == dataset_id)
                                  .order_by(concepts.c.name)).scalars())
 
 
 def eval_split(dataset_id: int) -> str:
     """The held-out split evaluation uses: "test" when the dataset has one, else "val"."""
-    with transaction() as conn:
+    with read() as conn:
         n = conn.execute(sa.select(sa.func.count()).where(items.c.dataset_id == dataset_id,
                                                           items.c.split == "test")).scalar_one()
     return "test" if n else "val"
@@ -252,19 +256,26 @@ def _concept_counts(conn: Connection, dataset_id: int, split: str | None = None)
 
 def concept_counts(dataset_id: int, split: str | None = None) -> dict[str, int]:
     """Labelled images per concept (optionally in one split)."""
-    with transaction() as conn:
+    with read() as conn:
         return _concept_counts(conn, dataset_id, split)
 
 
 def split_counts(dataset_id: int) -> dict[str, int]:
     """Items per split: {"train": n, "val": n, "test": n}."""
-    with transaction() as conn:
+    with read() as conn:
         return _split_counts(conn, dataset_id)
+
+
+def owner_hashes(owner: str) -> set[str]:
+    """The content hashes of every item in ``owner``'s datasets."""
+    with read() as conn:
+        return set(conn.execute(sa.select(items.c.blob).join(datasets, datasets.c.id == items.c.dataset_id)
+                                .where(datasets.c.owner == owner)).scalars())
 
 
 def dataset_hashes(dataset_id: int) -> set[str]:
     """The content hashes of a dataset's items (to find re-imported duplicates)."""
-    with transaction() as conn:
+    with read() as conn:
         return set(conn.execute(sa.select(items.c.blob).where(items.c.dataset_id == dataset_id)).scalars())
 
 
@@ -283,7 +294,7 @@ def _filtered(dataset_id: int, concept: str | None, split: str | None):
 
 def count_items(dataset_id: int, concept: str | None = None, split: str | None = None) -> int:
     """How many items match the filter (for paging)."""
-    with transaction() as conn:
+    with read() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(items)
                             .where(*_filtered(dataset_id, concept, split))).scalar_one()
 
@@ -291,7 +302,7 @@ def count_items(dataset_id: int, concept: str | None = None, split: str | None =
 def find_items(dataset_id: int, concept: str | None = None, split: str | None = None, offset: int = 0,
                limit: int = 100) -> list[dict[str, Any]]:
     """One page of items (id order) with labels, split, thumbnail and image paths: what a grid shows."""
-    with transaction() as conn:
+    with read() as conn:
         rows = conn.execute(
             sa.select(items.c.id, items.c.split, items.c.source_path, items.c.blob, blobs.c.ext, blobs.c.width,
                       blobs.c.height).join(blobs, blobs.c.hash == items.c.blob)
@@ -305,7 +316,7 @@ def find_items(dataset_id: int, concept: str | None = None, split: str | None = 
 
 def get_item(item_id: int) -> dict[str, Any]:
     """One item: dataset_id, path, thumb, labels, boxes, split, size, source path, video and time."""
-    with transaction() as conn:
+    with read() as conn:
         r = conn.execute(sa.select(items, blobs.c.ext, blobs.c.width, blobs.c.height, blobs.c.grayscale)
                          .join(blobs, blobs.c.hash == items.c.blob).where(items.c.id == item_id)).first()
         if r is None:
@@ -320,7 +331,7 @@ def get_item(item_id: int) -> dict[str, Any]:
 
 def thumbnail_path(item_id: int) -> str:
     """The thumbnail file of an item (absolute str; JPEG, longer side 128 px)."""
-    with transaction() as conn:
+    with read() as conn:
         digest = conn.execute(sa.select(items.c.blob).where(items.c.id == item_id)).scalar_one_or_none()
     if digest is None:
         raise NotFound(f"Unknown item id {item_id}")
@@ -390,6 +401,8 @@ def rename_concept(dataset_id: int, old: str, new: str) -> int:
 
 def delete_items(dataset_id: int, item_ids: Sequence[int]) -> int:
     """Delete items of a dataset (their blobs too when nothing else uses them); bumps the version, returns it."""
+    from core.store import integrity
+
     item_ids = sorted(set(int(i) for i in item_ids))
     with transaction() as conn:
         hashes: set[str] = set()
@@ -404,9 +417,9 @@ def delete_items(dataset_id: int, item_ids: Sequence[int]) -> int:
             conn.execute(boxes.delete().where(boxes.c.item_id.in_(chunk)))
             conn.execute(items.delete().where(items.c.id.in_(chunk)))
         _drop_empty_concepts(conn, dataset_id)
-        files = _drop_unused_blobs(conn, hashes)
+        gone = _drop_unused_blobs(conn, hashes)
         version = _bump(conn, dataset_id)
-    _unlink(files)
+    integrity.collect(gone)
     return version
 
 
@@ -431,21 +444,21 @@ def set_splits(dataset_id: int, assignment: dict[int, str]) -> int:
 
 def latest_report(dataset_id: int) -> dict[str, Any] | None:
     """The last import report of a dataset, or None."""
-    with transaction() as conn:
+    with read() as conn:
         return conn.execute(sa.select(import_reports.c.report).where(import_reports.c.dataset_id == dataset_id)
                             .order_by(import_reports.c.id.desc()).limit(1)).scalar_one_or_none()
 
 
 def item_videos(dataset_id: int) -> dict[int, str]:
     """{item_id: source video} for the items that are video frames."""
-    with transaction() as conn:
+    with read() as conn:
         return dict(conn.execute(sa.select(items.c.id, items.c.video)
                                  .where(items.c.dataset_id == dataset_id, items.c.video.is_not(None))).all())
 
 
 def blob_stats(dataset_id: int) -> list[dict[str, Any]]:
     """Per item: hash, width, height, grayscale, nbytes (for the health report of a stored dataset)."""
-    with transaction() as conn:
+    with read() as conn:
         rows = conn.execute(sa.select(items.c.id, blobs.c.hash, blobs.c.width, blobs.c.height, blobs.c.grayscale,
                                       blobs.c.nbytes).join(blobs, blobs.c.hash == items.c.blob)
                             .where(items.c.dataset_id == dataset_id).order_by(items.c.id)).all()
@@ -476,9 +489,12 @@ def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
 def commit_import(owner: str, name: str, source: str, records: list[dict[str, Any]], staged_blobs: Path,
                   staged_thumbs: Path, report: dict[str, Any]) -> tuple[int, int]:
     """Store an import in one transaction: dataset (created, or a new version of an existing one), blobs, items,
-    concepts, labels, boxes and the report; staged files move into the store inside it.
+    concepts, labels, boxes and the report; staged files move into the store inside it, and the folders that received
+    them are fsynced before the commit (the files themselves were fsynced when staged).
 
-    On any failure the transaction rolls back and the files moved so far are removed again, so nothing is left.
+    The staging area holds a copy (or a hard link) of every image the records use, also those the store had when they
+    were decoded: one deleted meanwhile is put back here, under the write lock, so no item commits without its file.
+    On any failure the transaction rolls back and the collector removes the files it moved in that no row uses.
     ``records``: dicts with hash, ext, width, height, grayscale, nbytes, source_path, split, labels, boxes, video,
     video_time. Returns (dataset_id, version).
     """
@@ -522,21 +538,35 @@ def commit_import(owner: str, name: str, source: str, records: list[dict[str, An
                                                         report=report))
             _move_tree(staged_blobs, paths.subdir("blobs"), moved)
             _move_tree(staged_thumbs, paths.subdir("thumbs"), moved)
+            for folder in sorted({str(p.parent) for p in moved} | {str(paths.subdir("blobs")),
+                                                                   str(paths.subdir("thumbs"))}):
+                fsync_dir(folder)  # the renames are durable before the commit that publishes them
     except sa.exc.IntegrityError as exc:
-        _unlink(moved)
+        _take_back(moved)
         if "datasets" in str(exc.orig) or "owner" in str(exc.orig):
             raise UserError(f"A dataset named {name!r} was created by another import meanwhile; import again to "
                             "add these images to it") from None
         raise
     except BaseException:
-        _unlink(moved)
+        _take_back(moved)
         raise
     return dataset_id, version
 
 
+def _take_back(moved: list[Path]) -> None:
+    """After a failed commit: remove the files it moved in, those no row refers to (another import may have committed a
+    use of one since the rollback). Left to the next collection when even that fails (the store unreachable)."""
+    from core.store import integrity
+
+    try:
+        integrity.collect({p.name.split(".", 1)[0] for p in moved})
+    except Exception as exc:  # noqa: BLE001 - the import's own error is what the user must see
+        log.warning("could not remove the files of a failed import (%s); the collector will: %s", exc, len(moved))
+
+
 def _move_tree(src: Path, dest: Path, moved: list[Path]) -> None:
     """Move the staged fan-out folders of ``src`` into ``dest``; append every file moved to ``moved`` as it goes, so
-    a failure half-way still knows what to take back.
+    a failure half-way still knows what to take back. Runs inside the commit's write transaction.
 
     A fan-out folder missing from the store moves in one rename (the common case for a new store); otherwise its
     files move one by one, skipping those the store has already. Plain ``os`` calls: this runs for every image.

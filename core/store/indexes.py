@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from core.errors import UserError
 from core.users import NotFound, User
 from core.store import access
-from core.store.engine import now, transaction
+from core.store.engine import now, read, transaction
 from core.store.schema import indexes
 
 
@@ -25,7 +25,7 @@ def _row(r: Any) -> dict:
 
 
 def name_taken(owner: str, name: str) -> bool:
-    with transaction() as conn:
+    with read() as conn:
         return conn.execute(sa.select(indexes.c.id).where(indexes.c.owner == owner, indexes.c.name == name)).first() \
             is not None
 
@@ -66,7 +66,7 @@ def update_index(index_id: int, **fields: Any) -> None:
 
 
 def get_index_by_id(index_id: int) -> dict:
-    with transaction() as conn:
+    with read() as conn:
         r = conn.execute(sa.select(indexes).where(indexes.c.id == int(index_id))).first()
     if r is None:
         raise NotFound(f"index {index_id}: no such index")
@@ -76,7 +76,7 @@ def get_index_by_id(index_id: int) -> dict:
 def get_index(user: User | str, ref: str | int) -> dict:
     """The index ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees; NotFound listing the visible ones
     otherwise (an index the user may not see answers like a missing one)."""
-    with transaction() as conn:
+    with read() as conn:
         r = access.lookup(conn, indexes, user, ref)
         if r is None:
             names = access.visible_names(conn, indexes, user)
@@ -95,7 +95,7 @@ def list_indexes(user: User | str | None = None, dataset_id: int | None = None, 
         q = q.where(indexes.c.dataset_id == int(dataset_id))
     if model is not None:
         q = q.where(indexes.c.model == model)
-    with transaction() as conn:
+    with read() as conn:
         return [_row(r) for r in conn.execute(q)]
 
 

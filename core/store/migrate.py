@@ -158,7 +158,9 @@ def _exclusive(eng: Engine) -> Iterator[Connection]:
         in_memory = not database or database == ":memory:" or database.startswith("file::memory:")
         with _file_lock(None if in_memory else Path(database)), eng.connect() as conn:
             # pysqlite leaves DDL outside any transaction unless one is open; BEGIN IMMEDIATE opens it and takes
-            # SQLite's write lock at once, so DDL and the version stamp commit or roll back together.
+            # SQLite's write lock at once, so DDL and the version stamp commit or roll back together. The store's
+            # engine emits its own BEGIN (core.store.engine.BEGIN_OPTION): "manual" tells it this one is ours.
+            conn.execution_options(store_begin="manual")
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             try:
                 yield conn

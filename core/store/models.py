@@ -17,7 +17,7 @@ from core import paths
 from core.errors import UserError
 from core.users import NotFound, User
 from core.store import access
-from core.store.engine import now, transaction
+from core.store.engine import now, read, transaction
 from core.store.schema import epoch_metrics, models
 
 
@@ -39,14 +39,14 @@ def _clean(metrics: dict) -> dict:
 
 def name_taken(owner: str, name: str) -> bool:
     """Whether ``owner`` already has a model called ``name``."""
-    with transaction() as conn:
+    with read() as conn:
         hit = conn.execute(sa.select(models.c.id).where(models.c.owner == owner, models.c.name == name)).first()
     return hit is not None
 
 
 def unique_name(owner: str, base: str) -> str:
     """``base``, or ``base-2``, ``base-3``... whichever the owner does not have yet."""
-    with transaction() as conn:
+    with read() as conn:
         taken = set(conn.execute(sa.select(models.c.name).where(models.c.owner == owner)).scalars())
     if base not in taken:
         return base
@@ -93,7 +93,7 @@ def register_model(
 
 def get_model_by_id(model_id: int) -> dict:
     """The model row with this id (UserError if there is none)."""
-    with transaction() as conn:
+    with read() as conn:
         r = conn.execute(sa.select(models).where(models.c.id == int(model_id))).first()
     if r is None:
         raise NotFound(f"model {model_id}: no such model")
@@ -103,7 +103,7 @@ def get_model_by_id(model_id: int) -> dict:
 def get_model(user: User | str, ref: str | int) -> dict:
     """The model ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees; NotFound listing the visible ones
     otherwise (a model the user may not see answers like a missing one)."""
-    with transaction() as conn:
+    with read() as conn:
         r = access.lookup(conn, models, user, ref)
         if r is None:
             names = access.visible_names(conn, models, user)
@@ -121,7 +121,7 @@ def list_models(user: User | str | None = None, kind: str | None = None) -> list
         q = q.where(access.visible(models, user))
     if kind is not None:
         q = q.where(models.c.kind == kind)
-    with transaction() as conn:
+    with read() as conn:
         return [_row(r) for r in conn.execute(q)]
 
 
@@ -153,7 +153,7 @@ def add_epoch_metrics(run: str, epoch: int, metrics: dict) -> None:
 def get_epoch_metrics(run: str) -> list[dict]:
     """Every recorded epoch of a run, in order: ``[{"epoch": 1, **metrics}, ...]``."""
     q = sa.select(epoch_metrics).where(epoch_metrics.c.run == str(run)).order_by(epoch_metrics.c.epoch)
-    with transaction() as conn:
+    with read() as conn:
         return [{"epoch": r.epoch, **(r.metrics or {})} for r in conn.execute(q)]
 
 

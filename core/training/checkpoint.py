@@ -14,17 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from core.errors import UserError
-from core.fsutil import atomic_path, atomic_write_bytes
+from core.fsutil import atomic_path, atomic_write_bytes, write_file
 
 LAST = "last.json"
 BEST = "best.json"
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_json_default).encode())
+    atomic_write_bytes(path, json.dumps(obj, indent=1, default=_json_default).encode(), what=f"checkpoint {path}")
 
 
 def _json_default(value: Any) -> Any:
@@ -36,8 +36,8 @@ def _json_default(value: Any) -> Any:
 
 
 def _atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+    with atomic_path(path, what=f"checkpoint {path}") as tmp:
+        write_file(tmp, save(tensors), fsync=False)  # through the one write helper (atomic_path fsyncs)
 
 
 def _model_tensors(net: torch.nn.Module, frozen_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core import paths
+from core import disk, paths
+from core.fsutil import open_write, reporting_disk_full, write_file
 from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil
 
 CACHE_FORMAT = 1  # bump when the cache layout or the resize changes
@@ -74,13 +75,16 @@ def image_cache(
     """The cache of ``records`` (all splits of one dataset version) at ``size``/``mode``, built on first use.
 
     Built in a temporary folder by a pool of threads (PIL releases the GIL while decoding and resizing), then renamed
-    into place, so a killed build leaves no half-written cache behind.
+    into place, so a killed build leaves no half-written cache behind. Caches share one budget (``core.disk``): this
+    one is marked used before it is read, and a new one evicts the least recently used others over the budget.
     """
     item_ids = [int(r["item_id"]) for r in records]
     name = f"images-ds{dataset['id']}-v{dataset['version']}-{mode}-{size}-{_key(CACHE_FORMAT, item_ids)}"
     folder = paths.subdir("cache") / name
+    disk.touch(folder)  # used now: the budget evicts others first
     if not (folder / "items.json").is_file():
         _build_image_cache(folder, records, size, mode, progress)
+        disk.enforce_cache_budget(keep=folder)
     meta = json.loads((folder / "items.json").read_text())
     side = cache_side(size, mode)
     pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(max(len(item_ids), 1), side, side, 3))
@@ -90,6 +94,15 @@ def image_cache(
 
 def _build_image_cache(folder: Path, records: list[dict], size: int, mode: str, progress) -> None:
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        with reporting_disk_full(f"the training cache {folder.name}"):
+            _write_image_cache(tmp, folder, records, size, mode, progress)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-built cache stays (a full disk, an error, a cancel)
+        raise
+
+
+def _write_image_cache(tmp: Path, folder: Path, records: list[dict], size: int, mode: str, progress) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = len(records)
@@ -122,15 +135,17 @@ def _build_image_cache(folder: Path, records: list[dict], size: int, mode: str, 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def feature_cache_folder(*key_parts: object) -> Path:
-    """Where backbone features for one (dataset version, network, weights, size, flips) live."""
-    return paths.subdir("cache") / f"features-{_key(CACHE_FORMAT, *key_parts)}"
+def feature_cache_folder(ds_id: int, *key_parts: object) -> Path:
+    """Where backbone features for one (dataset id, version, network, weights, size, flips) live; named by the
+    dataset so that they go with it (``core.disk.remove_dataset_caches``)."""
+    return paths.subdir("cache") / f"features-ds{int(ds_id)}-{_key(CACHE_FORMAT, ds_id, *key_parts)}"
 
 
 def load_or_build_features(
     folder: Path, n: int, build: Callable[[], dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """``{"orig": (N, F), "flip": (N, F)?}`` float32 arrays from ``folder``, computed by ``build`` on first use."""
+    disk.touch(folder)
     if (folder / "done.json").is_file():
         out = {}
         for f in folder.glob("*.npy"):
@@ -141,14 +156,21 @@ def load_or_build_features(
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for k, v in feats.items():
-        np.save(tmp / f"{k}.npy", np.ascontiguousarray(v, dtype=np.float32))
-    (tmp / "done.json").write_text(json.dumps({"n": n, "keys": sorted(feats)}))
+    try:
+        with reporting_disk_full(f"the training cache {folder.name}"):
+            for k, v in feats.items():
+                with open_write(tmp / f"{k}.npy") as fh:
+                    np.save(fh, np.ascontiguousarray(v, dtype=np.float32))
+            write_file(tmp / "done.json", json.dumps({"n": n, "keys": sorted(feats)}).encode(), fsync=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(folder, ignore_errors=True)
     try:
         os.replace(tmp, folder)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+    disk.enforce_cache_budget(keep=folder)
     return feats
 
 
