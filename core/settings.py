@@ -44,12 +44,36 @@ _ALL = (
             "environment, a list in the file); none: only uploads and sample data"),
     Setting("import_max_files", 200_000, "int", "members one archive may have (zip bombs)", 1),
     Setting("import_max_unpacked_bytes", 20 * 1024**3, "int", "bytes one archive may unpack to", 1),
-    Setting("import_max_pixels", 64_000_000, "int", "pixels of one image; larger ones are skipped undecoded", 1),
+    Setting("import_max_pixels", 64_000_000, "int", "pixels of one image, imported or uploaded to search or "
+            "predict; larger ones are refused undecoded", 1),
     Setting("import_max_video_frames", 10_000, "int", "frames sampled from one video", 1),
     Setting("max_jobs", 0, "int", "jobs running at once; 0: one per GPU, one on a CPU-only server", 0),
     Setting("heartbeat_s", 1.0, "float", "seconds between a worker's heartbeats and progress writes", 0.05),
     Setting("stale_s", 15.0, "float", "a worker silent this long is judged dead", 0.1),
     Setting("cancel_grace_s", 20.0, "float", "how long cancel waits for a worker to stop before killing it", 0.0),
+    # --- sign-in, roles and per-user limits
+    Setting("auth_header", "", "str", "the header a trusted reverse proxy sets to the signed-in user's email or name; "
+            "empty: not used"),
+    Setting("admins", [], "names", "users (emails or names) who are admins (`,`-separated in the environment)"),
+    Setting("default_role", "viewer", "str", "the role of other signed-in users until an admin changes it: admin, "
+            "member or viewer"),
+    Setting("max_queued_jobs", 20, "int", "jobs one user may have queued or running at once", 1),
+    Setting("max_storage_bytes", 50 * 1024**3, "int", "bytes of images one user's datasets may hold", 0),
+    Setting("max_upload_bytes", 1024**3, "int", "bytes of one upload (an archive, a video, a model)", 1),
+    # --- durability and disk (nothing lost)
+    Setting("cache_max_bytes", 0, "int", "bytes the training caches (decoded pixels, backbone features) may hold, "
+            "least recently used evicted first; 0: cache_max_fraction of the free disk", 0),
+    Setting("cache_max_fraction", 0.25, "float", "with cache_max_bytes 0: the caches' budget as a share of the data "
+            "directory's free disk plus what they hold", 0.0),
+    Setting("cleanup_after_s", 86400.0, "float", "exports, abandoned uploads and temporary files older than this are "
+            "removed (at start-up)", 60.0),
+    # --- hostile input: a video is checked from its header before any frame is decoded
+    Setting("import_max_video_seconds", 4 * 3600.0, "float", "seconds one imported video may last (its header, "
+            "checked before decoding, and its frames' times)", 0.001),
+    Setting("import_max_video_pixels", 7680 * 4320, "int", "pixels (width x height) of one video's frames (8K UHD); "
+            "checked from its header before decoding, and on every frame", 1),
+    Setting("import_max_video_decoded_frames", 1_000_000, "int", "frames one video may hold (each is decoded to "
+            "sample from); checked from its header before decoding, and counted while decoding", 1),
 )
 SETTINGS: dict[str, Setting] = {s.key: s for s in _ALL}
 

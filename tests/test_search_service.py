@@ -82,7 +82,7 @@ def test_refusals_name_what_is_wrong(cal, capsys, tmp_path):
     with pytest.raises(UserError, match="not found; indexes: cal-general"):
         service.search("local", "nope", item_id=1)
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(UserError, match="bad.jpg: not a readable image"):
+    with pytest.raises(UserError, match="bad.jpg: not an image"):
         service.search("local", name, image=str(tmp_path / "bad.jpg"))
     with pytest.raises(UserError, match="the name is taken"):
         service.build_index_now("local", "cal", name=name)

@@ -1,6 +1,8 @@
 """Decode one image the way the store keeps it: verified, EXIF-oriented, RGB, content-addressed, with a thumbnail.
 
-Runs in the import's worker processes, so it imports nothing but PIL and NumPy and returns small dicts.
+Runs in the import's worker processes, so it imports nothing but PIL, NumPy and ``core.fsutil`` (the one write helper)
+and returns small dicts. :func:`open_checked` holds images from outside an import (uploads to Visual Search and to
+prediction) to the same rules: the same allowed formats, the same pixel limit, checked before decoding.
 
 Stored form (why): a JPEG source that is already RGB and upright is kept byte for byte after a full decode proved it
 sound (no second loss, no time spent encoding); a JPEG that had to be rotated or converted (grayscale, CMYK) is
@@ -16,10 +18,12 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from core.fsutil import tmp_name, write_file
 
 # Formats accepted, by the format PIL detects from the content (never by the file's extension).
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP"})
@@ -66,13 +70,34 @@ def _is_grayscale(thumb: Image.Image, source_mode: str) -> bool:
 
 
 def _write_new(path: Path, data: bytes) -> None:
-    """Write a file atomically (temporary name, then rename) unless it exists already."""
+    """Write a staged file atomically (temporary name, fsync, rename) unless it exists already.
+
+    fsynced here, in the decoding processes, so that the commit that later renames it into the store publishes
+    content that is on disk (the commit fsyncs the folders that receive it).
+    """
     if path.exists():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
+    tmp = path.with_name(tmp_name(path.name))
+    write_file(tmp, data)
     os.replace(tmp, path)
+
+
+def _stage(stored: Path, staged: Path, data: bytes | Callable[[], bytes]) -> None:
+    """Put this import's own copy of a file into its staging area: a hard link to the store's file when the store has
+    it (no bytes written, and the link keeps the content even if a delete removes the store's name meanwhile), else
+    the bytes. The commit moves it in only when the store's file is gone by then."""
+    if staged.exists():
+        return
+    staged.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(stored, staged)
+        return
+    except FileExistsError:
+        return
+    except OSError:  # not in the store (or removed since the check), or a file system without hard links
+        pass
+    _write_new(staged, data() if callable(data) else data)
 
 
 def process_image(task: tuple[str, str, str, str, str, int]) -> dict[str, Any]:
@@ -95,46 +120,85 @@ def process_image(task: tuple[str, str, str, str, str, int]) -> dict[str, Any]:
                          max_pixels)
 
 
-def process_bytes(data: bytes, stage_blobs: Path, stage_thumbs: Path, store_blobs: Path, store_thumbs: Path,
-                  max_pixels: int) -> dict[str, Any]:
-    """:func:`process_image` on bytes already read (video frames, generated samples)."""
+class Refused(Exception):
+    """An image the studio does not decode; the message says why (the importer's skip reason)."""
+
+
+def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
+    """Open ``data`` lazily (the header only) and check it: an allowed format, within ``max_pixels``."""
     if not data:
-        return {"skip": "empty file"}
+        raise Refused("empty file")
     Image.MAX_IMAGE_PIXELS = max_pixels  # PIL refuses at open past twice this; we check exactly below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the exact check follows
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        return {"skip": "not an image (content not recognised as any image format)"}
+        raise Refused("not an image (content not recognised as any image format)") from None
     except Image.DecompressionBombError:
-        return {"skip": f"over the pixel limit of {max_pixels:,} (decompression bomb?)"}
+        raise Refused(f"over the pixel limit of {max_pixels:,} (decompression bomb?)") from None
     except Exception as exc:  # PIL raises many types on malformed headers
-        return {"skip": f"corrupt image header: {exc}"}
+        raise Refused(f"corrupt image header: {exc}") from None
     fmt = img.format or "unknown"
     if fmt not in ALLOWED_FORMATS:
-        return {"skip": f"image format {fmt} is not allowed (allowed: {', '.join(sorted(ALLOWED_FORMATS))})"}
+        raise Refused(f"image format {fmt} is not allowed (allowed: {', '.join(sorted(ALLOWED_FORMATS))})")
     width, height = img.size
     if width * height > max_pixels:
-        return {"skip": f"{width}x{height} is {width * height:,} pixels, over the pixel limit of {max_pixels:,} "
-                        "(decompression bomb?)"}
+        raise Refused(f"{width}x{height} is {width * height:,} pixels, over the pixel limit of {max_pixels:,} "
+                      "(decompression bomb?)")
     if width < 1 or height < 1:
-        return {"skip": "image has no pixels"}
-    source_mode = img.mode
+        raise Refused("image has no pixels")
+    return img, fmt
+
+
+def _decoded(img: Image.Image, fmt: str, max_pixels: int) -> tuple[Image.Image, int | None]:
+    """Decode a checked image fully: (upright RGB image, EXIF orientation); Refused when it is truncated or corrupt."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img.load()
             orientation = img.getexif().get(_ORIENTATION, 1) if fmt in ("JPEG", "MPO", "TIFF", "WEBP", "PNG") else 1
             oriented = ImageOps.exif_transpose(img) if orientation not in (1, None) else img
-            rgb = _to_rgb(oriented)
+            return _to_rgb(oriented), orientation
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        return {"skip": f"over the pixel limit of {max_pixels:,} (decompression bomb?)"}
+        raise Refused(f"over the pixel limit of {max_pixels:,} (decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        return {"skip": f"truncated or corrupt image: {reason}"}
+        raise Refused(f"truncated or corrupt image: {str(exc) or type(exc).__name__}") from None
     except Exception as exc:
-        return {"skip": f"truncated or corrupt image: {type(exc).__name__}: {exc}"}
+        raise Refused(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
+
+
+def open_checked(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """An upright RGB image from bytes that did not come through an import (an upload to search or predict), under
+    the importer's rules: a format in ``ALLOWED_FORMATS`` (told by content), at most ``max_pixels`` (default: the
+    setting ``import_max_pixels``) checked from the header before decoding, decoded whole.
+
+    Raises:
+        UserError: naming ``name`` (the upload's file name) and why, as the importer's skip reason says it.
+    """
+    from core.errors import UserError  # imported here: the import's worker processes never need it
+
+    if max_pixels is None:
+        from core import settings
+
+        max_pixels = int(settings.get("import_max_pixels"))
+    try:
+        img, fmt = _open_checked(data, max_pixels)
+        return _decoded(img, fmt, max_pixels)[0]
+    except Refused as exc:
+        hint = " (setting import_max_pixels)" if "pixel limit" in str(exc) else ""
+        raise UserError(f"{name}: {exc}{hint}") from None
+
+
+def process_bytes(data: bytes, stage_blobs: Path, stage_thumbs: Path, store_blobs: Path, store_thumbs: Path,
+                  max_pixels: int) -> dict[str, Any]:
+    """:func:`process_image` on bytes already read (video frames, generated samples)."""
+    try:
+        img, fmt = _open_checked(data, max_pixels)
+        source_mode = img.mode
+        rgb, orientation = _decoded(img, fmt, max_pixels)
+    except Refused as exc:
+        return {"skip": str(exc)}
 
     if fmt == "JPEG" and source_mode == "RGB" and orientation in (1, None):
         stored, ext = data, "jpg"  # fully decoded above: sound, upright, RGB: keep the original bytes
@@ -154,12 +218,14 @@ def process_bytes(data: bytes, stage_blobs: Path, stage_thumbs: Path, store_blob
 
     rel = blob_relpath(digest, ext)
     new = not (store_blobs / rel).exists()
-    if new:
-        _write_new(stage_blobs / rel, stored)
-    trel = thumb_relpath(digest)
-    if not (store_thumbs / trel).exists():
+    _stage(store_blobs / rel, stage_blobs / rel, stored)
+
+    def thumb_bytes() -> bytes:
         tbuf = io.BytesIO()
         thumb.save(tbuf, "JPEG", quality=85)
-        _write_new(stage_thumbs / trel, tbuf.getvalue())
+        return tbuf.getvalue()
+
+    trel = thumb_relpath(digest)
+    _stage(store_thumbs / trel, stage_thumbs / trel, thumb_bytes)
     return {"hash": digest, "ext": ext, "width": rgb.width, "height": rgb.height, "grayscale": grayscale,
             "nbytes": len(stored), "format": fmt, "new": new}

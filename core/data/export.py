@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -10,7 +9,9 @@ import re
 import zipfile
 from pathlib import Path
 
+from core import csvsafe
 from core.errors import UserError
+from core.fsutil import atomic_path, open_write
 from core.store import datasets as store
 from core.users import User
 
@@ -32,7 +33,8 @@ def export_dataset(user: User | str, dataset: str | int, fmt: str, out: str | os
     """Write ``dataset`` (one ``user`` sees: own or the team's) to the zip ``out`` and return its path.
 
     folder: ``<split>/<concept>/<file>`` (an image with several labels appears under each of its concepts; one
-    with none under ``_unlabeled``); csv: ``manifest.csv`` (path,labels,split) and ``images/``; coco:
+    with none under ``_unlabeled``); csv: ``manifest.csv`` (path,labels,split; cells that a spreadsheet would run
+    as a formula get a leading quote, which the importer removes: ``core.csvsafe``) and ``images/``; coco:
     ``annotations.json`` (images, categories, boxes; a labelled image without boxes keeps its labels in a
     ``labels`` key) and ``images/``. Images are stored uncompressed in the zip (they are compressed already).
     """
@@ -41,16 +43,15 @@ def export_dataset(user: User | str, dataset: str | int, fmt: str, out: str | os
     ds = store.get_dataset(user, dataset)
     recs = store.dataset_records(ds["id"])
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as zf:
+    with atomic_path(out, what=f"the export of dataset {ds['name']!r} ({out})") as tmp, open_write(tmp) as fh, \
+            zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED) as zf:
         if fmt == "folder":
             for rec in recs:
                 for concept in rec["labels"] or ["_unlabeled"]:
                     zf.write(rec["path"], f"{rec['split']}/{_safe(concept)}/{_member_name(rec)}")
         elif fmt == "csv":
             buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
+            writer = csvsafe.writer(buf, lineterminator="\n")  # labels a spreadsheet would run are neutralised
             writer.writerow(["path", "labels", "split"])
             for rec in recs:
                 member = f"images/{_member_name(rec)}"
@@ -74,5 +75,4 @@ def export_dataset(user: User | str, dataset: str | int, fmt: str, out: str | os
                     "categories": [{"id": i, "name": n} for n, i in cat_id.items()]}
             zf.writestr("annotations.json", json.dumps(coco),
                         compress_type=zipfile.ZIP_DEFLATED)
-    os.replace(tmp, out)
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import stat
@@ -22,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
+from core import csvsafe
 from core.data.limits import ImportLimits
 from core.errors import UserError
+from core.fsutil import disk_full, is_disk_full, open_write, write_file
 from core.store.datasets import SPLITS, clean_label
 
 FORMATS = ("auto", "folder", "zip", "csv", "json", "coco", "video")
@@ -160,6 +163,9 @@ def extract_zip(archive: Path, dest: Path, limits: ImportLimits, progress: Progr
         if len(infos) > limits.max_files:
             raise UserError(f"{archive.name}: {len(infos):,} members, over the limit of {limits.max_files:,} files "
                             "per archive")
+        unnamed = next((n for n, i in enumerate(infos) if not i.filename), None)
+        if unnamed is not None:  # zipfile itself fails on it (is_dir indexes the name's last character)
+            raise UserError(f"{archive.name}: member number {unnamed + 1} has an empty name; every member needs a path")
         files = [i for i in infos if not i.is_dir()]
         if not files:
             raise UserError(f"{archive.name}: the archive is empty (no files)")
@@ -169,6 +175,7 @@ def extract_zip(archive: Path, dest: Path, limits: ImportLimits, progress: Progr
                             f"{limits.max_unpacked_bytes:,} bytes (zip bomb?)")
         for info in infos:
             _check_member(archive.name, info)
+        _check_file_folder_clash(archive.name, infos)
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         total = 0
@@ -179,7 +186,7 @@ def extract_zip(archive: Path, dest: Path, limits: ImportLimits, progress: Progr
             target.parent.mkdir(parents=True, exist_ok=True)
             written = 0
             try:
-                with zf.open(info) as src, open(target, "wb") as out:
+                with zf.open(info) as src, open_write(target) as out:
                     while True:
                         block = src.read(_CHUNK)
                         if not block:
@@ -198,6 +205,8 @@ def extract_zip(archive: Path, dest: Path, limits: ImportLimits, progress: Progr
             except RuntimeError as exc:  # zipfile raises RuntimeError for encryption
                 raise UserError(f"{archive.name}: member {info.filename!r} cannot be read: {exc}") from None
             except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, zlib.error) as exc:
+                if is_disk_full(exc):
+                    raise disk_full(exc, f"{archive.name}: member {info.filename!r}, unpacked for the import") from None
                 raise UserError(f"{archive.name}: truncated or corrupt archive at member {info.filename!r}: "
                                 f"{exc}") from None
             if progress and n % 200 == 0:
@@ -206,6 +215,20 @@ def extract_zip(archive: Path, dest: Path, limits: ImportLimits, progress: Progr
 
 def _member_path(name: str) -> PurePosixPath:
     return PurePosixPath(name.replace("\\", "/"))
+
+
+def _check_file_folder_clash(archive: str, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuse an archive that holds a path both as a file and as a folder (``a`` and ``a/b``): one would overwrite
+    or block the other on extraction, whichever came first."""
+    files = {_member_path(i.filename).as_posix(): i.filename for i in infos if not i.is_dir()}
+    for info in infos:
+        path = _member_path(info.filename)
+        prefixes = [path] if info.is_dir() else []
+        prefixes += list(path.parents)[:-1]  # every folder above it, up to the top ('.' left out)
+        for folder in prefixes:
+            if folder.as_posix() in files:
+                raise UserError(f"{archive}: member {info.filename!r} lies inside {files[folder.as_posix()]!r}, which "
+                                "the archive also holds as a file; a path cannot be both a file and a folder")
 
 
 def _check_member(archive: str, info: zipfile.ZipInfo) -> None:
@@ -237,9 +260,11 @@ def read_folder(source: Path, scratch: Path, limits: ImportLimits, video_fps: fl
     top = source.resolve()
     lists = {s: top / f for f, s in SPLIT_LISTS.items() if (top / f).is_file()}
     base = top
+    above: list[Path] = []  # the folders descended through, whose files are outside every concept folder
     while True:
         subdirs = [p for p in base.iterdir() if p.is_dir() and not _hidden(p.name)]
         if len(subdirs) == 1 and subdirs[0].name.lower() not in SPLITS and _is_wrapper(subdirs[0]):
+            above.append(base)
             base = subdirs[0]
             lists.update({s: base / f for f, s in SPLIT_LISTS.items() if (base / f).is_file()})
             continue
@@ -250,6 +275,11 @@ def read_folder(source: Path, scratch: Path, limits: ImportLimits, video_fps: fl
         others = sorted(p.name for p in subdirs if p not in split_dirs)
         raise UserError(f"{source.name}: mixes split folders (train/val/test) with concept folders "
                         f"({', '.join(others[:5])}); put every concept folder under a split folder, or use none")
+    strays = [p for folder in above + ([base] if split_dirs else []) for p in folder.iterdir()]
+    for path in sorted(strays):  # files beside the folders read: named, not silently left out
+        if not path.is_dir() and not _hidden(path.name) and path.name not in SPLIT_LISTS:
+            rel = (path.relative_to(base) if path.parent == base else path.relative_to(top)).as_posix()
+            plan.skipped.append({"path": rel, "reason": "not inside a concept folder (no label)"})
     roots = [(p, p.name.lower()) for p in split_dirs] if split_dirs else [(base, None)]
     for root, split in roots:
         for path in sorted(root.iterdir()):
@@ -299,6 +329,8 @@ def _walk_files(folder: Path, top: Path, base: Path, plan: Plan):
                 _check_link(p, top, p.relative_to(base).as_posix())
                 plan.skipped.append({"path": p.relative_to(base).as_posix(),
                                      "reason": "link to a folder, not followed"})
+            elif _hidden(name):
+                plan.skipped.append({"path": p.relative_to(base).as_posix(), "reason": "hidden folder, not read"})
         dirnames[:] = sorted(n for n in dirnames if not _hidden(n) and not (d / n).is_symlink())
         for name in sorted(filenames):
             p = d / name
@@ -309,6 +341,8 @@ def _walk_files(folder: Path, top: Path, base: Path, plan: Plan):
                 _check_link(p, top, p.relative_to(base).as_posix())
             if p.is_file():
                 yield p
+            else:  # a broken link, a pipe, a socket: named, never opened
+                plan.skipped.append({"path": p.relative_to(base).as_posix(), "reason": "not a regular file"})
 
 
 def _apply_split_lists(plan: Plan, lists: dict[str, Path]) -> None:
@@ -349,7 +383,10 @@ def _add_video(plan: Plan, file: Path, rel: str, label: str, split: str | None, 
 def extract_frames(video: Path, dest: Path, rel: str, fps: float, limits: ImportLimits) -> list[tuple[str, float]]:
     """Decode a video with PyAV and write one JPEG (quality 95) per sampled frame; return (file, time) pairs.
 
-    A frame is kept every ``1/fps`` seconds of presentation time (the first frame always).
+    A frame is kept every ``1/fps`` seconds of presentation time (the first frame always), at most
+    ``limits.max_video_frames``. Before any frame is decoded the header's duration, frame count and frame size are
+    checked against ``limits`` (:func:`check_video_header`); while decoding, every frame's time, size and the count of
+    frames decoded are checked again, so a header that lies does not help.
     """
     import av  # PyAV; imported here so other imports do not pay for it
 
@@ -364,25 +401,71 @@ def extract_frames(video: Path, dest: Path, rel: str, fps: float, limits: Import
             if not container.streams.video:
                 raise UserError(f"{rel}: no video stream")
             stream = container.streams.video[0]
+            check_video_header(rel, container, stream, limits)
             stream.thread_type = "AUTO"
             next_t = 0.0
-            for frame in container.decode(stream):
+            for decoded, frame in enumerate(container.decode(stream), 1):
+                _check_video_frame(rel, frame, decoded, limits)
                 t = float(frame.time) if frame.time is not None else len(out) / fps
                 if t + 1e-6 < next_t:
                     continue
                 if len(out) >= limits.max_video_frames:
                     break
                 name = f"{len(out):06d}.jpg"
-                frame.to_image().save(folder / name, "JPEG", quality=95)
+                buf = io.BytesIO()
+                frame.to_image().save(buf, "JPEG", quality=95)
+                write_file(folder / name, buf.getvalue(), fsync=False)  # scratch: read once, by the decoder
                 out.append((f"{safe}/{name}", round(t, 3)))
                 next_t = t + 1.0 / fps
     except UserError:
         raise
     except Exception as exc:  # av.error.* and friends
+        if is_disk_full(exc):
+            raise disk_full(exc, f"{rel}: the frames sampled for the import") from None
         if out:
             return out  # a video cut short keeps the frames before the damage
         raise UserError(f"{rel}: not a readable video: {exc}") from None
     return out
+
+
+def check_video_header(rel: str, container: Any, stream: Any, limits: ImportLimits) -> None:
+    """Refuse a video whose header gives a duration, a frame count or a frame size over ``limits`` (nothing decoded).
+
+    The duration is the container's, else the stream's; the frame count the stream's, else its duration times its
+    average rate. Values a header leaves out are checked while decoding instead.
+    """
+    width = int(getattr(stream.codec_context, "width", 0) or 0)
+    height = int(getattr(stream.codec_context, "height", 0) or 0)
+    if width * height > limits.max_video_pixels:
+        raise UserError(f"{rel}: frames of {width}x{height} are {width * height:,} pixels, over the limit of "
+                        f"{limits.max_video_pixels:,} per video frame (setting import_max_video_pixels)")
+    seconds = None
+    if container.duration is not None and container.duration > 0:
+        seconds = container.duration / 1_000_000  # AV_TIME_BASE
+    elif stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+        seconds = float(stream.duration * stream.time_base)
+    if seconds is not None and seconds > limits.max_video_seconds:
+        raise UserError(f"{rel}: lasts {seconds:g} s, over the limit of {limits.max_video_seconds:g} s per video "
+                        "(setting import_max_video_seconds)")
+    frames = int(stream.frames or 0)
+    if not frames and seconds is not None and stream.average_rate:
+        frames = int(seconds * float(stream.average_rate))
+    if frames > limits.max_video_decoded_frames:
+        raise UserError(f"{rel}: holds {frames:,} frames, over the limit of {limits.max_video_decoded_frames:,} per "
+                        "video (setting import_max_video_decoded_frames)")
+
+
+def _check_video_frame(rel: str, frame: Any, decoded: int, limits: ImportLimits) -> None:
+    """The header's checks again on each decoded frame: its size, its time, and how many frames came so far."""
+    if frame.width * frame.height > limits.max_video_pixels:
+        raise UserError(f"{rel}: a frame of {frame.width}x{frame.height} is over the limit of "
+                        f"{limits.max_video_pixels:,} pixels per video frame (setting import_max_video_pixels)")
+    if frame.time is not None and float(frame.time) > limits.max_video_seconds:
+        raise UserError(f"{rel}: runs past {limits.max_video_seconds:g} s, the limit per video (setting "
+                        "import_max_video_seconds)")
+    if decoded > limits.max_video_decoded_frames:
+        raise UserError(f"{rel}: holds more than {limits.max_video_decoded_frames:,} frames, the limit per video "
+                        "(setting import_max_video_decoded_frames)")
 
 
 # ------------------------------------------------------------------------------------------------ manifests
@@ -429,7 +512,12 @@ def _finish_manifest(manifest: Path, rows: list[tuple[str, Any, list[str], str |
 
 
 def read_csv_manifest(manifest: Path) -> Plan:
-    """CSV with a header ``path,labels[,split]``: labels separated by ``;``, split one of train/val/test."""
+    """CSV with a header ``path,labels[,split]``: labels separated by ``;``, split one of train/val/test.
+
+    A cell that starts with quotes followed by ``=``, ``+``, ``-``, ``@``, a tab or a carriage return loses one quote
+    (the studio's exports add it so that spreadsheets do not run labels as formulas: ``core.csvsafe``); every other
+    cell is read as written.
+    """
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
@@ -453,7 +541,7 @@ def read_csv_manifest(manifest: Path) -> Plan:
             where = f"{manifest.name} line {n}"
             if len(row) != len(header):
                 raise UserError(f"{where}: {len(row)} fields, the header has {len(header)}")
-            rec = dict(zip(header, row))
+            rec = dict(zip(header, map(csvsafe.unquote, row)))  # '=x as the studio's exports write =x
             labs = [clean_label(x, where) for x in rec["labels"].split(";")]
             split = rec.get("split", "").strip().lower() or None
             rows.append((where, rec["path"], labs, split))
@@ -469,6 +557,8 @@ def _load_json(path: Path) -> Any:
         raise UserError(f"{path.name}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{path.name}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: no manifest or COCO file looks like that
+        raise UserError(f"{path.name}: JSON nested too deeply to be a manifest or a COCO file") from None
 
 
 def read_json_manifest(manifest: Path) -> Plan:
@@ -511,17 +601,21 @@ def read_coco(path: Path) -> Plan:
     if not isinstance(annotations, list):
         raise UserError(f"{path.name}: annotations must be a list")
     cats: dict[Any, str] = {}
+    category_at: dict[Any, int] = {}
     for n, c in enumerate(data["categories"]):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise UserError(f"{path.name}: categories[{n}] needs id and name")
+        _check_unique_id(path.name, "categories", "category", n, c["id"], category_at)
         cats[c["id"]] = clean_label(c["name"], f"{path.name}: categories[{n}]")
     images: dict[Any, Entry] = {}
     missing: list[str] = []
     plan = Plan(kind="coco")
+    image_at: dict[Any, int] = {}
     for n, im in enumerate(data["images"]):
         where = f"{path.name}: images[{n}]"
         if not isinstance(im, dict) or "id" not in im or "file_name" not in im:
             raise UserError(f"{where} needs id and file_name")
+        _check_unique_id(path.name, "images", "image", n, im["id"], image_at)
         file = _manifest_path(path, im["file_name"], where)
         if not file.is_file():
             alt = path.parent / "images" / str(im["file_name"]).replace("\\", "/")
@@ -546,13 +640,16 @@ def read_coco(path: Path) -> Plan:
     if missing:
         raise UserError(f"{path.name} names {len(missing)} image file(s) that do not exist, e.g. at "
                         f"{', '.join(missing[:3])}; file_name is looked up beside the JSON file, then in images/")
+    annotation_at: dict[Any, int] = {}
     for n, a in enumerate(annotations):
         where = f"{path.name}: annotations[{n}]"
         if not isinstance(a, dict):
             raise UserError(f"{where} must be an object")
-        if a.get("category_id") not in cats:
+        if "id" in a:
+            _check_unique_id(path.name, "annotations", "annotation", n, a["id"], annotation_at)
+        if not _is_id(a.get("category_id")) or a["category_id"] not in cats:
             raise UserError(f"{where}: category_id is not the id of any of the {len(cats)} categories")
-        if a.get("image_id") not in images:
+        if not _is_id(a.get("image_id")) or a["image_id"] not in images:
             raise UserError(f"{where}: image_id is not the id of any of the {len(images)} images")
         bbox = a.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
@@ -569,6 +666,22 @@ def read_coco(path: Path) -> Plan:
     if not plan.entries:
         raise UserError(f"{path.name}: the COCO file lists no images")
     return plan
+
+
+def _is_id(value: Any) -> bool:
+    """A COCO id: a number (not a truth value, not NaN) or a string; lists and objects are none (nor hashable)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float, str)) and \
+        not (isinstance(value, float) and math.isnan(value))
+
+
+def _check_unique_id(file: str, key: str, what: str, n: int, value: Any, seen: dict[Any, int]) -> None:
+    """Refuse a COCO id that is not a number or string, or that an earlier entry of the same list has already."""
+    if not _is_id(value):
+        raise UserError(f"{file}: {key}[{n}] has id {value!r}; an id must be a number or a string")
+    if value in seen:
+        raise UserError(f"{file}: {key}[{n}] has id {value!r}, the id of {key}[{seen[value]}] too; {what} ids must "
+                        "be unique")
+    seen[value] = n
 
 
 def check_box(where: str, rel: str, box: tuple[float, float, float, float], size: tuple[int, int]) -> None:

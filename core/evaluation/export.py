@@ -22,7 +22,8 @@ from typing import Sequence
 from core import paths
 from core.errors import UserError
 from core.evaluation import service
-from core.users import User, as_user
+from core.fsutil import atomic_write_bytes
+from core.users import User, as_user, require_role
 
 FORMATS = ("zip", "torchscript", "onnx")
 TOLERANCE = 1e-4  # largest difference allowed between the exported and the original network's outputs
@@ -91,7 +92,7 @@ def export_model(user: User | str, model: str | int, fmt: str = "zip", out: str 
     out = Path(out or f"{row['name']}.{ {'zip': 'zip', 'torchscript': 'pt', 'onnx': 'onnx'}[fmt] }")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "zip":
-        out.write_bytes(archive_bytes(row))
+        atomic_write_bytes(out, archive_bytes(row), what=f"the export of model {row['name']!r} ({out})")
         return {"path": str(out), "format": fmt, "max_diff": 0.0}
     if row["kind"] == "detector":
         if fmt != "onnx":
@@ -390,45 +391,261 @@ def _safe_state_from_pickle(name: str, data: bytes) -> dict:
     return state
 
 
-def unpack_archive(data: bytes, dest: Path, expect: tuple[str, str] | None = None) -> dict:
-    """Check an export zip and write its model folder into ``dest``; returns its config.
+MAX_CONFIG_BYTES = 16 * 2**20  # config.json: 50,000 concepts of 200 characters fit several times over
+MAX_CONCEPTS = 50_000  # a 2048-d head for 50,000 concepts is 400 MB of weights; more is no model anyone trains here
+MAX_CONCEPT_CHARS = 1000
+MAX_NAME_CHARS = 100
+_RESIZES = ("short_side_crop", "square", "detector")
 
-    Refuses: not a zip, no config.json, a model of another template than ``expect``, weights that are missing, a
-    pickle carrying code, or weights that do not fit the template's network.
+
+def _refuse(field: str, what: str) -> UserError:
+    return UserError(f"archive: config.json: {field} {what}; it is not a model this studio exported, or it was "
+                     "changed since")
+
+
+def _check_preprocess(pre: object, kind: str, size_spec) -> dict:
+    """The preprocessing an archive declares: a known resize, an image size within the template's bounds, three
+    finite means and three finite positive standard deviations."""
+    import math
+
+    if not isinstance(pre, dict):
+        raise _refuse("preprocess", "must be an object with image_size, resize, mean and std")
+    size = pre.get("image_size")
+    if isinstance(size, bool) or not isinstance(size, int) or not size_spec.min <= size <= size_spec.max:
+        raise _refuse("preprocess.image_size", f"must be a whole number from {size_spec.min} to {size_spec.max} "
+                                               "(the template's image_size)")
+    resize = pre.get("resize")
+    if resize not in _RESIZES or (resize == "detector") != (kind == "detector"):
+        allowed = "detector" if kind == "detector" else "short_side_crop or square"
+        raise _refuse("preprocess.resize", f"must be {allowed} for a {kind}")
+    for key, positive in (("mean", False), ("std", True)):
+        values = pre.get(key)
+        if not (isinstance(values, list) and len(values) == 3 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive)
+                and abs(v) <= 1e3 for v in values)):
+            raise _refuse(f"preprocess.{key}", "must be three finite numbers" + (" above 0" if positive else ""))
+    return {"image_size": size, "resize": resize, "mean": [float(v) for v in pre["mean"]],
+            "std": [float(v) for v in pre["std"]]}
+
+
+def _check_template(where: str, kind: object, template: object, params: object):
+    """(Template, validated params) of a (kind, template, params) an archive names; UserError naming ``where``."""
+    from core.templates import KINDS, get_template, validate
+
+    if kind not in KINDS:
+        raise _refuse(f"{where}kind", f"must be one of {', '.join(KINDS)}")
+    if not isinstance(template, str):
+        raise _refuse(f"{where}template", "must be the name of a template")
+    try:
+        spec = get_template(kind, template)
+    except UserError as exc:
+        raise _refuse(f"{where}template", f"is not in the catalog ({exc})") from None
+    if not isinstance(params, dict):
+        raise _refuse(f"{where}params", "must be an object of the template's parameters")
+    try:
+        return spec, validate(kind, template, params)
+    except UserError as exc:
+        raise _refuse(f"{where}params", f"are outside the template's bounds ({exc})") from None
+
+
+def check_archive_config(config: object) -> dict:
+    """Check an archive's config.json against the catalog before anything is built from it; return the config to
+    store (parameters as validated, the base described by the archive itself, no server paths).
+
+    Checked: kind and template exist in the catalog; params within the template's bounds
+    (``core.templates.validate``); 1 to ``MAX_CONCEPTS`` unique concept names, and ``num_classes`` (when given) equal
+    to their count; preprocessing within the template's image sizes; a base (transfer classifiers) that is the
+    general embedder or a catalog classifier or embedder with checked parameters; ``embedding_dim`` is checked
+    against the network later (:func:`_check_weights`). Raises UserError naming the field.
+    """
+    from core.models.networks import GENERAL_BASE
+
+    if not isinstance(config, dict):
+        raise UserError("archive: config.json must be a JSON object (kind, template, params, concepts, preprocess)")
+    kind = config.get("kind")
+    spec, params = _check_template("", kind, config.get("template"), config.get("params"))
+    concepts = config.get("concepts")
+    if not isinstance(concepts, list) or not 1 <= len(concepts) <= MAX_CONCEPTS:
+        raise _refuse("concepts", f"must be a list of 1 to {MAX_CONCEPTS:,} concept names")
+    for n, c in enumerate(concepts):
+        if not isinstance(c, str) or not c.strip() or len(c) > MAX_CONCEPT_CHARS:
+            raise _refuse(f"concepts[{n}]", f"must be a name of 1 to {MAX_CONCEPT_CHARS} characters")
+    if len(set(concepts)) != len(concepts):
+        raise _refuse("concepts", "name a concept twice; each concept is one output of the network")
+    num_classes = config.get("num_classes")
+    if num_classes is not None and (isinstance(num_classes, bool) or num_classes != len(concepts)):
+        raise _refuse("num_classes", f"must equal the number of concepts ({len(concepts)})")
+    dim = config.get("embedding_dim")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536):
+        raise _refuse("embedding_dim", "must be a whole number (the network's embedding size)")
+    out = dict(config, params=params, concepts=list(concepts),
+               preprocess=_check_preprocess(config.get("preprocess"), kind, spec.param("image_size")))
+    base = config.get("base")
+    if base is None and config.get("base_model"):
+        ref = config["base_model"]
+        if not (isinstance(ref, dict) and (ref.get("id") == "general" or ref.get("name") == "general")):
+            raise _refuse("base", "is missing: the model names a base model but does not describe it")
+        base = dict(GENERAL_BASE)
+    if base is not None:
+        if kind != "classifier" or not spec.has("base_gradient_multiplier"):
+            raise _refuse("base", f"is set, but {kind} template {spec.name} does not train on a base model")
+        if not isinstance(base, dict):
+            raise _refuse("base", "must be an object (kind, template, params, num_classes, preprocess)")
+        if base.get("template") == "general":
+            base = dict(GENERAL_BASE)
+        else:
+            if base.get("kind") == "detector":
+                raise _refuse("base.kind", "must be classifier or embedder (a detector has no image embedding)")
+            base_kind, base_template = base.get("kind"), base.get("template")
+            base_spec, base_params = _check_template("base.", base_kind, base_template, base.get("params"))
+            count = base.get("num_classes")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CONCEPTS:
+                raise _refuse("base.num_classes", f"must be a whole number from 1 to {MAX_CONCEPTS:,}")
+            pre = _check_preprocess(base.get("preprocess"), base_kind, base_spec.param("image_size"))
+            base = {"kind": base_kind, "template": base_template, "params": base_params, "num_classes": count,
+                    "preprocess": pre}
+        out["base"] = base
+    if isinstance(config.get("base_model"), dict):  # the exporting server's folder means nothing here: never read
+        out["base_model"] = {k: v for k, v in config["base_model"].items() if k in ("id", "name")}
+    metrics = config.get("metrics")
+    if metrics is not None and (not isinstance(metrics, dict) or len(metrics) > 200 or not all(
+            isinstance(k, str) and len(k) <= MAX_NAME_CHARS and (v is None or isinstance(v, (int, float)))
+            for k, v in metrics.items())):
+        raise _refuse("metrics", "must be an object of at most 200 named numbers")
+    export = config.get("export")
+    if export is not None:
+        if not isinstance(export, dict):
+            raise _refuse("export", "must be an object")
+        model_name = export.get("model_name")
+        if model_name is not None and (not isinstance(model_name, str) or not model_name.strip()
+                                       or len(model_name) > MAX_NAME_CHARS or not model_name.isprintable()):
+            raise _refuse("export.model_name", f"must be a name of 1 to {MAX_NAME_CHARS} printable characters")
+    return out
+
+
+def _safetensors_shapes(name: str, data: bytes) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header (nothing else of it is read)."""
+    def bad() -> UserError:
+        return UserError(f"archive: {name} is not a valid safetensors file; weights are only read with safetensors")
+
+    if len(data) < 8:
+        raise bad()
+    size = int.from_bytes(data[:8], "little")
+    if size > len(data) - 8:
+        raise bad()
+    try:
+        header = json.loads(data[8:8 + size])
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise bad() from None
+    if not isinstance(header, dict):
+        raise bad()
+    shapes = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise bad()
+        shapes[key] = tuple(shape)
+    return shapes
+
+
+def _check_weights(config: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The weights' names and shapes are exactly the network's the (checked) config describes, and its embedding size
+    is the config's: compared against the network built on PyTorch's meta device, which allocates no memory."""
+    import torch
+
+    from core.models.io import base_of
+    from core.models.networks import build_network, build_on_base
+
+    count = len(config["concepts"])
+    with torch.device("meta"):
+        base = base_of(config)
+        if base is not None:
+            net = build_on_base(base, config["template"], count)
+        else:
+            net = build_network(config["kind"], config["template"], dict(config["params"], pretrained_weights="None"),
+                                count)
+    own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    if own != shapes:
+        missing = sorted(set(own) - set(shapes))
+        unexpected = sorted(set(shapes) - set(own))
+        wrong = sorted(k for k in set(own) & set(shapes) if own[k] != shapes[k])
+        raise UserError(f"archive: the weights do not belong to template {config['kind']}/{config['template']} with "
+                        f"{count} concepts (missing {missing[:2]}, unexpected {unexpected[:2]}, wrong shape "
+                        f"{wrong[:2]}); concepts, num_classes and the parameters in config.json must match "
+                        "weights.safetensors")
+    dim = config.get("embedding_dim")
+    if dim is not None and dim != getattr(net, "embedding_dim", None):
+        raise _refuse("embedding_dim", f"must be the network's embedding size ({getattr(net, 'embedding_dim', None)})")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes; UserError naming it when it cannot be read (corrupt, encrypted, unknown compression)."""
+    import zlib
+
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError, ValueError) as exc:
+        raise UserError(f"archive: member {info.filename!r} cannot be read (corrupt, encrypted or an unsupported "
+                        f"compression: {type(exc).__name__})") from None
+
+
+def unpack_archive(data: bytes, dest: Path, expect: tuple[str, str] | None = None) -> dict:
+    """Check an export zip and write its model folder into ``dest``; returns its (checked) config.
+
+    Checked before anything is written or built: a readable zip within ``MAX_ARCHIVE_BYTES``; a config.json that
+    :func:`check_archive_config` accepts (catalog template, parameters in bounds, sane concepts and preprocessing);
+    the template ``expect`` when given; weights that are safetensors (or a plain tensor checkpoint, never a pickle
+    carrying code) whose names and shapes are the described network's (:func:`_check_weights`). Only then are the
+    files written and the network built and loaded (``load_model_dir``).
     """
     from core.models.io import load_model_dir
 
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as exc:
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as exc:
         raise UserError("archive: not a zip file; export a model from the Models page to get one") from exc
     with zf:
+        if any(not i.filename for i in zf.infolist()):  # zipfile's own is_dir() fails on it
+            raise UserError("archive: a member has an empty name; it is not a model exported by this studio")
         names = {Path(i.filename).name: i for i in zf.infolist() if not i.is_dir()}
         if sum(i.file_size for i in zf.infolist()) > MAX_ARCHIVE_BYTES:
             raise UserError(f"archive: more than {MAX_ARCHIVE_BYTES // 2**30} GiB uncompressed; refused")
         if "config.json" not in names:
             raise UserError("archive: no config.json; it is not a model exported by this studio")
+        if names["config.json"].file_size > MAX_CONFIG_BYTES:
+            raise UserError(f"archive: config.json is over {MAX_CONFIG_BYTES // 2**20} MiB; refused")
         try:
-            config = json.loads(zf.read(names["config.json"]))
-        except ValueError as exc:
-            raise UserError(f"archive: config.json is not valid JSON ({exc})") from exc
-        kind, template = config.get("kind"), config.get("template")
+            raw = json.loads(_read_member(zf, names["config.json"]))
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise UserError(f"archive: config.json is not valid JSON ({exc})") from None
+        config = check_archive_config(raw)
+        kind, template = config["kind"], config["template"]
         if expect is not None and (kind, template) != tuple(expect):
             raise UserError(f"archive holds a {kind}/{template} model; it cannot be loaded into "
                             f"{expect[0]}/{expect[1]}. Choose the template it was exported from.")
-        dest.mkdir(parents=True, exist_ok=True)
-        (dest / "config.json").write_bytes(zf.read(names["config.json"]))
         if "weights.safetensors" in names:
-            (dest / "weights.safetensors").write_bytes(zf.read(names["weights.safetensors"]))
+            weights = _read_member(zf, names["weights.safetensors"])
+            _check_weights(config, _safetensors_shapes("weights.safetensors", weights))
         else:
             pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
             if not pickles:
                 raise UserError("archive: no weights.safetensors; the model's weights are missing")
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
-            state = _safe_state_from_pickle(pickles[0], zf.read(names[pickles[0]]))
-            save_file({k: v.contiguous() for k, v in state.items()}, str(dest / "weights.safetensors"))
-    load_model_dir(dest, expect=(kind, template))  # weights fit the template's network, else UserError
+            state = _safe_state_from_pickle(pickles[0], _read_member(zf, names[pickles[0]]))
+            _check_weights(config, {k: tuple(v.shape) for k, v in state.items()})  # before anything is copied
+            try:
+                weights = save({k: v.contiguous().clone() for k, v in state.items()})
+            except (ValueError, RuntimeError, TypeError) as exc:
+                raise UserError(f"{pickles[0]}: its tensors cannot be stored as safetensors ({exc})") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(dest / "config.json", json.dumps(config, indent=2, sort_keys=True).encode(),
+                       what=f"the imported model's configuration ({dest})")
+    atomic_write_bytes(dest / "weights.safetensors", weights, what=f"the imported model's weights ({dest})")
+    load_model_dir(dest, expect=(kind, template))  # the real network: weights load strictly, else UserError
     return config
 
 
@@ -437,13 +654,14 @@ def import_archive(user: User | str, data: bytes | str | Path, name: str | None 
     """Register an exported zip as a model of ``user``'s (checked as :func:`unpack_archive` says); returns its id."""
     from core.store import models as store
 
+    require_role(user, "member", "importing a model")
     owner = as_user(user).name
     if isinstance(data, (str, Path)):
         data = Path(data).read_bytes()
     dest = paths.subdir("models") / f"imported-{uuid.uuid4().hex[:12]}"
     try:
         config = unpack_archive(data, dest, expect)
-        base = name or config.get("export", {}).get("model_name") or f"imported-{config['template']}"
+        base = name or (config.get("export") or {}).get("model_name") or f"imported-{config['template']}"
         return store.register_model(
             owner=owner, name=name or store.unique_name(owner, base), kind=config["kind"],
             template=config["template"], params=config["params"], concepts=config["concepts"],

@@ -6,7 +6,6 @@ list their top concepts; logreg (multi-label) models every concept at or above t
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -15,28 +14,23 @@ from core.evaluation import service
 from core.users import User
 
 ImageSource = Union[str, Path, tuple[str, bytes]]  # a path, or (file name, bytes) from an upload
-MAX_PIXELS = 50_000_000  # ~50 megapixels: bigger uploads are refused rather than decoded into ~150 MB of RAM
 
 
 def open_image(source: ImageSource):
-    """An RGB PIL image from a path or ``(name, bytes)``; UserError naming the file when it is not an image."""
-    from PIL import Image, UnidentifiedImageError
+    """An RGB PIL image from a path or ``(name, bytes)``, held to the importer's rules (allowed formats, the pixel
+    limit ``import_max_pixels`` checked before decoding: ``core.data.decode.open_checked``); UserError naming the
+    file otherwise."""
+    from core.data.decode import open_checked
 
     name, data = (source if isinstance(source, tuple) else (str(source), None))
-    try:
-        if data is None:
-            if not Path(name).is_file():
-                raise UserError(f"{name}: no such file")
+    if data is None:
+        try:
             data = Path(name).read_bytes()
-        with Image.open(io.BytesIO(data)) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise UserError(f"{name}: image is {im.width}x{im.height}; at most {MAX_PIXELS:,} pixels are allowed")
-            im.load()
-            return im.convert("RGB")
-    except UnidentifiedImageError as exc:
-        raise UserError(f"{name}: not an image (expected JPEG, PNG, WebP, BMP, GIF or TIFF)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{name}: the image could not be read ({exc})") from exc
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise UserError(f"{name}: no such file") from None
+        except OSError as exc:
+            raise UserError(f"{name}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    return open_checked(bytes(data), str(name))
 
 
 def _name(source: ImageSource) -> str:

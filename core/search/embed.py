@@ -11,7 +11,6 @@ network's own speed.
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 import time
@@ -109,22 +108,55 @@ def _mtime(path: Path) -> float:
 
 
 def open_image(src: Any, name: str | None = None):
-    """A PIL RGB image from a path, bytes, a file-like object (an upload) or a PIL image; UserError if unreadable."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """A PIL RGB image from a path, bytes, ``(name, bytes)``, a file-like object (an upload) or a PIL image.
+
+    Everything but a PIL image is held to the importer's rules (allowed formats, the pixel limit
+    ``import_max_pixels`` checked before decoding: ``core.data.decode.open_checked``); UserError naming the upload
+    (``name``, the tuple's name, the file object's ``name`` or the path) otherwise.
+    """
+    from PIL import Image
+
+    from core.data.decode import open_checked
 
     if isinstance(src, Image.Image):
         return src.convert("RGB")
+    if isinstance(src, tuple) and len(src) == 2:
+        name, src = name or str(src[0]), src[1]
     label = name or getattr(src, "name", None) or (str(src) if isinstance(src, (str, Path)) else "the image")
     try:
-        if isinstance(src, (bytes, bytearray)):
-            src = io.BytesIO(src)
-        with Image.open(src) as im:
-            im = ImageOps.exif_transpose(im)
-            return im.convert("RGB")
-    except FileNotFoundError:
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            data = bytes(src)
+        elif isinstance(src, (str, Path)):
+            data = Path(src).read_bytes()
+        elif hasattr(src, "read"):
+            if hasattr(src, "seek"):
+                src.seek(0)
+            data = src.read()
+        else:
+            raise UserError(f"{label}: not an image (give a file, its bytes or an upload)")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         raise UserError(f"{label}: file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"{label}: not a readable image (JPEG, PNG, WebP, BMP, GIF or TIFF): {exc}") from None
+    except OSError as exc:
+        raise UserError(f"{label}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not isinstance(data, (bytes, bytearray)):
+        raise UserError(f"{label}: not an image (give a file, its bytes or an upload)")
+    return open_checked(bytes(data), str(label))
+
+
+def _open_stored(src: Any):
+    """An item's stored image for an index (checked when it was imported, so a pixel limit lowered since does not
+    make it unsearchable); anything else through :func:`open_image`."""
+    if not isinstance(src, (str, Path)):
+        return open_image(src)
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(src) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except FileNotFoundError:
+        raise UserError(f"{src}: file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{src}: not a readable image: {exc}") from None
 
 
 def embed_images(model, images: Sequence[Any]) -> np.ndarray:
@@ -150,7 +182,7 @@ def embed_paths(model, sources: Sequence[Any], batch_size: int = BATCH_SIZE,
         return np.zeros((0, dim), np.float32)
 
     def prepare(source: Any) -> np.ndarray:  # decoding and PIL resizing only: no torch ops, the GIL released
-        return model.pixels(open_image(source))
+        return model.pixels(_open_stored(source))
 
     done, t0 = 0, time.perf_counter()
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="embed-decode") as pool:

@@ -24,12 +24,12 @@ import numpy as np
 
 from core import paths
 from core.errors import UserError
-from core.fsutil import atomic_path
+from core.fsutil import atomic_path, open_write
 from core.search import embed as embedding
 from core.search import index as vindex
 from core.store import datasets as ds_store
 from core.store import indexes as store
-from core.users import NotFound, User, as_user, can_change, check_visibility, require_owner
+from core.users import NotFound, User, as_user, can_change, check_visibility, require_owner, require_role
 
 EMBEDDINGS_FILE = "embeddings.npz"
 INDEX_FILE = "vectors.idx"
@@ -43,7 +43,7 @@ DEFAULT_DUPLICATE_THRESHOLD = 0.95  # cosine similarity above which two images c
 
 def _save_embeddings(path: Path, ids: np.ndarray, vectors: np.ndarray, model: str) -> None:
     """Write ids, vectors and model key to one .npz, atomically (temporary file + os.replace)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, what=f"index embeddings {path}") as tmp, open_write(tmp) as fh:
         np.savez(fh, ids=np.asarray(ids, np.int64), vectors=np.asarray(vectors, np.float32), model=np.array(model))
 
 
@@ -160,10 +160,10 @@ def build_index(config: dict, run_dir: str | os.PathLike | None = None, callback
     index = vindex.build(ids, vectors)
     index_s = time.perf_counter() - t1
     folder = paths.subdir("indexes") / uuid.uuid4().hex
-    _save_embeddings(folder / EMBEDDINGS_FILE, ids, vectors, key)
-    index.save(folder / INDEX_FILE)
     params = _params(index, key, embed_s=embed_s, index_s=index_s, n_images=len(ids))
-    try:
+    try:  # a failure (a full disk) leaves no half-written index folder behind
+        _save_embeddings(folder / EMBEDDINGS_FILE, ids, vectors, key)
+        index.save(folder / INDEX_FILE)
         index_id = store.create_index(owner, name, ds["id"], version, key, vectors.shape[1], len(ids), index.backend,
                                       params, str(folder), round(embed_s + index_s, 3))
     except BaseException:
@@ -190,6 +190,7 @@ def _params(index: vindex.VectorIndex, key: str, **facts: Any) -> dict:
 def build_index_now(user: User | str, dataset: str, model: str = "general", name: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Build in this process (no job queue): for the CLI ``--wait`` fallback, the page without jobs, and tests."""
+    require_role(user, "member", "building an index")
     class _Progress:
         def on_start(self, info): pass
         def on_step(self, p):
@@ -355,13 +356,15 @@ def _concept_vector(opened: OpenIndex, view: dict, concept: str) -> np.ndarray:
 
 def query_vector(opened: OpenIndex, *, image: Any = None, item_id: int | None = None, concept: str | None = None,
                  model: Any = None) -> np.ndarray:
-    """The query embedding for exactly one of: an image (path, bytes, upload, PIL), an item id, a concept."""
+    """The query embedding for exactly one of: an image (path, bytes, (name, bytes), upload, PIL), an item id, a
+    concept."""
     given = [x is not None for x in (image, item_id, concept)]
     if sum(given) != 1:
         raise UserError("Search with exactly one of: an image, an item id, or a concept")
     if image is not None:
+        query = embedding.open_image(image)  # an upload is checked (format, pixels) before the network loads
         model = model or embedding.load_embedder(opened.model)
-        vec = embedding.embed_images(model, [embedding.open_image(image)])[0]
+        vec = embedding.embed_images(model, [query])[0]
         if vec.shape[0] != opened.index.dim:
             raise UserError(f"index {opened.name!r} holds {opened.index.dim}-d embeddings of "
                             f"{embedding.model_label(opened.model)}, but that model now gives {vec.shape[0]}-d ones; "

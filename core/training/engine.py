@@ -13,7 +13,6 @@ Three ways through the data, chosen by the template and its parameters:
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core import paths
+from core import csvsafe, paths
 from core.device import channels_last_for, cuda_bf16
 from core.errors import UserError
 from core.models.preprocess import to_input
@@ -800,10 +799,10 @@ def _write_metrics_csv(path: Path, history: list[dict]) -> None:
             if k not in cols:
                 cols.append(k)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols)
-    w.writeheader()
+    w = csvsafe.writer(buf, lineterminator="\r\n")  # no cell a spreadsheet would run (core.csvsafe)
+    w.writerow(cols)
     for h in history:
-        w.writerow({k: ("" if h.get(k) is None else h.get(k)) for k in cols})
+        w.writerow(["" if h.get(k) is None else h.get(k) for k in cols])
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
