@@ -121,7 +121,7 @@ def query_section(name: str, facts: dict) -> None:
                 try:
                     ui.check_upload(up)
                     st.image(up, width=160)
-                    query = {"image": up.getvalue()}
+                    query = {"image": (up.name, up.getvalue())}  # a refusal names the file
                 except UserError as exc:
                     ui.show_error(exc)
         elif mode == "Dataset image":
