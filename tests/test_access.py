@@ -118,8 +118,7 @@ def world(world_home, monkeypatch, tmp_path) -> World:
 def share_all(visibility: str) -> None:
     from core.store import datasets, indexes, jobs, models
 
-    with_id = {"dataset": datasets.find_dataset("alice", "photos")["id"]}
-    datasets.set_visibility(with_id["dataset"], visibility)
+    datasets.set_visibility(datasets.find_dataset("alice", "photos")["id"], visibility)
     for m in models.list_models(None):
         models.set_visibility(m["id"], visibility)
     for ix in indexes.list_indexes(None):
