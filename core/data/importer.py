@@ -39,11 +39,6 @@ POOL_MIN_FILES = 48  # below this, decoding in-process beats starting worker pro
 _NAME_RE = re.compile(r"^[\w][\w .+()-]{0,99}$")
 
 
-def owned(owner: str) -> set[str]:
-    """The image hashes ``owner``'s datasets already hold (they cost no more storage when imported again)."""
-    return store.owner_hashes(owner)
-
-
 def check_name(name: str) -> str:
     """A dataset name: 1-100 characters, letters, digits, space, ``_ . + ( ) -``, not starting with punctuation."""
     cleaned = (name or "").strip()
@@ -228,7 +223,7 @@ def import_dataset(user: User | str, source: str | os.PathLike, name: str, fmt: 
         duplicates += [{"hash": None, "paths": [p], "labels": [], "extra": 1, "note": "already in the dataset"}
                        for p in already]
         new_bytes = sum(r["nbytes"] for r in records if r.get("new"))
-        mine = owned(user.name)
+        mine = store.owner_hashes(user.name)  # images the user holds already cost no more storage
         added = sum(r["nbytes"] for r in records if r["hash"] not in mine)
         if used + added > limit:  # refused before anything is stored
             raise UserError(f"{Path(label).name}: importing it would bring your images to {human_bytes(used + added)}, "

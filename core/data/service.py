@@ -71,13 +71,12 @@ def latest_report(user: User | str, dataset: str | int) -> dict[str, Any] | None
 
 
 def _item_dataset(user: User | str, item_id: int) -> dict[str, Any]:
-    """The dataset of an item the user sees; NotFound (as for a missing item) otherwise."""
+    """The dataset row of an item the user sees; NotFound (as for a missing item) otherwise."""
     try:
         item_id = int(item_id)
     except (TypeError, ValueError):
         raise NotFound(f"Unknown item id {item_id}") from None
-    dataset_id = store.item_dataset(item_id)
-    ds = store.get_dataset_by_id(dataset_id) if dataset_id is not None else None
+    ds = store.item_dataset(item_id)
     if ds is None or not can_see(user, ds):
         raise NotFound(f"Unknown item id {item_id}")
     return ds

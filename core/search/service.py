@@ -588,7 +588,7 @@ def index_item(user: User | str, index: str | int, item_id: int) -> dict:
         item_id = int(item_id)
     except (TypeError, ValueError):
         raise NotFound(f"Unknown item id {item_id}") from None
-    if ds_store.item_dataset(item_id) != row["dataset_id"]:
+    if (ds_store.item_dataset(item_id) or {}).get("id") != row["dataset_id"]:
         raise NotFound(f"Unknown item id {item_id}")
     return ds_store.get_item(item_id)
 

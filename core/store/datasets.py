@@ -142,10 +142,13 @@ def delete_dataset(dataset_id: int) -> None:
     disk.remove_dataset_caches(dataset_id)
 
 
-def item_dataset(item_id: int) -> int | None:
-    """The dataset id an item belongs to, or None when there is no such item."""
+def item_dataset(item_id: int) -> dict[str, Any] | None:
+    """The row (id, owner, visibility, name, version, ...) of the dataset an item belongs to, without its counts (an
+    access check per thumbnail needs no summary), or None when there is no such item."""
     with read() as conn:
-        return conn.execute(sa.select(items.c.dataset_id).where(items.c.id == int(item_id))).scalar_one_or_none()
+        row = conn.execute(sa.select(datasets).join(items, items.c.dataset_id == datasets.c.id)
+                           .where(items.c.id == int(item_id))).first()
+    return dict(row._mapping) if row else None
 
 
 def _bump(conn: Connection, dataset_id: int) -> int:
