@@ -92,11 +92,63 @@ def keep_freed_memory() -> bool:
 
 
 def torch_device():
-    """The ``torch.device`` to train on, with the CPU's thread count set to all cores."""
+    """The ``torch.device`` to train on, with the CPU's thread count set to ``cpu_threads()``."""
     import torch
 
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # fixed input shapes; detectors turn it off (core.training.engine)
         return torch.device("cuda")
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(cpu_threads())
     return torch.device("cpu")
+
+
+WORKER_ENV = "DEEPTRAIN_WORKER"  # set in a job worker's environment: its CPU work is capped at worker_threads()
+_THREAD_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_threads() -> int:
+    """CPU threads one job worker uses: the setting ``worker_threads``, or with 0 all cores but one (at least one),
+    so that the web server keeps a core for pages and searches while a job trains."""
+    from core import settings
+
+    n = int(settings.get("worker_threads"))
+    return n if n > 0 else max(1, (os.cpu_count() or 1) - 1)
+
+
+def cpu_threads() -> int:
+    """Threads this process may use for CPU work (torch, decoding pools, FAISS): ``worker_threads()`` in a job
+    worker, all cores elsewhere (foreground training from the command line, the app's own searches)."""
+    return worker_threads() if os.environ.get(WORKER_ENV) else (os.cpu_count() or 1)
+
+
+def worker_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a new job worker process: marked as a worker, with OpenMP/MKL pools sized to ``worker_threads()``
+    before any library starts them."""
+    n = str(worker_threads())
+    return {**env, WORKER_ENV: "1", **{k: n for k in _THREAD_ENVS}}
+
+
+def enter_worker() -> tuple[int, int]:
+    """Lower this process to the niceness ``worker_nice`` (never raise it) and cap torch's threads at
+    ``worker_threads()``. Returns (niceness, threads)."""
+    import torch
+
+    from core import settings
+
+    os.environ[WORKER_ENV] = "1"
+    target, current = int(settings.get("worker_nice")), os.nice(0)
+    if target > current:
+        current = os.nice(target - current)
+    n = worker_threads()
+    torch.set_num_threads(n)
+    return current, n
+
+
+def worker_priority_text() -> str:
+    """How job workers share the CPU with the web server, for the Jobs page."""
+    from core import settings
+
+    cores = os.cpu_count() or 1
+    return (f"Workers run at niceness {int(settings.get('worker_nice'))} with {worker_threads()} of {cores} CPU "
+            "thread(s), so pages and searches stay responsive while a job trains (settings worker_nice, "
+            "worker_threads).")

@@ -74,6 +74,11 @@ _ALL = (
             "checked from its header before decoding, and on every frame", 1),
     Setting("import_max_video_decoded_frames", 1_000_000, "int", "frames one video may hold (each is decoded to "
             "sample from); checked from its header before decoding, and counted while decoding", 1),
+    # --- load: job workers yield to the web server
+    Setting("worker_nice", 10, "int", "niceness job workers run at (0-19; higher yields more): pages and searches "
+            "are served first while a job trains", 0),
+    Setting("worker_threads", 0, "int", "CPU threads one job worker uses (torch, image decoding, FAISS); 0: all "
+            "cores but one, leaving the web server a core", 0),
 )
 SETTINGS: dict[str, Setting] = {s.key: s for s in _ALL}
 

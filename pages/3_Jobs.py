@@ -11,6 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import jobs, ui
+from core.device import worker_priority_text
 from core.errors import UserError
 from core.jobs import view
 from core.users import can_change, has_role
@@ -23,7 +24,7 @@ CURVES_S = 10.0
 st.set_page_config(page_title="Jobs", layout="wide")
 st.title("Jobs")
 st.caption("Training and indexing run in the background, one job per GPU (one on a CPU-only server); "
-           "you can close this tab and come back.")
+           "you can close this tab and come back. " + worker_priority_text())
 
 user = ui.current_user()
 team = st.toggle("Show the team's jobs too", key="jobs_everyone",

@@ -47,3 +47,44 @@ def test_device_info_on_this_machine_names_the_device_and_what_training_uses():
     assert info.kind == device.type
     assert info.label.startswith("GPU: " if info.kind == "cuda" else "CPU: ")
     assert info.note
+
+
+# A job worker's start, in a fresh interpreter launched with the environment core.jobs.local gives workers.
+_WORKER = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from core.device import cpu_threads, enter_worker
+nice, threads = enter_worker()
+stat = open("/proc/self/stat").read().rsplit(")", 1)[1].split()
+print(json.dumps({"nice": nice, "threads": threads, "torch": torch.get_num_threads(), "cpu_threads": cpu_threads(),
+                  "proc_nice": int(stat[16]), "omp": os.environ.get("OMP_NUM_THREADS")}))
+"""
+
+
+def test_a_worker_runs_niced_with_its_thread_cap(tmp_path):
+    import os
+
+    from core.device import worker_env
+
+    env = {**os.environ, "DEEPTRAIN_HOME": str(tmp_path), "DEEPTRAIN_WORKER_NICE": "7", "DEEPTRAIN_WORKER_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _WORKER, str(ROOT)], env=worker_env(env), capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    got = json.loads(out)
+    assert got == {"nice": 7, "threads": 1, "torch": 1, "cpu_threads": 1, "proc_nice": 7, "omp": "1"}
+
+
+def test_worker_threads_default_leaves_the_server_a_core(monkeypatch, tmp_path):
+    import os
+
+    from core import device
+
+    monkeypatch.setenv("DEEPTRAIN_HOME", str(tmp_path))
+    monkeypatch.delenv("DEEPTRAIN_WORKER_THREADS", raising=False)
+    monkeypatch.delenv(device.WORKER_ENV, raising=False)
+    cores = os.cpu_count() or 1
+    assert device.worker_threads() == max(1, cores - 1)
+    assert device.cpu_threads() == cores  # outside a worker: all cores
+    monkeypatch.setenv(device.WORKER_ENV, "1")
+    assert device.cpu_threads() == max(1, cores - 1)
+    assert "niceness 10" in device.worker_priority_text() and "worker_threads" in device.worker_priority_text()

@@ -39,6 +39,9 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     assert [m["epoch"] for m in st["metrics"]] == [1, 2]
     assert [m["epoch"] for m in mstore.get_epoch_metrics(str(job_id))] == [1, 2]
     assert st["progress"]["fraction"] == 1.0 and st["progress"]["device"].startswith(("CPU", "GPU"))
+    # the worker yielded to the web server: niceness worker_nice (10), all cores but one
+    threads = max(1, (os.cpu_count() or 1) - 1)
+    assert f"niceness 10, {threads} CPU thread(s)" in local.log_path(job_id).read_text()
     series = jobs.metrics("local", job_id)["series"]
     assert series and series[-1][0] == pytest.approx(2.0) and all(len(p) == 3 for p in series)
     deadline = time.monotonic() + 30

@@ -43,6 +43,7 @@ def test_jobs_page_shows_running_and_finished_jobs_and_its_buttons_act(tiny):
     assert "Running" in bar.proto.text and "epoch 1/3" in bar.proto.text and "images/s" in bar.proto.text
     assert 0 < bar.value < 100
     assert any(c.value.startswith("Device: CPU") and "(fp32" in c.value for c in at.caption)  # the numerics in use
+    assert any("niceness 10" in c.value and "worker_threads" in c.value for c in at.caption)  # how workers yield
     assert not at.button(key="jobs_cancel").disabled and at.button(key="jobs_resume").disabled
 
     at.button(key="jobs_cancel").click().run()  # asks the worker to stop between steps

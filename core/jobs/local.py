@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from core import paths, settings
+from core import device, paths, settings
 
 _children: dict[int, subprocess.Popen] = {}  # workers started by this process, polled so they never stay zombies
 
@@ -96,6 +96,7 @@ def launch(job_id: int, slot: int = 0) -> int:
     env["PYTHONPATH"] = os.pathsep.join([str(paths.PROJECT_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     if gpu_count() > 1:
         env["CUDA_VISIBLE_DEVICES"] = gpu_for_slot(slot)
+    env = device.worker_env(env)  # lower priority and a thread cap: the web server keeps a core
     with open(log_path(job_id), "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "core", "worker", str(int(job_id))],

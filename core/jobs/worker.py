@@ -192,12 +192,13 @@ def run(job_id: int) -> int:
         pump()
         return 0
     job = store.get_job(job_id)
-    from core.device import keep_freed_memory
+    from core.device import enter_worker, keep_freed_memory
 
     keep_freed_memory()  # this process trains or embeds: reuse freed buffers instead of faulting in new pages
+    niceness, threads = enter_worker()  # the web server goes first and keeps a core
     cb = JobCallbacks(job, device="")
     cb.log(f"worker {pid} on {host}: {job['type']} job {job_id}, attempt {job['attempts']}"
-           + (" (resuming)" if job["resume"] else ""))
+           + (" (resuming)" if job["resume"] else "") + f"; niceness {niceness}, {threads} CPU thread(s)")
     beat = _Heartbeat(cb, local.heartbeat_s())
     beat.start()
     state, result, error, trace = "failed", None, None, None

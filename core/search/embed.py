@@ -11,7 +11,6 @@ network's own speed.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from core.device import cpu_threads
 from core.errors import UserError
 from core.users import User
 
@@ -185,7 +185,7 @@ def embed_paths(model, sources: Sequence[Any], batch_size: int = BATCH_SIZE,
         return model.pixels(_open_stored(source))
 
     done, t0 = 0, time.perf_counter()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="embed-decode") as pool:
+    with ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="embed-decode") as pool:
         for start in range(0, total, batch_size):
             u8 = np.stack(list(pool.map(prepare, sources[start:start + batch_size])))
             vecs = model.embed_tensor(model.input_from_pixels(u8)).cpu().numpy().astype(np.float32, copy=False)

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from core.device import cpu_threads
 from core.errors import UserError
 from core.fsutil import atomic_path, open_write
 
@@ -37,7 +38,6 @@ TARGET_RECALL = 0.97  # nprobe is raised until recall@10 on the tuning sample re
 TUNE_QUERIES = 200  # vectors of the index used as tuning queries (their own match excluded)
 MAX_NPROBE = 64  # latency bound: where recall needs more lists, the data has no tight neighbours to find
 BATCH_THREADS_FROM = 16  # searches of fewer queries run on one thread (see _FaissIndex._search)
-BATCH_THREADS = max(1, os.cpu_count() or 1)
 REBUILD_GROWTH = 4.0  # an IVF index trained on n vectors is rebuilt (re-trained) once it holds more than 4 x n
 
 _MAGIC = b"DTSINDEX"  # file format: magic, u64 header length, JSON header, u64 id count, int64 ids, payload
@@ -281,11 +281,11 @@ class _FaissIndex(VectorIndex):
         faiss = _faiss()
         # One thread for a handful of queries: a single query gains nothing from OpenMP, and on a busy 2-core server
         # its threads wait on each other (measured: 0.8 ms with 1 thread vs 9-30 ms with 2 at 10k x 512-d).
-        faiss.omp_set_num_threads(1 if len(queries) < BATCH_THREADS_FROM else BATCH_THREADS)
+        faiss.omp_set_num_threads(1 if len(queries) < BATCH_THREADS_FROM else cpu_threads())
         try:
             return self._index.search(queries, k)
         finally:
-            faiss.omp_set_num_threads(BATCH_THREADS)  # the setting is per calling thread; builds want all cores
+            faiss.omp_set_num_threads(cpu_threads())  # the setting is per calling thread; builds want all cores
 
     def _write_payload(self, fh):
         faiss = _faiss()

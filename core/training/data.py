@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from core import disk, paths
+from core.device import cpu_threads
 from core.fsutil import open_write, reporting_disk_full, write_file
 from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil
 
@@ -119,7 +120,7 @@ def _write_image_cache(tmp: Path, folder: Path, records: list[dict], size: int, 
         hw[i] = img.shape[:2]
         return i
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=cpu_threads()) as pool:
         for _ in pool.map(work, range(n), chunksize=16):
             done += 1
             if progress is not None and (done % 64 == 0 or done == n):
