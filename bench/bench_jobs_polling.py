@@ -83,13 +83,13 @@ def main() -> int:
         try:
             # past the engine's probe steps and, for a long run like this one, its torch.compile (options.compile
             # "auto"): the windows then see only the steady speed
-            from core.training.engine import AUTO_COMPILE_PROBE_STEPS
+            from core.training.plan import AUTO_COMPILE_PROBE_STEPS
 
             steady = (AUTO_COMPILE_PROBE_STEPS + 4) * params["batch_size"]
             deadline = time.time() + 900
             while (_position(job_id) or (0, 0))[0] < steady:
                 if time.time() > deadline or jobs.status("local", job_id)["state"] in jobs.TERMINAL:
-                    raise RuntimeError(f"job {job_id} did not start: {jobs.status("local", job_id)['error']}")
+                    raise RuntimeError(f"job {job_id} did not start: {jobs.status('local', job_id)['error']}")
                 time.sleep(0.5)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -1,7 +1,7 @@
 """Training throughput: this engine's train step against a plain fp32 contiguous loop, same model, batch, optimiser.
 
 Full forward and backward passes with an SGD (momentum 0.9) step, data already in memory. The engine's step uses what
-``core.training.engine.step_settings`` picks for the device (channels_last, bf16 autocast on GPUs that have it, fused
+``core.training.runtime.step_settings`` picks for the device (channels_last, bf16 autocast on GPUs that have it, fused
 optimiser steps, all CPU threads); the reference is ``net(x)`` / ``backward`` / ``opt.step()`` in fp32, contiguous,
 default optimiser implementation. Each variant runs in its own process, so that what the engine sets process-wide
 (``core.device.keep_freed_memory``: glibc keeps freed activation buffers instead of faulting in fresh pages every step)
@@ -74,7 +74,7 @@ class Variant:
     def __init__(self, arch: str, kind: str, size: int, batch: int, device: torch.device, compile_net: bool) -> None:
         import timm
 
-        from core.training.engine import step_settings
+        from core.training.runtime import step_settings
 
         torch.manual_seed(0)
         self.kind, self.device = kind, device

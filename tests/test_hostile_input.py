@@ -109,9 +109,9 @@ def test_hand_written_manifest_quotes(tmp_path):
 
 
 def test_training_metrics_csv_is_neutralised(tmp_path):
-    from core.training.engine import _write_metrics_csv
+    from core.training.loop import write_metrics_csv
 
-    _write_metrics_csv(tmp_path / "metrics.csv", [{"epoch": 1, "train_loss": -0.5, "note": "=HYPERLINK(\"x\")"}])
+    write_metrics_csv(tmp_path / "metrics.csv", [{"epoch": 1, "train_loss": -0.5, "note": "=HYPERLINK(\"x\")"}])
     rows = list(csv.reader((tmp_path / "metrics.csv").open()))
     assert rows == [["epoch", "train_loss", "note"], ["1", "-0.5", "'=HYPERLINK(\"x\")"]]  # numbers stay numbers
 

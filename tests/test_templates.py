@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -208,7 +209,7 @@ def test_lr_curve_spans_the_run():
     # both sides of the first drop are drawn
     assert any(x == 25 for x in xs) and any(24.9 < x < 25 for x in xs)
     ys = [y for _, y in curve]
-    assert all(a >= b for a, b in zip(ys, ys[1:]))  # the step schedule never rises
+    assert all(a >= b for a, b in itertools.pairwise(ys))  # the step schedule never rises
 
 
 def test_steps_per_epoch_uses_num_items_per_epoch():
@@ -239,3 +240,58 @@ def test_cli_validate(capsys):
     assert captured.out == "" and "image_size" in captured.err and "steps of 16" in captured.err
     assert main(["validate", "classifier", "Nope"]) == 2
     assert "available: MMClassification_ResNet_50_RSB_A1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+@pytest.mark.parametrize("kind,name", TEMPLATES, ids=IDS)
+def test_each_template_declares_network_loss_optimiser_and_schedule(kind, name):
+    from core.templates.recipe import FLIPS, LOSSES, SCHEDULES, NetSpec, OptimizerSpec, flip_setting
+    from core.training.plan import resolve_loss
+
+    t = get_template(kind, name)
+    assert isinstance(t.net, NetSpec) and isinstance(t.optimizer, OptimizerSpec)
+    assert t.loss in LOSSES and t.schedule in SCHEDULES
+    assert (t.loss == "detector") == (kind == "detector") == (t.net.head == "detector")
+    params = validate(kind, name, {})
+    assert resolve_loss(t.loss, params) in ("bce", "ce", "arcface", "detector")
+    assert t.optimizer.decay(params) >= 0
+    assert t.flips in FLIPS
+    probability, direction = flip_setting(t.flips, params)
+    assert 0 <= probability <= 1 and direction in ("horizontal", "vertical")
+
+
+def test_recipes_as_the_specification_describes_them():
+    t = {(x.kind, x.name): x for x in list_templates()}
+    rsb = t["classifier", "MMClassification_ResNet_50_RSB_A1"]
+    assert (rsb.loss, rsb.optimizer.name, rsb.schedule) == ("bce", "adamw", "cosine")
+    assert rsb.optimizer.decay(validate("classifier", rsb.name, {"weight_decay": 0.05})) == 0.05
+    assert t["embedder", "Clarifai_ResNet_AngularMargin"].loss == "arcface"
+    from core.training.plan import resolve_loss
+
+    lite0 = validate("classifier", "Studio_EfficientNetLite0_Transfer", {})
+    assert resolve_loss("logreg", dict(lite0, logreg=1)) == "bce" and resolve_loss("logreg", lite0) == "ce"
+    from core.templates.recipe import flip_setting
+
+    rsb_params = validate("classifier", rsb.name, {"flip_probability": 0.25, "flip_direction": "vertical"})
+    assert flip_setting(rsb.flips, rsb_params) == (0.25, "vertical")
+    assert flip_setting("average_horizontal_flips", dict(lite0, average_horizontal_flips=False)) == (0.0, "horizontal")
+    assert flip_setting(t["classifier", "Clarifai_ResNext"].flips, {}) == (0.5, "horizontal")
+    for key in [("classifier", "Clarifai_ResNext"), ("detector", "Studio_RetinaNet")]:
+        assert t[key].optimizer.name == "sgd" and t[key].optimizer.momentum == 0.9
+        assert t[key].optimizer.decay({}) == 1e-4
+
+
+def test_a_recipe_that_reads_a_missing_parameter_fails_when_the_catalog_is_built():
+    import dataclasses
+
+    base = get_template("classifier", "Clarifai_InceptionTransferEmbedNorm")  # constant schedule, logreg, SGD
+    with pytest.raises(ValueError, match="reads \\['angular_scale', 'angular_margin'\\]"):
+        dataclasses.replace(base, loss="arcface")
+    with pytest.raises(ValueError, match="reads \\['init_epochs', 'step_epochs', 'step_factor'\\]"):
+        dataclasses.replace(base, schedule="step")
+    with pytest.raises(ValueError, match="reads \\['flip_probability', 'flip_direction'\\]"):
+        dataclasses.replace(base, flips="flip_probability")
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        dataclasses.replace(base, loss="focal")
+    with pytest.raises(ValueError, match="detector"):
+        dataclasses.replace(base, loss="detector")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -312,10 +313,10 @@ def test_auto_compile_compiles_when_the_probe_steps_leave_enough_time(tmp_path, 
     """options.compile "auto" (the default): after the probe steps, a run with enough time left compiles its forward
     (inductor on the CPU) and goes on with the same parameters; the stored model loads and predicts."""
     from core.models.io import load_model_dir
-    from core.training import engine
+    from core.training import compiling
 
-    monkeypatch.setattr(engine, "AUTO_COMPILE_PROBE_STEPS", 2)
-    monkeypatch.setattr(engine, "AUTO_COMPILE_MIN_SECONDS", 0.0)  # any time left is enough
+    monkeypatch.setattr(compiling, "AUTO_COMPILE_PROBE_STEPS", 2)
+    monkeypatch.setattr(compiling, "AUTO_COMPILE_MIN_SECONDS", 0.0)  # any time left is enough
     kind, name = LITE0
     params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=14)
     rec = Recorder()
@@ -364,7 +365,7 @@ def test_compile_that_fails_falls_back_to_eager_training(tmp_path, tiny, monkeyp
 def test_a_compiled_backward_that_fails_redoes_the_step_eagerly(tmp_path, tiny, monkeypatch):
     """The backward's graph compiles at the first backward() (on a GPU: Triton kernels), after the forward succeeded:
     a failure there gives up compiling and redoes that step eagerly; the run ends as an eager run would."""
-    from core.training import engine
+    from core.training import compiling
 
     class FailingBackward(torch.autograd.Function):
         @staticmethod
@@ -383,7 +384,7 @@ def test_a_compiled_backward_that_fails_redoes_the_step_eagerly(tmp_path, tiny, 
         def forward(self, x):
             return FailingBackward.apply(self.net(x))
 
-    monkeypatch.setattr(engine.torch, "compile", Compiled)
+    monkeypatch.setattr(compiling.torch, "compile", Compiled)
     kind, name = LITE0
     params = tiny_params(get_template(kind, name), base_gradient_multiplier=1.0, num_items_per_epoch=4)
     eager = train(_config(kind, name, params, name="eager", options={"compile": False}), tmp_path / "eager")
@@ -396,7 +397,7 @@ def test_a_compiled_backward_that_fails_redoes_the_step_eagerly(tmp_path, tiny, 
 
 
 def test_compile_option_values():
-    from core.training.engine import training_options
+    from core.training.plan import training_options
 
     assert training_options({})["compile"] == "auto"
     assert training_options({"compile": True})["compile"] is True
@@ -424,8 +425,8 @@ def test_refusals(tmp_path, tiny):
 def test_pixel_cache_matches_the_models_preprocessing(tmp_path, tiny):
     """The cache decodes and resizes as core.models.make_transform does, so training sees what inference sees."""
     from core.models import make_transform
-    from core.store.datasets import dataset_records, get_dataset
     from core.models.preprocess import to_input
+    from core.store.datasets import dataset_records, get_dataset
     from core.training.data import image_cache
 
     ds = get_dataset("local", "tiny")
@@ -460,10 +461,10 @@ def test_cli_train_foreground_json(tmp_path, tiny, capsys):
 
     argv = ["train", "--dataset", "tiny", "--kind", "classifier", "--template", LITE0[1], "--set",
             "pretrained_weights=None", "--set", "image_size=32", "--set", "num_epochs=1", "--set", "batch_size=2"]
-    assert main(argv + ["--foreground", "--json", "--name", "cli-model"]) == 0
+    assert main([*argv, "--foreground", "--json", "--name", "cli-model"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["model_id"] == mstore.get_model("local", "cli-model")["id"] and "top1" in out["metrics"]
-    assert main(argv + ["--set", "batch_size=0", "--foreground"]) == 2
+    assert main([*argv, "--set", "batch_size=0", "--foreground"]) == 2
     assert "batch_size" in capsys.readouterr().err
 
 
@@ -490,12 +491,63 @@ def test_transfer_classifier_on_a_trained_embedder_base(tmp_path, tiny):
 def test_bf16_autocast_only_for_image_networks_on_gpus_with_bf16(monkeypatch):
     """Detectors train in fp32 on any GPU (bf16 box coordinates break NMS); other networks in bf16 where the GPU
     computes it natively, never on the CPU."""
-    from core.training import engine
+    from core.training import runtime
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    monkeypatch.setattr(engine, "cuda_bf16", lambda: True)
-    assert engine.step_settings(cuda, 224).amp_bf16
-    assert not engine.step_settings(cuda, 512, detector=True).amp_bf16
-    assert not engine.step_settings(cpu, 224).amp_bf16
-    monkeypatch.setattr(engine, "cuda_bf16", lambda: False)  # a V100 or T4: bf16 only emulated
-    assert not engine.step_settings(cuda, 224).amp_bf16
+    monkeypatch.setattr(runtime, "cuda_bf16", lambda: True)
+    assert runtime.step_settings(cuda, 224).amp_bf16
+    assert not runtime.step_settings(cuda, 512, detector=True).amp_bf16
+    assert not runtime.step_settings(cpu, 224).amp_bf16
+    monkeypatch.setattr(runtime, "cuda_bf16", lambda: False)  # a V100 or T4: bf16 only emulated
+    assert not runtime.step_settings(cuda, 224).amp_bf16
+
+
+# A test of which way of training a run takes, anywhere but where the mode object is made (modes.mode_for).
+MODE_TEST = re.compile(r"\.mode\b\s*(==|!=|\bin\b|\bnot\s+in\b)|\bmode\s*(==|!=)"
+                       r"|\.name\s*(==|!=)\s*[\"'](images|features|detector)[\"']")
+
+
+def test_the_mode_is_decided_once():
+    """Nothing in core/training asks which mode it runs; the pattern itself catches the old spellings."""
+    import core.training
+
+    for old in ('if plan.mode == "features":', 'if self.plan.mode != "features":', 'plan.mode in ("images",)',
+                'if mode.name == "detector":'):
+        assert MODE_TEST.search(old), old
+    root = Path(core.training.__file__).parent
+    hits = [f"{path.relative_to(root)}:{n}: {line.strip()}" for path in sorted(root.rglob("*.py"))
+            for n, line in enumerate(path.read_text().splitlines(), 1) if MODE_TEST.search(line)]
+    assert hits == []
+
+
+@pytest.mark.parametrize("template", list_templates(), ids=lambda t: f"{t.kind}-{t.name}")
+def test_mode_for_each_template(template):
+    """Detectors train as detectors; a frozen backbone (base_gradient_multiplier 0) or a base model on cached
+    features; the rest on images."""
+    from types import SimpleNamespace
+
+    from core.templates import validate
+    from core.training.modes import DetectorMode, FeaturesMode, ImagesMode, mode_for
+
+    params = validate(template.kind, template.name, {})
+    plan = SimpleNamespace(kind=template.kind, params=params, base_model=None)
+    expected = {"detector": DetectorMode}.get(template.kind) or (
+        FeaturesMode if params.get("base_gradient_multiplier", 1.0) == 0.0 else ImagesMode)
+    assert mode_for(plan) is expected
+    if template.has("base_gradient_multiplier"):
+        moving = dict(params, base_gradient_multiplier=0.5)
+        assert mode_for(SimpleNamespace(kind=template.kind, params=moving, base_model=None)) is ImagesMode
+        assert mode_for(SimpleNamespace(kind=template.kind, params=params, base_model={"id": 1})) is FeaturesMode
+
+
+def test_the_plan_and_training_options_load_without_torch():
+    """Pages and the job runner read training options from core.training.plan, which must not pull in torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, core.training.plan, core.training.state, core.training; "
+            "from core.training.plan import training_options; training_options({'compile': 'auto'}); "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"

@@ -12,13 +12,13 @@ from PIL import Image
 from core.data import staging
 from core.data.importer import import_dataset
 from core.errors import UserError
+from core.progress import Progress
 from core.users import User
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle_boot")  # "T-shirt/top" and "Ankle boot" in the paper; a slash cannot name a folder
 DIGITS_SCALE = 4  # 8x8 digits stored at 32x32 (nearest neighbour: the same pixels, visible in the grid)
-Progress = Callable[[float, str], None]
 
 
 def fashion_mnist_available() -> bool:

@@ -21,19 +21,19 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 from core import csvsafe
 from core.data.limits import ImportLimits
 from core.errors import UserError
 from core.fsutil import disk_full, is_disk_full, open_write, write_file
+from core.progress import Progress
 from core.store.datasets import SPLITS, clean_label
 
 FORMATS = ("auto", "folder", "zip", "csv", "json", "coco", "video")
 VIDEO_EXTS = frozenset({".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v"})
 SPLIT_LISTS = {f"{s}.txt": s for s in SPLITS}
 _CHUNK = 1 << 20
-Progress = Callable[[float, str], None]
 
 
 @dataclass

@@ -7,10 +7,12 @@ inside the function, so that queueing a job (from a page or the CLI) never impor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.errors import UserError, ValidationError
+from core.models import GENERAL
 
 Runner = Callable[[dict, Path, Any, bool], dict]
 Validator = Callable[[str, dict], dict]
@@ -74,7 +76,7 @@ def _validate_train(owner: str, config: dict) -> dict:
         raise ValidationError(f"params must be an object of hyperparameters, got {type(params).__name__}")
     config["params"] = validate_params(config["kind"], config["template"], params)
     if config.get("options"):
-        from core.training.engine import training_options
+        from core.training.plan import training_options
 
         training_options(config["options"])  # early_stopping_patience, restore_best, compile: refused here, at once
     config["dataset"] = _dataset_ref(owner, config["dataset"])
@@ -100,7 +102,7 @@ def _run_train(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> dic
 def _validate_index(owner: str, config: dict) -> dict:
     _require(config, "dataset")
     config["dataset"] = _dataset_ref(owner, config["dataset"])
-    config.setdefault("model", "general")
+    config.setdefault("model", GENERAL)
     config["owner"] = owner
     return config
 

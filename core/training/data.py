@@ -15,10 +15,10 @@ import math
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -28,13 +28,14 @@ from core import disk, paths
 from core.device import cpu_threads
 from core.fsutil import open_write, reporting_disk_full, write_file
 from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil
+from core.progress import Progress, report_count
 
 CACHE_FORMAT = 1  # bump when the cache layout or the resize changes
 
 
-def cache_side(size: int, mode: str) -> int:
+def cache_side(size: int, resize: str) -> int:
     """The side of one cached image: ``size``, or for detectors the padded square that holds any aspect ratio."""
-    return math.ceil(size * DETECTOR_MAX_SIDE_RATIO) if mode == "detector" else size
+    return math.ceil(size * DETECTOR_MAX_SIDE_RATIO) if resize == "detector" else size
 
 
 @dataclass
@@ -58,12 +59,12 @@ class ImageCache:
         return np.array([pos[i] for i in item_ids], dtype=np.int64)
 
 
-def _resize(path: str, size: int, mode: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+def _resize(path: str, size: int, resize: str) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Decode one stored image and resize it exactly as the model's eval preprocessing does (``resize_pil``)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        return resize_pil(im, size, mode)
+        return resize_pil(im, size, resize)
 
 
 def _key(*parts: object) -> str:
@@ -71,51 +72,51 @@ def _key(*parts: object) -> str:
 
 
 def image_cache(
-    dataset: dict, records: list[dict], size: int, mode: str, progress: Callable[[int, int], None] | None = None
+    dataset: dict, records: list[dict], size: int, resize: str, progress: Progress | None = None
 ) -> ImageCache:
-    """The cache of ``records`` (all splits of one dataset version) at ``size``/``mode``, built on first use.
+    """The cache of ``records`` (all splits of one dataset version) at ``size``/``resize``, built on first use.
 
     Built in a temporary folder by a pool of threads (PIL releases the GIL while decoding and resizing), then renamed
     into place, so a killed build leaves no half-written cache behind. Caches share one budget (``core.disk``): this
     one is marked used before it is read, and a new one evicts the least recently used others over the budget.
     """
     item_ids = [int(r["item_id"]) for r in records]
-    name = f"images-ds{dataset['id']}-v{dataset['version']}-{mode}-{size}-{_key(CACHE_FORMAT, item_ids)}"
+    name = f"images-ds{dataset['id']}-v{dataset['version']}-{resize}-{size}-{_key(CACHE_FORMAT, item_ids)}"
     folder = paths.subdir("cache") / name
     disk.touch(folder)  # used now: the budget evicts others first
     if not (folder / "items.json").is_file():
-        _build_image_cache(folder, records, size, mode, progress)
+        _build_image_cache(folder, records, size, resize, progress)
         disk.enforce_cache_budget(keep=folder)
     meta = json.loads((folder / "items.json").read_text())
-    side = cache_side(size, mode)
+    side = cache_side(size, resize)
     pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r", shape=(max(len(item_ids), 1), side, side, 3))
     return ImageCache(folder, meta["item_ids"], size, pixels, np.asarray(meta["geometry"], dtype=np.float64),
                       np.asarray(meta["hw"], dtype=np.int64).reshape(-1, 2))
 
 
-def _build_image_cache(folder: Path, records: list[dict], size: int, mode: str, progress) -> None:
+def _build_image_cache(folder: Path, records: list[dict], size: int, resize: str, progress) -> None:
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
         with reporting_disk_full(f"the training cache {folder.name}"):
-            _write_image_cache(tmp, folder, records, size, mode, progress)
+            _write_image_cache(tmp, folder, records, size, resize, progress)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # no half-built cache stays (a full disk, an error, a cancel)
         raise
 
 
-def _write_image_cache(tmp: Path, folder: Path, records: list[dict], size: int, mode: str, progress) -> None:
+def _write_image_cache(tmp: Path, folder: Path, records: list[dict], size: int, resize: str, progress) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = len(records)
-    side = cache_side(size, mode)
+    side = cache_side(size, resize)
     arr = np.memmap(tmp / "pixels.u8", dtype=np.uint8, mode="w+", shape=(max(n, 1), side, side, 3))
     geometry: list = [None] * n
     hw: list = [None] * n
     done = 0
 
-    def work(i: int) -> int:
-        img, geom = _resize(records[i]["path"], size, mode)
-        arr[i, : img.shape[0], : img.shape[1]] = img
+    def work(i: int, out: np.memmap = arr) -> int:  # bound here: ``arr`` is deleted (closed) once all are written
+        img, geom = _resize(records[i]["path"], size, resize)
+        out[i, : img.shape[0], : img.shape[1]] = img
         geometry[i] = geom
         hw[i] = img.shape[:2]
         return i
@@ -123,12 +124,12 @@ def _write_image_cache(tmp: Path, folder: Path, records: list[dict], size: int, 
     with ThreadPoolExecutor(max_workers=cpu_threads()) as pool:
         for _ in pool.map(work, range(n), chunksize=16):
             done += 1
-            if progress is not None and (done % 64 == 0 or done == n):
-                progress(done, n)
+            if done % 64 == 0 or done == n:
+                report_count(progress, done, n, "caching images:")
     arr.flush()
     del arr
     meta = {"item_ids": [int(r["item_id"]) for r in records], "geometry": geometry, "hw": hw, "size": size,
-            "mode": mode}
+            "mode": resize}
     (tmp / "items.json").write_text(json.dumps(meta))
     try:
         os.replace(tmp, folder)
@@ -221,7 +222,7 @@ class Prefetcher:
     def _load(self, item):
         step, rows = item
         order = np.argsort(rows, kind="stable")  # read the memmap in file order, put back in batch order
-        data = np.empty((len(rows),) + self.pixels.shape[1:], dtype=np.uint8)
+        data = np.empty((len(rows), *self.pixels.shape[1:]), dtype=np.uint8)
         data[order] = self.pixels[rows[order]]
         t = torch.from_numpy(data)
         return step, rows, (t.pin_memory() if self.pin else t)
