@@ -1,15 +1,17 @@
 """``python -m core doctor``: is this studio's data sound, and is the server set up safely for a team?
 
-The report (``run``): versions, the training device, free disk and each cache's size, the store's integrity (SQLite's
-full ``integrity_check``, foreign keys and folders checked with joins), every stored image items use (there, of its
-recorded size, hashing to its id), orphans (files no row refers to, blob rows no item uses, abandoned staging areas,
-temporary files of gone processes, expired exports and uploads), queued and running jobs, and settings unsafe for a
-team server.
+The report (``run``): versions, the training device, free disk and each cache's size, which database the store is
+(the SQLite file, or the PostgreSQL server's URL without its password, with its version and durability settings), the
+store's integrity (SQLite's full ``integrity_check``; on PostgreSQL, id sequences behind their rows; on both, foreign
+keys and folders checked with joins), every stored image items use (there, of its recorded size, hashing to its id),
+orphans (files no row refers to, blob rows no item uses, abandoned staging areas, temporary files of gone processes,
+expired exports and uploads), queued and running jobs, and settings unsafe for a team server.
 
 Errors are damage: the integrity check fails, an item's file is missing or does not hash to its id, a row points
-nowhere. Warnings are what a sound store may have: unsafe settings, orphans awaiting the collector (``--collect``
-removes them). ``python -m core doctor`` exits 1 on any error and 0 otherwise. The doctor opens the store without the
-start-up check, so that it reports what it finds rather than what the check left.
+nowhere, an id sequence is behind its rows, the database cannot be opened. Warnings are what a sound store may have:
+unsafe settings (a PostgreSQL server that may lose commits in a crash among them), orphans awaiting the collector
+(``--collect`` removes them). ``python -m core doctor`` exits 1 on any error and 0 otherwise. The doctor opens the
+store without the start-up check, so that it reports what it finds rather than what the check left.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from core import disk, paths, settings, startup
 from core.errors import UserError
 
 PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "numpy", "pillow", "safetensors", "sqlalchemy", "alembic",
-            "streamlit", "onnx", "onnxruntime")
+            "streamlit", "onnx", "onnxruntime", "psycopg")
 
 
 def versions() -> dict[str, str | None]:
@@ -66,7 +68,7 @@ def jobs_report() -> list[dict[str, Any]]:
     from core.store import jobs as store
 
     now = time.time()
-    rows = store.list_jobs(states=("queued",) + store.ACTIVE)
+    rows = store.list_jobs(states=("queued", *store.ACTIVE))
     return [{"id": j["id"], "owner": j["owner"], "state": j["state"], "what": describe(j),
              "heartbeat_s_ago": round(now - j["heartbeat_at"], 1) if j["heartbeat_at"] else None}
             for j in sorted(rows, key=lambda j: j["id"])]
@@ -136,7 +138,8 @@ def store_report(hash_files: bool) -> dict[str, Any]:
         return found
 
     report: dict[str, Any] = {"unreadable": {}}
-    for key, step in (("revision", revision), ("integrity", integrity.integrity_check),
+    for key, step in (("database", integrity.database_report), ("revision", revision),
+                      ("integrity", integrity.integrity_check),
                       ("dangling_rows", integrity.dangling_rows),
                       ("item_files", lambda: integrity.check_item_files(hash_files=hash_files)),
                       ("orphans", orphans)):
@@ -150,11 +153,16 @@ def store_report(hash_files: bool) -> dict[str, Any]:
 def run(hash_files: bool = True, collect: bool = False) -> dict[str, Any]:
     """The whole report, with ``errors`` (damage: exit status 1) and ``warnings``; ``collect`` then removes the
     orphans (collector, abandoned staging areas, temporary files, expired exports and uploads) and says what went."""
-    from core.store.engine import engine
+    from core.store.engine import describe, engine, url
 
-    eng = engine(check=False)
-    startup.skip(eng, "python -m core doctor reports instead")  # nothing is cleaned before it is reported
     report: dict[str, Any] = {"home": str(paths.home()), "versions": versions()}
+    try:
+        eng = engine(check=False)
+    except Exception as exc:  # noqa: BLE001 - a server that does not answer, a file that is not a database
+        report["store"] = {"error": f"cannot open {describe(url())}: {type(exc).__name__}: "
+                                    f"{str(getattr(exc, 'orig', None) or exc).strip().splitlines()[0]}"}
+    else:
+        startup.skip(eng, "python -m core doctor reports instead")  # nothing is cleaned before it is reported
     try:
         report["device"] = device()
     except Exception as exc:  # noqa: BLE001 - a broken torch is worth reporting, not a crash of the doctor
@@ -162,13 +170,18 @@ def run(hash_files: bool = True, collect: bool = False) -> dict[str, Any]:
     report["disk"] = disk_report()
     errors: list[str] = []
     warnings: list[str] = []
-    try:
-        report["store"] = store_report(hash_files)
-    except Exception as exc:  # noqa: BLE001 - "file is not a database", "database disk image is malformed"
-        report["store"] = {"error": f"{type(exc).__name__}: {exc}"}
-        errors.append(f"the store cannot be read: {type(exc).__name__}: {exc}")
+    if "store" not in report:  # opened
+        try:
+            report["store"] = store_report(hash_files)
+        except Exception as exc:  # noqa: BLE001 - "file is not a database", "database disk image is malformed"
+            report["store"] = {"error": f"{type(exc).__name__}: {exc}"}
     store = report["store"]
-    if "error" not in store:
+    if "error" in store:
+        errors.append(f"the store cannot be read: {store['error']}")
+    else:
+        database = store.get("database") or {"problems": [], "warnings": []}
+        errors += [f"database: {p}" for p in database["problems"]]
+        warnings += [f"database: {w}" for w in database["warnings"]]
         errors += [f"cannot check {key}: {why}" for key, why in store["unreadable"].items()]
         problems = store.get("integrity", [])
         errors += [f"integrity check: {line}" for line in problems[:10]]
@@ -241,6 +254,10 @@ def print_report(report: dict[str, Any], out: Any = None) -> None:
     if "error" in s:
         w(f"store: cannot be read ({s['error']})\n")
     else:
+        if "database" in s:
+            db = s["database"]
+            w(f"database: {db['server']} at {db['name']} ("
+              + ", ".join(f"{k} {v}" for k, v in db.get("settings", {}).items()) + ")\n")
         w(f"store: revision {s.get('revision')}, integrity {'ok' if not s.get('integrity') else 'FAILED'}, "
           f"{len(s.get('dangling_rows', []))} kind(s) of dangling rows\n")
         if "item_files" in s:

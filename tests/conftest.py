@@ -19,6 +19,21 @@ def deeptrain_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_backend(request, deeptrain_home, monkeypatch):
+    """Run the test on each database the store supports: SQLite in the data directory (the default), and a fresh
+    database on a real PostgreSQL server (``tests.pg``: skipped with the reason where there is none) through
+    ``DEEPTRAIN_DB_URL``, which worker processes the test starts inherit. Yields "sqlite" or "postgres"."""
+    if request.param == "sqlite":
+        yield "sqlite"
+        return
+    from tests.pg import fresh_database
+
+    with fresh_database() as url:
+        monkeypatch.setenv("DEEPTRAIN_DB_URL", url)
+        yield "postgres"
+
+
 @pytest.fixture
 def caltech() -> Path:
     if not (CALTECH / "101_ObjectCategories").is_dir():

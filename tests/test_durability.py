@@ -64,6 +64,7 @@ def assert_no_file_without_a_row() -> None:
 
 # ------------------------------------------------------------------------------------------------ blobs and deletes
 
+@pytest.mark.usefixtures("store_backend")  # SQLite and PostgreSQL
 def test_import_while_a_dataset_with_the_same_images_is_deleted_keeps_every_file(small_folder):
     """The decoder finds the images stored already (d1 has them) and stages nothing; d1 is deleted before d2
     commits. Before the fix d2 ended with its items and no files (3 classes x 6 photos: 18 items, 0 files)."""
@@ -79,6 +80,7 @@ def test_import_while_a_dataset_with_the_same_images_is_deleted_keeps_every_file
     assert_no_file_without_a_row()
 
 
+@pytest.mark.usefixtures("store_backend")  # SQLite and PostgreSQL
 def test_an_import_that_rolls_back_leaves_the_files_another_import_uses(small_folder, tmp_path, monkeypatch):
     """Import Y moves its new files into the store and then fails; meanwhile import X (another process) decoded the
     same photos, found them stored, and commits after Y rolled back. X's items must keep their files (before the fix
@@ -146,17 +148,19 @@ def _run_roles(tmp_path: Path, roles: list[tuple[str, int, object]], seconds: fl
     return reports
 
 
-def test_concurrent_imports_deletes_and_reimports_lose_no_file(tmp_path):
-    """Three processes import overlapping folders, delete and import again for 12 s: every item keeps a sound file,
-    each process's datasets hold what it imported, and the collector leaves no file without a row."""
+def test_concurrent_imports_deletes_and_reimports_lose_no_file(tmp_path, store_backend):
+    """Three processes import overlapping folders, delete and import again for 12 s (6 s on PostgreSQL, to keep the
+    added test time small: still ~60 imports against the 6 asserted): every item keeps a sound file, each process's
+    datasets hold what it imported, and the collector leaves no file without a row."""
     folders = [str(caltech_slice(tmp_path / f"f{n}", classes, per_class=6)) for n, classes in
                enumerate((("accordion", "anchor"), ("anchor", "ant"), ("ant", "accordion")))]
-    reports = _run_roles(tmp_path, [("importer", k, folders) for k in range(3)], seconds=12)
+    seconds = 12 if store_backend == "sqlite" else 6
+    reports = _run_roles(tmp_path, [("importer", k, folders) for k in range(3)], seconds=seconds)
     errors = [e for r in reports for e in r["errors"]]
     assert not errors, errors[0]
     assert sum(r["imports"] for r in reports) >= 6 and sum(r["deletes"] for r in reports) >= 3, reports
     holds = {name: n for r in reports for name, n in r["holds"].items()}
-    print(f"3 importers for 12 s: {sum(r['imports'] for r in reports)} imports, "
+    print(f"3 importers for {seconds} s on {store_backend}: {sum(r['imports'] for r in reports)} imports, "
           f"{sum(r['deletes'] for r in reports)} deletes")
     assert {d["name"]: d["items"] for d in service.list_datasets("local")} == holds
     assert assert_every_item_file_is_sound() == sum(holds.values())
@@ -165,6 +169,7 @@ def test_concurrent_imports_deletes_and_reimports_lose_no_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ contention
 
+@pytest.mark.usefixtures("store_backend")  # SQLite and PostgreSQL
 def test_eight_writers_at_once_never_meet_a_locked_database(tmp_path, monkeypatch):
     """Eight processes (3 importing and deleting, 3 relabelling two datasets, 2 queueing and cancelling jobs, plus the
     job worker the queue starts) write for 15 s: nobody sees "database is locked" or a constraint error, and the store

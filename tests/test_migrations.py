@@ -274,7 +274,19 @@ def _sqlite_master(db_path: Path) -> dict[str, str]:
         db.close()
 
 
-def _version(db_path: Path) -> list[str]:
+def _url(db: Path | str) -> str:
+    """A SQLite file's URL, or the URL itself (a PostgreSQL database of the ``store_backend`` fixture)."""
+    return db if isinstance(db, str) else f"sqlite:///{db}"
+
+
+def _version(db_path: Path | str) -> list[str]:
+    if isinstance(db_path, str):
+        eng = sa.create_engine(db_path)
+        try:
+            with eng.connect() as conn:
+                return list(conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars())
+        finally:
+            eng.dispose()
     db = sqlite3.connect(db_path)
     try:
         return [r[0] for r in db.execute("SELECT version_num FROM alembic_version")]
@@ -286,23 +298,31 @@ def _alembic_head() -> str:
     return ScriptDirectory(str(migrate.MIGRATIONS)).get_current_head()
 
 
-def _run(db_path: Path, name: str, revision: str) -> None:
-    """Run one Alembic command (upgrade, downgrade, stamp) on a SQLite file."""
-    eng = sa.create_engine(f"sqlite:///{db_path}")
+def _run(db_path: Path | str, name: str, revision: str) -> None:
+    """Run one Alembic command (upgrade, downgrade, stamp) on a SQLite file (or a database URL)."""
+    eng = sa.create_engine(_url(db_path))
     try:
         migrate.run(eng, name, revision)
     finally:
         eng.dispose()
 
 
-def _differences(db_path: Path) -> list:
-    eng = sa.create_engine(f"sqlite:///{db_path}")
+def _differences(db_path: Path | str) -> list:
+    eng = sa.create_engine(_url(db_path))
     try:
         with eng.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
             return compare_metadata(ctx, metadata)
     finally:
         eng.dispose()
+
+
+@pytest.fixture
+def database(store_backend, deeptrain_home) -> Path | str:
+    """The store's database on each backend: the SQLite file in the data directory, or a fresh PostgreSQL database's
+    URL (``DEEPTRAIN_DB_URL``, set by the ``store_backend`` fixture)."""
+    deeptrain_home.mkdir(parents=True, exist_ok=True)
+    return os.environ["DEEPTRAIN_DB_URL"] if store_backend == "postgres" else deeptrain_home / "studio.db"
 
 
 @pytest.fixture
@@ -393,8 +413,7 @@ def test_opening_at_head_is_a_cheap_no_op(deeptrain_home, fresh_engines, monkeyp
 
 _OPEN_STORE = """
 import os, sys, time
-os.environ["DEEPTRAIN_HOME"] = sys.argv[1]
-os.environ.pop("DEEPTRAIN_DB_URL", None)
+os.environ["DEEPTRAIN_HOME"] = sys.argv[1]  # and DEEPTRAIN_DB_URL as the test set it (PostgreSQL) or not (SQLite)
 from core.store.engine import engine
 start = float(sys.argv[2])
 while time.time() < start:  # every process opens the store at the same moment
@@ -404,15 +423,17 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("start", ["empty", "first_release"])
-def test_processes_opening_one_store_at_once(deeptrain_home, start):
+@pytest.mark.parametrize("start, store_backend", [("empty", "sqlite"), ("first_release", "sqlite"),
+                                                  pytest.param("empty", "postgres", marks=pytest.mark.postgres)],
+                         indirect=["store_backend"])
+def test_processes_opening_one_store_at_once(database, start):
     """Three processes (fresh interpreters, as workers are) open one store at the same moment: all succeed, the
     schema is at head once, and an old store's rows survive. (Subprocesses rather than multiprocessing's spawn: a
     Streamlit AppTest earlier in the session replaces ``__main__``, which spawn would re-run in each child.)"""
     import subprocess
     import sys
 
-    home = deeptrain_home
+    home = Path(os.environ["DEEPTRAIN_HOME"])
     rows = _write_v0_store(home) if start == "first_release" else None
     at = time.time() + 8.0  # after every interpreter has started and imported the store
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -420,7 +441,7 @@ def test_processes_opening_one_store_at_once(deeptrain_home, start):
                               stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(3)]
     outcomes = [p.communicate(timeout=300) for p in procs]
     assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, outcomes)] == [(0, "ok")] * 3, outcomes
-    db_path = home / "studio.db"
+    db_path = database
     assert _version(db_path) == [_alembic_head()]
     assert _differences(db_path) == []
     if rows is not None:
@@ -428,9 +449,10 @@ def test_processes_opening_one_store_at_once(deeptrain_home, start):
             assert _read(db_path, table, list(before[0])) == before, table
 
 
-def test_migrations_match_the_schema_module(tmp_path):
-    """The revisions build exactly ``core.store.schema``: a column added there without a revision fails here."""
-    db_path = tmp_path / "studio.db"
+def test_migrations_match_the_schema_module(database):
+    """The revisions build exactly ``core.store.schema`` (on SQLite and on PostgreSQL): a column added there without a
+    revision fails here."""
+    db_path = database
     _run(db_path, "upgrade", "head")
     assert _differences(db_path) == [], "core/store/schema.py and core/store/migrations/versions/ disagree"
     # The check bites: at the baseline, the visibility columns are reported missing.

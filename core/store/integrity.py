@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from core import paths
-from core.store.engine import read, transaction
+from core.store.engine import describe, engine, read, transaction
 from core.store.schema import blobs, indexes, items, metadata, models
 
 STORED_EXTS = ("jpg", "png")  # what core.data.decode stores
@@ -135,6 +135,59 @@ def quick_check() -> list[str]:
     return _pragma_check("quick_check")
 
 
+# PostgreSQL settings under which a crash of the server can lose or damage committed rows (the studio's "nothing
+# lost" holds only when every commit is on disk before the user is told it happened).
+_PG_DURABILITY = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+def _sequences_behind(conn: sa.Connection) -> list[str]:
+    """PostgreSQL: integer ids whose sequence would hand out an id that a row already has (rows copied in with their
+    ids and the sequence never moved): the next insert into that table fails."""
+    out = []
+    for table in metadata.sorted_tables:
+        pk = list(table.primary_key.columns)
+        if len(pk) != 1 or not isinstance(pk[0].type, sa.Integer):
+            continue
+        seq = conn.execute(sa.select(sa.func.pg_get_serial_sequence(table.name, pk[0].name))).scalar()
+        if seq is None:
+            continue
+        last, called = conn.execute(sa.text(f"SELECT last_value, is_called FROM {seq}")).one()
+        top = conn.execute(sa.select(sa.func.max(pk[0]))).scalar()
+        next_id = last + 1 if called else last
+        if top is not None and next_id <= top:
+            out.append(f"{table.name}: the next id would be {next_id} but the rows reach {top}, so inserts fail; "
+                       f"SELECT setval('{seq}', {top}) fixes it")
+    return out
+
+
+def database_report() -> dict[str, Any]:
+    """Which database the store is (``name``: the SQLite file or the server's URL without its password), its version
+    and durability settings, ``problems`` (damage: errors) and ``warnings`` (settings that put commits at risk)."""
+    eng = engine(check=False)
+    name = eng.url.database if eng.dialect.name == "sqlite" else describe(eng.url)
+    report: dict[str, Any] = {"dialect": eng.dialect.name, "name": name, "problems": [], "warnings": []}
+    with read() as conn:
+        if eng.dialect.name == "sqlite":
+            report["server"] = f"SQLite {conn.exec_driver_sql('SELECT sqlite_version()').scalar()}"
+            sync = int(conn.exec_driver_sql("PRAGMA synchronous").scalar_one())
+            report["settings"] = {"journal_mode": conn.exec_driver_sql("PRAGMA journal_mode").scalar(),
+                                  "synchronous": ("off", "normal", "full", "extra")[sync]}
+        elif eng.dialect.name == "postgresql":
+            report["server"] = f"PostgreSQL {conn.exec_driver_sql('SHOW server_version').scalar()}"
+            names = [*list(_PG_DURABILITY), "server_encoding", "default_transaction_isolation"]
+            report["settings"] = {k: conn.exec_driver_sql(f"SHOW {k}").scalar() for k in names}
+            report["warnings"] += [f"{k} is {report['settings'][k]} on the server: a crash of the server or a power "
+                                   f"cut can lose rows the studio said were saved; set {k} = {want}"
+                                   for k, want in _PG_DURABILITY.items() if report["settings"][k] != want]
+            if report["settings"]["server_encoding"] != "UTF8":
+                report["warnings"].append(f"the database's encoding is {report['settings']['server_encoding']}: names "
+                                          "and labels outside it cannot be stored; create it with ENCODING 'UTF8'")
+            report["problems"] += _sequences_behind(conn)
+        else:  # pragma: no cover - the store runs on SQLite or PostgreSQL
+            report["server"] = eng.dialect.name
+    return report
+
+
 def integrity_check() -> list[str]:
     """SQLite's full ``PRAGMA integrity_check`` (also compares every index with its table): ``[]`` when sound."""
     return _pragma_check("integrity_check")
@@ -158,9 +211,9 @@ def dangling_rows() -> list[dict[str, Any]]:
                                                                                     models.c.path))]
         folders += [("indexes", r.id, r.name, r.path) for r in conn.execute(sa.select(indexes.c.id, indexes.c.name,
                                                                                       indexes.c.path))]
-    for table, row_id, name, path in folders:
+    for kind, row_id, name, path in folders:
         if not Path(path).is_dir():
-            out.append({"what": f"{table} row {row_id} ({name}): its folder {path} is missing", "rows": 1})
+            out.append({"what": f"{kind} row {row_id} ({name}): its folder {path} is missing", "rows": 1})
     return out
 
 
@@ -170,7 +223,8 @@ def check_item_files(hash_files: bool = True, workers: int = 4) -> dict[str, Any
     with read() as conn:
         rows = conn.execute(sa.select(blobs.c.hash, blobs.c.ext, blobs.c.nbytes).where(
             sa.exists().where(items.c.blob == blobs.c.hash))).all()
-        users = dict(conn.execute(sa.select(items.c.blob, sa.func.count()).group_by(items.c.blob)).all())
+        users: dict[str, int] = dict(conn.execute(sa.select(items.c.blob, sa.func.count())
+                                                  .group_by(items.c.blob)).all())
     root = paths.subdir("blobs")
 
     def verdict(row) -> str | None:

@@ -3,27 +3,31 @@
 A job moves through explicit states: queued -> starting -> running -> succeeded | failed | cancelled | interrupted;
 interrupted, cancelled and failed jobs can be queued again (resume). Every transition is one conditional UPDATE
 (``WHERE state IN (...)``), so a worker finishing and a user cancelling at the same moment can never both win, and
-the claim that moves a job from queued to starting is a single UPDATE statement: SQLite runs it under its write
-lock, so two pumps in two processes never start the same job nor pass the limit of concurrent jobs.
+the claim that moves a job from queued to starting is a single UPDATE statement under the store's write lock
+(``core.store.engine``: SQLite's, or PostgreSQL's advisory lock), so two pumps in two processes never start the same
+job nor pass the limit of concurrent jobs. A worker's heartbeat and progress take only their job's row lock
+(``transaction(lock="rows")``): on PostgreSQL they never wait behind another writer's commit, and every transition
+above still re-checks the row's state in its own UPDATE.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from core.users import NotFound, User, as_user
 from core.store import access
 from core.store.engine import engine, now, transaction
 from core.store.schema import jobs
+from core.users import NotFound, User, as_user
 
 ACTIVE = ("starting", "running")
 TERMINAL = ("succeeded", "failed", "cancelled", "interrupted")
 RESUMABLE = ("interrupted", "cancelled", "failed")
-STATES = ("queued",) + ACTIVE + TERMINAL
+STATES = ("queued", *ACTIVE, *TERMINAL)
 
 
 def _row(row: Any) -> dict:
@@ -195,7 +199,7 @@ def beat(job_id: int, progress: dict | None = None, series: list | None = None) 
         values["progress"] = progress
     if series is not None:
         values["series"] = series
-    with transaction() as conn:
+    with transaction(lock="rows") as conn:  # one job's row: never waits behind an import's commit
         conn.execute(jobs.update().where(jobs.c.id == job_id, jobs.c.state.in_(ACTIVE)).values(**values))
         flag = conn.execute(sa.select(jobs.c.cancel_requested).where(jobs.c.id == job_id)).scalar()
     return bool(flag)
@@ -203,8 +207,8 @@ def beat(job_id: int, progress: dict | None = None, series: list | None = None) 
 
 def add_history(job_id: int, epoch: int, metrics: dict) -> None:
     """Record one epoch's metrics; an epoch seen again (after a resume) replaces its earlier entry."""
-    with transaction() as conn:
-        hist = conn.execute(sa.select(jobs.c.history).where(jobs.c.id == job_id)).scalar() or []
+    with transaction(lock="rows") as conn:  # the row stays locked from this read to the commit
+        hist = conn.execute(sa.select(jobs.c.history).where(jobs.c.id == job_id).with_for_update()).scalar() or []
         hist = [h for h in hist if int(h.get("epoch", -1)) != int(epoch)]
         hist.append({"epoch": int(epoch), **metrics})
         hist.sort(key=lambda h: h["epoch"])

@@ -171,7 +171,10 @@ def _exclusive(eng: Engine) -> Iterator[Connection]:
     else:
         with eng.begin() as conn:
             if dialect == "postgresql":
-                # Released by PostgreSQL itself when this transaction ends, however it ends.
+                # No lock_timeout here (the store's connections have one): an upgrade in another process may take
+                # long, and waiting for it is right, as flock waits on SQLite. Released by PostgreSQL itself when this
+                # transaction ends, however it ends.
+                conn.execute(sa.text("SET LOCAL lock_timeout = 0"))
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
             yield conn
 
