@@ -152,3 +152,11 @@ def worker_priority_text() -> str:
     return (f"Workers run at niceness {int(settings.get('worker_nice'))} with {worker_threads()} of {cores} CPU "
             "thread(s), so pages and searches stay responsive while a job trains (settings worker_nice, "
             "worker_threads).")
+
+
+def inference_device():
+    """The ``torch.device`` loaded models predict and embed on (``core.loaded``): the GPU when there is one (in a job
+    worker, the one its slot was given), else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

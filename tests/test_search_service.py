@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core import loaded
 from core.cli import main
 from core.data.importer import import_dataset
 from core.errors import UserError
@@ -121,7 +122,7 @@ def test_sync_add_remove_survives_reload_and_empties(cal, tmp_path, capsys):
 
     # a fresh process (caches dropped) loads the same index from its files
     before = service.search("local", name, concept="anchor", k=5)
-    service._open_cache.clear()
+    loaded.clear()
     service._labels_cache.clear()
     assert service.search("local", name, concept="anchor", k=5) == before
 

@@ -6,14 +6,15 @@ list their top concepts; logreg (multi-label) models every concept at or above t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 from core.errors import UserError
 from core.evaluation import service
 from core.users import User
 
-ImageSource = Union[str, Path, tuple[str, bytes]]  # a path, or (file name, bytes) from an upload
+MAX_TOP_K = 1000  # concepts one prediction may list
+ImageSource = str | Path | tuple[str, bytes]  # a path, or (file name, bytes) from an upload
 
 
 def open_image(source: ImageSource):
@@ -43,13 +44,14 @@ def predict(user: User | str, model: str | int, images: Sequence[ImageSource], *
     row = service.get(user, model)
     if not images:
         raise UserError("predict: give at least one image")
+    top_k, threshold = check_top_k(top_k), check_threshold(threshold)
     pil = [open_image(src) for src in images]  # refuse bad uploads before loading the network
     loaded = service.load_model(row)
     if row["kind"] == "detector":
         found = [p["boxes"] for p in loaded.predict(pil)]
         return [{"image": _name(src), "concepts": _box_concepts(b), "boxes": b} for src, b in zip(images, found)]
     try:
-        probs = loaded.predict(pil)
+        probs = loaded.predict_together(pil)  # with other requests' images arriving meanwhile (a server)
     except (NotImplementedError, AttributeError, UserError) as exc:
         raise UserError(f"model {row['name']!r} ({row['kind']}) gives embeddings, not concepts; "
                         "use Visual Search to find similar images") from exc
@@ -64,6 +66,30 @@ def predict(user: User | str, model: str | int, images: Sequence[ImageSource], *
         out.append({"image": _name(src), "concepts": [{"name": concepts[i], "probability": float(p[i])}
                                                       for i in chosen], "boxes": []})
     return out
+
+
+def check_top_k(top_k: object) -> int:
+    """``top_k`` as a whole number from 1 to MAX_TOP_K; UserError naming it otherwise."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, float, str)):
+        raise UserError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
+    try:
+        value = float(top_k)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer() or not 1 <= value <= MAX_TOP_K:
+        raise UserError(f"top_k must be a whole number from 1 to {MAX_TOP_K}, got {top_k!r}")
+    return int(value)
+
+
+def check_threshold(threshold: object) -> float:
+    """``threshold`` as a probability from 0 to 1; UserError naming it otherwise."""
+    try:
+        value = float(threshold) if not isinstance(threshold, bool) else float("nan")
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+    return value
 
 
 def _box_concepts(boxes: Sequence[dict]) -> list[dict]:

@@ -11,22 +11,19 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from core.errors import UserError
 from core.evaluation import metrics as m
+from core.progress import Progress
 from core.users import User, as_user, can_see, check_visibility, require_owner
 
 EVAL_VERSION = 1  # bump when the figures' definitions change, so old caches are recomputed
 BATCH = 32  # images per forward pass during evaluation
 WEIGHTS_FILE = "weights.safetensors"
-Progress = Callable[[float, str], None]
-
-_loaded: dict[tuple[str, int, int], Any] = {}  # (folder, weights mtime_ns, size) -> LoadedModel
-_lock = threading.Lock()
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -42,30 +39,22 @@ def weights_file(row: dict) -> Path:
 
 
 def load_model(row: dict):
-    """The model's network, ready to predict (``core.models.io.LoadedModel``), cached per process.
+    """The model's network, ready to predict (``core.models.io.LoadedModel``) on the inference device: loaded once
+    per process and shared (``core.loaded``, under the memory budget ``loaded_max_bytes``), reloaded when its weights
+    change.
 
     Weights are read with safetensors only; a missing or corrupt file gives a UserError naming it.
     """
-    from core.models.io import load_model_dir
+    from core import loaded
 
     wf = weights_file(row)
-    stat = wf.stat()
-    key = (str(Path(row["path"]).resolve()), stat.st_mtime_ns, stat.st_size)
-    with _lock:
-        hit = _loaded.get(key)
-    if hit is not None:
-        return hit
     try:
-        loaded = load_model_dir(row["path"])
+        return loaded.model_dir(row["path"], WEIGHTS_FILE)
     except UserError:
         raise
     except Exception as exc:  # safetensors' own errors, shape mismatches, broken config.json
         raise UserError(f"model {row['name']!r}: weights file {wf} is corrupt or does not fit the "
                         f"{row['template']} network ({type(exc).__name__}: {exc})") from exc
-    with _lock:
-        _loaded.clear()  # keep one network in memory: models are large, the page shows one at a time
-        _loaded[key] = loaded
-    return loaded
 
 
 def get(user: User | str, model: str | int) -> dict:
@@ -382,7 +371,9 @@ def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     s = int(round(seconds))
-    return f"{s} s" if s < 60 else f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
+    if s < 60:
+        return f"{s} s"
+    return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
 
 
 def registry_rows(user: User | str) -> list[dict]:

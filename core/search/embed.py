@@ -11,23 +11,20 @@ network's own speed.
 
 from __future__ import annotations
 
-import threading
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from core.device import cpu_threads
 from core.errors import UserError
+from core.models import GENERAL
 from core.users import User
 
-GENERAL = "general"
 BATCH_SIZE = 32  # images per forward pass: large enough to keep BLAS busy, small enough for ~200 MB of activations
-
-_cache: dict[tuple, Any] = {}
-_cache_lock = threading.Lock()
 
 
 def resolve_model(user: User | str, model: str | int) -> tuple[str, dict | None]:
@@ -72,39 +69,16 @@ def model_label(key: str) -> str:
     return f"{row['name']} ({row['kind']} {row['template']})"
 
 
-def model_stamp(key: str) -> tuple:
-    """A key that changes when the model behind ``key`` changes on disk: for a server-wide cache of load_embedder."""
-    if key == GENERAL:
-        return (key,)
-    row = model_row(key)
-    return (key, row["path"], _mtime(Path(row["path"])))
-
-
 def load_embedder(key: str):
-    """The LoadedModel behind a model key, loaded once per process and shared (never mutate it)."""
+    """The LoadedModel behind a model key on the inference device, loaded once per process and shared
+    (``core.loaded``; reloaded when the model's files change). Never mutate it."""
     if key == GENERAL:
         from core.models.general import general_embedder
 
         return general_embedder()
-    row = model_row(key)
-    stamp = (key, row["path"], _mtime(Path(row["path"])))
-    with _cache_lock:
-        loaded = _cache.get(stamp)
-        if loaded is None:
-            from core.models.io import load_model_dir
+    from core import loaded
 
-            loaded = load_model_dir(row["path"])
-            for old in [k for k in _cache if k[0] == key]:
-                del _cache[old]
-            _cache[stamp] = loaded
-    return loaded
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return max(p.stat().st_mtime for p in [path, *path.iterdir()])
-    except (FileNotFoundError, ValueError):
-        return 0.0
+    return loaded.model_dir(model_row(key)["path"])
 
 
 def open_image(src: Any, name: str | None = None):

@@ -16,9 +16,10 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,7 @@ PARTIAL_FILE = "partial_embeddings.npz"  # a build job's checkpoint in its run f
 CHECKPOINT_EVERY = 256  # images embedded between checkpoints of a build job
 NEAR_DUPLICATE_NEIGHBOURS = 10  # neighbours looked at per image when listing near-duplicate pairs
 DEFAULT_DUPLICATE_THRESHOLD = 0.95  # cosine similarity above which two images count as near-duplicates
+MAX_K = 1000  # results one search may ask for
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -74,7 +76,7 @@ def _stamp(folder: Path) -> tuple:
 # ------------------------------------------------------------------------------------------------ building
 
 def _short_model(key: str, row: dict | None) -> str:
-    return "general" if row is None else str(row["name"])
+    return embedding.GENERAL if row is None else str(row["name"])
 
 
 def _progress_cb(callbacks: Any, total: int, already: int, t0: float):
@@ -108,7 +110,9 @@ def build_index(config: dict, run_dir: str | os.PathLike | None = None, callback
     name = (config.get("name") or "").strip() or store.unique_name(owner, f"{ds['name']}-{_short_model(key, mrow)}")
     if store.name_taken(owner, name):
         raise UserError(f"index {name!r}: the name is taken; choose another or delete that index first")
-    run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="index-", dir=paths.subdir("cache")))
+    if run_dir is None:
+        run_dir = tempfile.mkdtemp(prefix="index-", dir=paths.subdir("cache"))
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     should_stop = getattr(callbacks, "should_stop", None) or (lambda: False)
     log = getattr(callbacks, "log", None) or (lambda line: None)
@@ -187,7 +191,7 @@ def _params(index: vindex.VectorIndex, key: str, **facts: Any) -> dict:
     return out
 
 
-def build_index_now(user: User | str, dataset: str, model: str = "general", name: str | None = None,
+def build_index_now(user: User | str, dataset: str, model: str = embedding.GENERAL, name: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> dict:
     """Build in this process (no job queue): for the CLI ``--wait`` fallback, the page without jobs, and tests."""
     require_role(user, "member", "building an index")
@@ -227,42 +231,35 @@ class OpenIndex:
         return pos if pos < len(self.ids) and self.ids[pos] == item_id else None
 
 
-def index_stamp(user: User | str, index: str | int) -> tuple:
-    """A key that changes whenever the index is rebuilt, synced or replaced: for a server-wide cache of open_index."""
-    row = store.get_index(user, index)
-    return (row["id"], row["path"], _stamp(Path(row["path"])))
-
-
-_open_cache: dict[str, OpenIndex] = {}  # by index folder (unique per data directory and build)
-_open_lock = threading.Lock()
-
-
 def open_index(user: User | str, index: str | int) -> OpenIndex:
-    """The index loaded from its files, once per process until a file changes (a sync or rebuild)."""
+    """The index ``user`` sees, loaded from its files once per process (``core.loaded``, under the memory budget)
+    until a file changes (a sync or rebuild). Shared by every caller: never mutate it."""
+    from core import loaded
+
     row = store.get_index(user, index)
     folder = Path(row["path"])
-    stamp = _stamp(folder)
-    with _open_lock:
-        cached = _open_cache.get(str(folder))
-        if cached is not None and cached.stamp == stamp:
-            cached.row = row
-            return cached
-        ids, vectors, key = _load_embeddings(folder / EMBEDDINGS_FILE)
-        if key != row["model"]:
-            raise UserError(f"index {row['name']!r}: its embeddings come from {key} but it is recorded as built with "
-                            f"{row['model']}; delete it and build it again")
-        try:
-            index = vindex.load(folder / INDEX_FILE)
-            consistent = index.dim == vectors.shape[1] and np.array_equal(index.ids, ids)
-        except UserError:
-            consistent = False
-        if not consistent:  # a crash between the two writes of a sync: the embeddings are the truth
-            index = vindex.build(ids, vectors)
-            index.save(folder / INDEX_FILE)
-            stamp = _stamp(folder)
-        opened = OpenIndex(row, index, ids, vectors, key, stamp)
-        _open_cache[str(folder)] = opened
-        return opened
+    opened = loaded.get(("index", str(folder)), _stamp(folder), lambda: _load_index(row, folder), _index_bytes)
+    return opened if opened.row == row else replace(opened, row=row)  # a copy: the cached one stays as it was
+
+
+def _index_bytes(opened: OpenIndex) -> int:
+    return int(opened.vectors.nbytes + opened.ids.nbytes + opened.index.memory_bytes())
+
+
+def _load_index(row: dict, folder: Path) -> OpenIndex:
+    ids, vectors, key = _load_embeddings(folder / EMBEDDINGS_FILE)
+    if key != row["model"]:
+        raise UserError(f"index {row['name']!r}: its embeddings come from {key} but it is recorded as built with "
+                        f"{row['model']}; delete it and build it again")
+    try:
+        index = vindex.load(folder / INDEX_FILE)
+        consistent = index.dim == vectors.shape[1] and np.array_equal(index.ids, ids)
+    except UserError:
+        consistent = False
+    if not consistent:  # a crash between the two writes of a sync: the embeddings are the truth
+        index = vindex.build(ids, vectors)
+        index.save(folder / INDEX_FILE)
+    return OpenIndex(row, index, ids, vectors, key, _stamp(folder))
 
 
 # ------------------------------------------------------------------------------------------------ sync
@@ -322,9 +319,23 @@ _labels_cache: dict[tuple[str, int, int], dict] = {}
 _labels_lock = threading.Lock()
 
 
-def _dataset_view(dataset_id: int) -> dict:
-    """{"labels": {item_id: [concepts]}, "paths": {item_id: path}, "version"} for a dataset, cached per version."""
-    ds = ds_store.get_dataset_by_id(dataset_id)
+def _dataset_row(opened: OpenIndex) -> dict:
+    """The row of the index's dataset (its version keys the cached view), read through one of the index's items
+    while it exists: one indexed lookup, without the item, split and concept counts ``get_dataset_by_id`` adds (about
+    100 ms a query at 100,000 items, measured with bench/bench_api.py)."""
+    dataset_id = opened.row["dataset_id"]
+    for item in opened.ids[:1].tolist():
+        row = ds_store.item_dataset(item)
+        if row is not None and row["id"] == dataset_id:
+            return row
+    return ds_store.get_dataset_by_id(dataset_id)
+
+
+def _dataset_view(opened: OpenIndex) -> dict:
+    """{"labels": {item_id: [concepts]}, "paths": {item_id: path}, "version"} for the index's dataset, cached per
+    dataset version."""
+    ds = _dataset_row(opened)
+    dataset_id = ds["id"]
     cache_key = (str(paths.home()), int(dataset_id), int(ds["version"]))
     with _labels_lock:
         hit = _labels_cache.get(cache_key)
@@ -355,12 +366,14 @@ def _concept_vector(opened: OpenIndex, view: dict, concept: str) -> np.ndarray:
 
 
 def query_vector(opened: OpenIndex, *, image: Any = None, item_id: int | None = None, concept: str | None = None,
-                 model: Any = None) -> np.ndarray:
+                 model: Any = None, vector: Any = None) -> np.ndarray:
     """The query embedding for exactly one of: an image (path, bytes, (name, bytes), upload, PIL), an item id, a
-    concept."""
-    given = [x is not None for x in (image, item_id, concept)]
+    concept, or a raw ``vector`` (of the index's dimension; normalised here)."""
+    given = [x is not None for x in (image, item_id, concept, vector)]
     if sum(given) != 1:
-        raise UserError("Search with exactly one of: an image, an item id, or a concept")
+        raise UserError("Search with exactly one of: an image, an item id, a concept or a vector")
+    if vector is not None:
+        return check_vector(vector, opened.index.dim)
     if image is not None:
         query = embedding.open_image(image)  # an upload is checked (format, pixels) before the network loads
         model = model or embedding.load_embedder(opened.model)
@@ -376,10 +389,51 @@ def query_vector(opened: OpenIndex, *, image: Any = None, item_id: int | None = 
             raise UserError(f"item {item_id} is not in index {opened.name!r} ({len(opened.ids)} images); if it was "
                             f"added to the dataset recently, sync the index")
         return opened.vectors[pos]
-    return _concept_vector(opened, _dataset_view(opened.row["dataset_id"]), str(concept))
+    return _concept_vector(opened, _dataset_view(opened), str(concept))
 
 
-def search_vectors(opened: OpenIndex, vectors: np.ndarray, model_key: str, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+def check_vector(vector: Any, dim: int) -> np.ndarray:
+    """A query vector as float32 of length ``dim``, L2-normalised; UserError naming what is wrong (not a list of
+    numbers, the wrong dimension, not finite, all zeros)."""
+    try:
+        arr = np.asarray(vector) if isinstance(vector, (list, tuple, np.ndarray)) else None
+    except ValueError:  # ragged nesting
+        arr = None
+    if arr is None or arr.dtype.kind not in "fiu":  # strings, booleans, None, objects
+        raise UserError("vector must be a list of numbers")
+    if arr.ndim != 1 or arr.shape[0] != dim:
+        raise UserError(f"vector has {arr.shape[0] if arr.ndim == 1 else arr.shape} values; this index holds "
+                        f"{dim}-d embeddings")
+    if not np.isfinite(arr).all():
+        raise UserError("vector must hold finite numbers (no NaN or infinity)")
+    norm = float(np.linalg.norm(arr))
+    if norm == 0.0:
+        raise UserError("vector is all zeros; it has no direction to search along")
+    return (arr / norm).astype(np.float32)
+
+
+def result_json(results: list[dict]) -> list[dict]:
+    """Search results as the command line's ``--json`` and the HTTP API give them: item, concepts, score (no server
+    paths)."""
+    return [{"item": r["item"], "concepts": r["concepts"], "score": r["score"]} for r in results]
+
+
+def embed(user: User | str, model: str | int, images: Sequence[Any]) -> dict:
+    """Embeddings of ``images`` (anything ``core.search.embed.open_image`` reads, uploads held to the importer's
+    rules) with a model ``user`` sees, or ``"general"``: {"model", "model_label", "dim", "embeddings": [{"image",
+    "vector"}]}, float32 L2-normalised rows, the vectors an index of that model holds."""
+    key, _ = embedding.resolve_model(user, model)
+    if not images:
+        raise UserError("embed: give at least one image")
+    names = [src[0] if isinstance(src, tuple) else str(getattr(src, "name", None) or src) for src in images]
+    pil = [embedding.open_image(src) for src in images]  # refuse bad uploads before the network loads
+    vectors = embedding.embed_images(embedding.load_embedder(key), pil)
+    return {"model": key, "model_label": embedding.model_label(key), "dim": int(vectors.shape[1]),
+            "embeddings": [{"image": n, "vector": v.tolist()} for n, v in zip(names, vectors)]}
+
+
+def search_vectors(opened: OpenIndex, vectors: np.ndarray, model_key: str,
+                   k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Search with embeddings computed elsewhere; refuses embeddings of another model than the index's."""
     if model_key != opened.model:
         raise UserError(f"index {opened.name!r} was built with {embedding.model_label(opened.model)}; embeddings of "
@@ -389,24 +443,27 @@ def search_vectors(opened: OpenIndex, vectors: np.ndarray, model_key: str, k: in
 
 def search(user: User | str, index: str | int, *, image: Any = None, item_id: int | None = None,
            concept: str | None = None, k: int = 10, concept_filter: str | None = None,
-           opened: OpenIndex | None = None, model: Any = None) -> list[dict]:
+           opened: OpenIndex | None = None, model: Any = None, vector: Any = None) -> list[dict]:
     """The ``k`` most similar images, best first: [{"item", "concepts", "score", "path"}].
 
-    Query by exactly one of ``image``, ``item_id`` (the item itself is left out) or ``concept`` (mean embedding).
-    ``concept_filter`` keeps only results labelled with that concept. ``opened``/``model`` let a server pass its
-    cached index and embedder.
+    Query by exactly one of ``image``, ``item_id`` (the item itself is left out), ``concept`` (mean embedding) or
+    ``vector`` (an embedding of the index's model and dimension). ``concept_filter`` keeps only results labelled
+    with that concept. ``opened``/``model`` let a caller pass the index and embedder it holds.
     """
-    k = int(k)
-    if k < 1:
-        raise UserError(f"k must be at least 1, got {k}")
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise UserError(f"k must be a whole number, got {k!r}") from None
+    if not 1 <= k <= MAX_K:
+        raise UserError(f"k must be between 1 and {MAX_K}, got {k}")
     opened = opened or open_index(user, index)
-    q = query_vector(opened, image=image, item_id=item_id, concept=concept, model=model)
-    view = _dataset_view(opened.row["dataset_id"])
+    q = query_vector(opened, image=image, item_id=item_id, concept=concept, model=model, vector=vector)
+    view = _dataset_view(opened)
     if concept_filter and not any(concept_filter in labs for labs in view["labels"].values()):
         raise UserError(f"concept filter {concept_filter!r}: no images in dataset {view['name']!r} have it")
-    count = opened.index.count
+    count = min(opened.index.count, opened.index.max_k or opened.index.count)  # the most one search may return
     want = k + (1 if item_id is not None else 0)
-    fetch = want if not concept_filter else min(count, want * 4)
+    fetch = min(count, want if not concept_filter else want * 4)
     while True:
         scores, ids = opened.index.search(q, max(1, fetch))
         out = []
@@ -443,7 +500,7 @@ def nearest_concepts(user: User | str, index: str | int, *, image: Any = None, i
 
 
 def _centroids(opened: OpenIndex) -> tuple[list[str], np.ndarray, list[int]]:
-    view = _dataset_view(opened.row["dataset_id"])
+    view = _dataset_view(opened)
     hit = opened._centroids.get(view["version"])
     if hit is not None:
         return hit
@@ -460,7 +517,8 @@ def _centroids(opened: OpenIndex) -> tuple[list[str], np.ndarray, list[int]]:
         v = opened.vectors[members[c]].mean(axis=0)
         cents[j] = v / max(float(np.linalg.norm(v)), 1e-12)
     result = (names, cents, [len(members[c]) for c in names])
-    opened._centroids = {view["version"]: result}
+    opened._centroids.clear()  # a memo shared by the cached index and its copies: one version kept
+    opened._centroids[view["version"]] = result
     return result
 
 
@@ -496,7 +554,7 @@ def near_duplicates(user: User | str, index: str | int, threshold: float = DEFAU
     if not 0.0 < float(threshold) <= 1.0:
         raise UserError(f"threshold must be in (0, 1], got {threshold}")
     opened = opened or open_index(user, index)
-    view = _dataset_view(opened.row["dataset_id"])
+    view = _dataset_view(opened)
     out = []
     for a, b, s in duplicate_pairs(opened.ids, opened.vectors, float(threshold), opened.index, limit):
         if a in view["paths"] and b in view["paths"]:
@@ -506,7 +564,7 @@ def near_duplicates(user: User | str, index: str | int, threshold: float = DEFAU
 
 
 def dataset_near_duplicates(user: User | str, dataset: str, threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
-                            model: str = "general", limit: int = 1000) -> list[dict]:
+                            model: str = embedding.GENERAL, limit: int = 1000) -> list[dict]:
     """Near-duplicate pairs of a dataset, for the health report: uses an index of that dataset and model when one
     exists (synced first), else embeds the images in memory (nothing stored)."""
     ds = ds_store.get_dataset(user, dataset)
@@ -565,8 +623,9 @@ def delete_index(user: User | str, index: str | int) -> None:
     row = store.get_index(user, index)
     require_owner(user, row, f"Index {row['name']!r}")
     store.delete_index_row(row["id"])
-    with _open_lock:
-        _open_cache.pop(str(Path(row["path"])), None)
+    from core import loaded
+
+    loaded.drop(("index", str(Path(row["path"]))))
     folder = Path(row["path"])
     if folder.is_dir() and paths.subdir("indexes") in folder.resolve().parents:
         shutil.rmtree(folder, ignore_errors=True)

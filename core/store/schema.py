@@ -173,3 +173,18 @@ users = sa.Table(
     sa.Column("last_seen", sa.Float, nullable=False),
     sa.Column("seen_via", sa.String, nullable=False),  # oidc | proxy | single | cli
 )
+
+# --- API keys (owned by core.store.keys)
+api_keys = sa.Table(
+    "api_keys", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String, nullable=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("key_hash", sa.String, nullable=False, unique=True),  # sha256 hex of the key; the key is never stored
+    sa.Column("prefix", sa.String, nullable=False),  # the key's first characters, to recognise it in a list
+    sa.Column("scopes", sa.JSON, nullable=False),  # [] : everything the owner may do; else of predict, search, read
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),  # revoked keys stay listed (who had one, until when); never accepted again
+    sa.Index("ix_api_keys_owner", "owner"),
+)
