@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -105,6 +106,12 @@ def test_detector_onnx_export_finds_the_same_boxes_at_any_image_size(detector, t
     assert done["format"] == "onnx" and done["max_diff"] <= export.BOX_TOLERANCE_PX and done["detections"] > 0
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "d.onnx")).metadata_props}
     assert json.loads(meta["concepts"]) == list(row["concepts"]) and meta["labels"] == "concept index + 1"
+    described = json.loads(meta["description"])  # the whole description, as every export carries it
+    assert described["kind"] == "detector" and described["output"] == "boxes, labels, scores"
+    assert described["input_shape"] == [3, "height", "width"] and described["resize"] == "detector"
+    assert described["input_size"] == row["preprocess"]["image_size"] and described["concepts"] == row["concepts"]
+    with zipfile.ZipFile(export.export_model("local", detector, "zip", tmp_path / "d.zip")["path"]) as zf:
+        assert json.loads(zf.read("config.json"))["description"] == described
 
     loaded = service.load_model(row)
     session = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"])

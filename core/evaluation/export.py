@@ -4,8 +4,14 @@ The zip holds ``weights.safetensors``, ``config.json`` (template, parameters, co
 ``concepts.txt``, ``preprocess.json`` and ``predict_example.py``. TorchScript and ONNX files hold one network that
 takes a normalised (B, 3, H, W) batch and returns probabilities (classifiers) or L2-normalised embeddings
 (embedders); each export is run once against the original and refused if they differ by more than ``TOLERANCE``.
-Detectors export as a zip or as ONNX (one (3, H, W) image in [0, 1] of any size in; boxes, labels, scores out; the
-concepts in the file's metadata), checked for the same detections on one of their dataset's images.
+Detectors export as a zip or as ONNX (one (3, H, W) image in [0, 1] of any size in; boxes, labels, scores out),
+checked for the same detections on one of their dataset's images.
+
+Every export describes itself, so a client needs nothing but the file: :func:`describe` builds the one description
+(kind, template, concepts in output order, input size, colour order, mean and std, resize rule, what the output is,
+the studio's version) and the three formats carry it in the same words: ONNX ``metadata_props`` and TorchScript
+``_extra_files`` hold :func:`metadata_entries` (``description``: all of it as one JSON object, and each key on its
+own: text as is, numbers and lists as JSON), the zip's ``config.json`` holds it under ``description``.
 Weights are only ever read with safetensors or ``torch.load(weights_only=True)``.
 """
 
@@ -16,13 +22,14 @@ import json
 import shutil
 import uuid
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from core import paths
 from core.errors import UserError
 from core.evaluation import service
 from core.fsutil import atomic_write_bytes
+from core.models import GENERAL
 from core.users import User, as_user, require_role
 
 FORMATS = ("zip", "torchscript", "onnx")
@@ -30,10 +37,110 @@ TOLERANCE = 1e-4  # largest difference allowed between the exported and the orig
 ARCHIVE_MEMBERS = ("weights.safetensors", "config.json", "concepts.txt", "preprocess.json", "predict_example.py")
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 MAX_ARCHIVE_BYTES = 4 * 2**30  # 4 GiB uncompressed: larger than any template's weights, small enough to refuse bombs
+DESCRIPTION_VERSION = 1  # bumped when a key of the description changes meaning
+DESCRIPTION_KEY = "description"  # the metadata entry / extra file / config.json key holding the whole description
 
 
 def _output_mode(row: dict) -> str:
     return "embedding" if row["kind"] == "embedder" else "probabilities"
+
+
+def _activation(loaded) -> str:
+    """How a classifier's outputs become probabilities: "softmax" (one concept per image; angular-margin heads:
+    softmax of the scaled cosines) or "sigmoid" (logreg 1: each concept on its own)."""
+    if getattr(loaded.net, "output", "logits") == "cosine":
+        return "softmax"
+    return "sigmoid" if service.multi_label({"params": loaded.params}) else "softmax"
+
+
+def _resize_rule(resize: str, size: int) -> str:
+    """The eval resize of ``core.models.preprocess.resize_pil`` in words a client can follow exactly."""
+    if resize == "square":
+        return (f"resize the upright RGB image to {size} x {size} with PIL's Image.resize(..., Image.BICUBIC) "
+                "(aspect ratio not kept)")
+    if resize == "short_side_crop":
+        return (f"resize with PIL's Image.resize(..., Image.BICUBIC) so the short side is {size} and the long side "
+                f"int({size} * long / short) (truncated), then crop the centre {size} x {size}: left = "
+                f"round((width - {size}) / 2), top = round((height - {size}) / 2), rounding halves to even "
+                "(Python's round)")
+    return (f"none: give the whole upright RGB image; the graph resizes it so its short side is {size} and its long "
+            f"side at most {round(size * 5 / 3)} (aspect ratio kept) and returns boxes in the input's pixels")
+
+
+def describe(loaded, name: str | None = None, output: str | None = None) -> dict:
+    """What an exported network is, in plain JSON values: every export carries exactly this (see the module doc).
+
+    Args:
+        loaded: the model (``core.models.io.LoadedModel``: its config, network and preprocessing).
+        name: the model's name (default: the config's).
+        output: "probabilities" or "embedding" for a classifier or embedder (default: by kind: an embedder's file
+            gives embeddings, a classifier's probabilities); a detector's is always "boxes, labels, scores".
+    """
+    import core
+
+    config = loaded.config
+    kind = config["kind"]
+    pre = dict(config["preprocess"])
+    size = int(pre["image_size"])
+    concepts = list(config.get("concepts") or [])
+    if kind == "detector":
+        output = "boxes, labels, scores"
+    output = output or ("embedding" if kind == "embedder" else "probabilities")
+    if output not in ("probabilities", "embedding", "boxes, labels, scores"):
+        raise ValueError(f"Unknown output {output!r}; choose probabilities or embedding")
+    dim = getattr(loaded, "embedding_dim", None) or config.get("embedding_dim")
+    out = {
+        "studio": "Deep Training Studio",
+        "studio_version": core.__version__,
+        "description_version": DESCRIPTION_VERSION,
+        "name": name or config.get("name") or config["template"],
+        "kind": kind,
+        "template": config["template"],
+        "concepts": concepts,
+        "input_name": "image",
+        "input_shape": [3, "height", "width"] if kind == "detector" else ["batch", 3, size, size],
+        "input_size": size,
+        "colour_order": "RGB",
+        "orientation": "upright: the EXIF orientation applied, transparency composited on white",
+        "pixel_scale": "8-bit values divided by 255 (0 to 1)",
+        "mean": [float(v) for v in pre["mean"]],
+        "std": [float(v) for v in pre["std"]],
+        "normalisation": ("none by the client: the graph normalises with mean and std itself" if kind == "detector"
+                          else "(pixel / 255 - mean) / std per channel, by the client"),
+        "resize": pre["resize"],
+        "resize_rule": _resize_rule(pre["resize"], size),
+        "output": output,
+    }
+    if output == "probabilities":
+        activation = _activation(loaded)
+        out["output_activation"] = activation
+        out["output_rule"] = (f"output (batch, {len(concepts)}): the probability of each concept, in the order of "
+                              "concepts; " + ("sigmoid: each concept on its own (several may pass a threshold)"
+                                              if activation == "sigmoid" else "softmax: a row sums to 1"))
+    elif output == "embedding":
+        flips = str(loaded.params.get("average_horizontal_flips", "")).strip().lower() in {"1", "true", "yes", "on"}
+        out["output_activation"] = "l2_normalise"
+        out["output_rule"] = (f"output (batch, {dim}): an L2-normalised embedding of dimension {dim} (cosine "
+                              "similarity is the dot product)" + ("; the mirror image's embedding is averaged in, "
+                                                                  "inside the graph" if flips else ""))
+    else:
+        out["output_activation"] = "none"
+        out["output_rule"] = ("boxes (N, 4): x1, y1, x2, y2 in the input's pixels; labels (N,): concept index + 1 "
+                              "(label i is concepts[i - 1]); scores (N,) in 0 to 1, every detection (the studio "
+                              "keeps those at or above detection_score_threshold)")
+        out["labels"] = "concept index + 1"
+        out["detection_score_threshold"] = float(loaded.params.get("detection_score_threshold", 0.0) or 0.0)
+    out["embedding_dim"] = dim
+    return out
+
+
+def metadata_entries(description: dict) -> dict[str, str]:
+    """The description as the string pairs ONNX ``metadata_props`` and TorchScript ``_extra_files`` hold:
+    ``description`` (the whole object as JSON) first, then each key on its own (text as is, anything else as JSON)."""
+    entries = {DESCRIPTION_KEY: json.dumps(description)}
+    for key, value in description.items():
+        entries[key] = value if isinstance(value, str) else json.dumps(value)
+    return entries
 
 
 def exported_module(loaded, mode: str):
@@ -45,7 +152,7 @@ def exported_module(loaded, mode: str):
     net = loaded.net
     cosine = getattr(net, "output", "logits") == "cosine"
     scale = float(getattr(net, "logit_scale", 1.0))
-    sigmoid = service.multi_label({"params": loaded.params})
+    sigmoid = _activation(loaded) == "sigmoid"
     flips = str(loaded.params.get("average_horizontal_flips", "")).strip().lower() in {"1", "true", "yes", "on"}
 
     class Exported(nn.Module):
@@ -84,41 +191,68 @@ def _check_close(what: str, expected, got) -> float:
     return diff
 
 
+def _on_cpu(loaded, row: dict):
+    """The model on the CPU: exports trace there (a model served from a GPU is loaded again, not moved: it is
+    shared)."""
+    if getattr(loaded, "device", None) is None or loaded.device.type == "cpu":
+        return loaded
+    from core.models.io import load_model_dir
+
+    return load_model_dir(row["path"])
+
+
 def export_model(user: User | str, model: str | int, fmt: str = "zip", out: str | Path = "") -> dict:
-    """Write the model to ``out`` as ``fmt`` (zip | torchscript | onnx). Returns {"path", "format", "max_diff"}."""
+    """Write the model to ``out`` as ``fmt`` (zip | torchscript | onnx), described as :func:`describe` says.
+
+    Returns {"model", "kind", "format", "path", "bytes", "max_diff"} (detector ONNX: also "detections").
+    """
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     row = service.get(user, model)
     out = Path(out or f"{row['name']}.{ {'zip': 'zip', 'torchscript': 'pt', 'onnx': 'onnx'}[fmt] }")
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = {"model": row["name"], "kind": row["kind"], "format": fmt, "path": str(out)}
     if fmt == "zip":
         atomic_write_bytes(out, archive_bytes(row), what=f"the export of model {row['name']!r} ({out})")
-        return {"path": str(out), "format": fmt, "max_diff": 0.0}
+        return {**done, "bytes": out.stat().st_size, "max_diff": 0.0}
     if row["kind"] == "detector":
         if fmt != "onnx":
             raise UserError(f"model {row['name']!r}: {fmt} export covers classifiers and embedders; detectors export "
                             "as a zip or ONNX (their custom box heads do not script)")
-        return _export_detector_onnx(row, out)
-    loaded = service.load_model(row)
-    module = exported_module(loaded, _output_mode(row))
-    x = _example_batch(loaded)
+        result = _export_detector_onnx(row, out)
+        return {**done, "bytes": out.stat().st_size, **result}
+    loaded = _on_cpu(service.load_model(row), row)
+    diff = export_network(loaded, fmt, out, describe(loaded, row["name"]))
+    return {**done, "bytes": out.stat().st_size, "max_diff": diff}
+
+
+def export_network(loaded, fmt: str, out: str | Path, description: dict) -> float:
+    """Write a classifier's or embedder's network (on the CPU) to ``out`` as TorchScript or ONNX, carrying
+    ``description`` (its "output" says which: probabilities or embeddings); checked against the original on a
+    seeded batch and refused beyond ``TOLERANCE``. Written atomically; returns the largest difference."""
     import torch
 
+    if fmt not in ("torchscript", "onnx"):
+        raise ValueError(f"export_network writes torchscript or onnx, not {fmt!r}")
+    out = Path(out)
+    module = exported_module(loaded, "embedding" if description["output"] == "embedding" else "probabilities")
+    x = _example_batch(loaded)
     with torch.inference_mode():
         expected = module(x).numpy()
+    entries = metadata_entries(description)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
         if fmt == "torchscript":
-            diff = _to_torchscript(module, x, expected, tmp)
+            diff = _to_torchscript(module, x, expected, tmp, entries)
         else:
-            diff = _to_onnx(module, x, expected, tmp)
+            diff = _to_onnx(module, x, expected, tmp, entries)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"path": str(out), "format": fmt, "max_diff": diff}
+    return diff
 
 
-def _to_torchscript(module, x, expected, path: Path) -> float:
+def _to_torchscript(module, x, expected, path: Path, entries: dict[str, str]) -> float:
     import warnings
 
     import torch
@@ -127,7 +261,7 @@ def _to_torchscript(module, x, expected, path: Path) -> float:
     try:
         with torch.no_grad():
             traced = torch.jit.trace(module, x, check_trace=False)
-        traced.save(str(path))
+        torch.jit.save(traced, str(path), _extra_files=entries)
     except Exception as exc:
         raise UserError(f"TorchScript export is not possible for this network ({type(exc).__name__}: {exc})") from exc
     reloaded = torch.jit.load(str(path), map_location="cpu")
@@ -135,7 +269,20 @@ def _to_torchscript(module, x, expected, path: Path) -> float:
         return _check_close("TorchScript", expected, reloaded(x).numpy())
 
 
-def _to_onnx(module, x, expected, path: Path) -> float:
+def _set_onnx_metadata(path: Path, entries: dict[str, str]) -> None:
+    """Write ``entries`` into the ONNX file's ``metadata_props`` (replacing any of the same keys)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    keep = [(p.key, p.value) for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    for key, value in [*keep, *entries.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+
+
+def _to_onnx(module, x, expected, path: Path, entries: dict[str, str]) -> float:
     import warnings
 
     import torch
@@ -150,6 +297,7 @@ def _to_onnx(module, x, expected, path: Path) -> float:
                           dynamo=False)
     except Exception as exc:
         raise UserError(f"ONNX export is not possible for this network ({type(exc).__name__}: {exc})") from exc
+    _set_onnx_metadata(path, entries)
     session = _onnxruntime_session(path)
     if session is None:
         return float("nan")
@@ -195,14 +343,13 @@ def _detector_example(row: dict, loaded):
 def _export_detector_onnx(row: dict, out: Path) -> dict:
     """ONNX of a detector: input ``image`` (3, H, W) RGB in [0, 1], any size (the graph normalises and resizes as
     the network does); outputs ``boxes`` (N, 4) x1, y1, x2, y2 in input pixels, ``labels`` (N,) = concept index + 1
-    (the concepts in the file's metadata, ``concepts``), ``scores`` (N,). Checked on one image against the original:
-    the same detections, corners within BOX_TOLERANCE_PX."""
+    (the concepts in the file's metadata, ``concepts``, with the rest of :func:`describe`), ``scores`` (N,). Checked
+    on one image against the original: the same detections, corners within BOX_TOLERANCE_PX."""
     import warnings
 
-    import onnx
     import torch
 
-    loaded = service.load_model(row)
+    loaded = _on_cpu(service.load_model(row), row)
     net = loaded.net.eval()
     image = _detector_example(row, loaded)
     with torch.inference_mode():
@@ -218,12 +365,7 @@ def _export_detector_onnx(row: dict, out: Path) -> dict:
                                   dynamic_axes={"image": {1: "height", 2: "width"}, **detections})
         except Exception as exc:
             raise UserError(f"ONNX export is not possible for this detector ({type(exc).__name__}: {exc})") from exc
-        model = onnx.load(str(tmp))
-        for key, value in (("concepts", json.dumps(list(row["concepts"]))), ("kind", "detector"),
-                           ("template", row["template"]), ("labels", "concept index + 1")):
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(model, str(tmp))
+        _set_onnx_metadata(tmp, metadata_entries(describe(loaded, row["name"])))
         diff = _check_detections(tmp, image.numpy(), ref)
         tmp.replace(out)
     finally:
@@ -303,6 +445,7 @@ def archive_bytes(row: dict) -> bytes:
     config["export"] = {"app": "Deep Training Studio", "model_name": row["name"], "model_id": row["id"],
                         "dataset_id": row.get("dataset_id"), "dataset_version": row.get("dataset_version"),
                         "output": _output_mode(row)}
+    config[DESCRIPTION_KEY] = describe(service.load_model(row), row["name"])  # as the ONNX and TorchScript files
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.write(weights, "weights.safetensors")
@@ -315,8 +458,6 @@ def archive_bytes(row: dict) -> bytes:
 
 def snippet(row: dict, fmt: str) -> str:
     """A short Python program that loads the exported model and predicts on image files given as arguments."""
-    from core.models.io import read_config
-
     detector = row["kind"] == "detector"
     if fmt == "zip":
         loop = ((  # boxes as (concept, score, [x, y, w, h]) in image pixels
@@ -337,40 +478,55 @@ def snippet(row: dict, fmt: str) -> str:
         )
     if detector:
         return _detector_onnx_snippet(row)
-    config = read_config(row["path"])
-    pre = config["preprocess"]
-    load = ("import onnxruntime as ort\nsession = ort.InferenceSession(sys.argv[1])\n"
+    load = ("import onnxruntime as ort\n\n"
+            "session = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider'])\n"
+            "D = json.loads(session.get_modelmeta().custom_metadata_map['description'])  # the file describes itself\n"
             "run = lambda x: session.run(None, {'image': x})[0]\n") if fmt == "onnx" else (
-        "import torch\nnet = torch.jit.load(sys.argv[1], map_location='cpu')\n"
+        "import torch\n\n"
+        "extra = {'description': ''}\n"
+        "net = torch.jit.load(sys.argv[1], map_location='cpu', _extra_files=extra)\n"
+        "D = json.loads(extra['description'])  # the file describes itself\n"
         "run = lambda x: net(torch.from_numpy(x)).detach().numpy()\n")
-    size = int(pre["image_size"])
     return (
-        f'"""Predict with the exported {fmt} model: python predict.py MODEL IMAGE..."""\n'
-        "import sys\n\nimport numpy as np\nfrom PIL import Image\n\n"
-        f"SIZE, RESIZE = {size}, {pre['resize']!r}\n"
-        f"MEAN, STD = np.array({list(pre['mean'])}, np.float32), np.array({list(pre['std'])}, np.float32)\n"
-        f"CONCEPTS = {list(config['concepts'])!r}\n"
-        f"OUTPUT = {_output_mode(row)!r}  # probabilities per concept, or an L2-normalised embedding\n\n\n"
-        "def preprocess(path):\n"
-        "    im = Image.open(path).convert('RGB')\n"
-        "    if RESIZE == 'square':\n"
-        "        im = im.resize((SIZE, SIZE), Image.BICUBIC)\n"
-        "    else:  # short side to SIZE, then a centre crop\n"
-        "        w, h = im.size\n"
-        "        s = SIZE / min(w, h)\n"
-        "        im = im.resize((max(SIZE, round(w * s)), max(SIZE, round(h * s))), Image.BICUBIC)\n"
-        "        left, top = (im.width - SIZE) // 2, (im.height - SIZE) // 2\n"
-        "        im = im.crop((left, top, left + SIZE, top + SIZE))\n"
-        "    x = (np.asarray(im, np.float32) / 255.0 - MEAN) / STD\n"
-        "    return x.transpose(2, 0, 1)[None].astype(np.float32)\n\n\n"
-        f"{load}"
+        f'"""Predict with the exported {fmt} model: python predict.py MODEL IMAGE...\n\n'
+        'The file carries its description (input size, resize rule, mean and std, concepts, output); nothing else is\n'
+        'needed."""\n'
+        "import json\nimport sys\n\nimport numpy as np\nfrom PIL import Image, ImageOps\n\n"
+        f"{load}\n\n{CLIENT_PREPROCESS}\n\n"
         "for path in sys.argv[2:]:\n"
-        "    out = run(preprocess(path))[0]\n"
-        "    if OUTPUT == 'embedding':\n"
+        "    out = run(preprocess(path, D))[0]\n"
+        "    if D['output'] == 'embedding':\n"
         "        print(path, 'embedding', out.shape, out[:4])\n"
         "    else:\n"
-        "        print(path, [(CONCEPTS[i], round(float(out[i]), 4)) for i in np.argsort(-out)[:5]])\n"
+        "        print(path, [(D['concepts'][i], round(float(out[i]), 4)) for i in np.argsort(-out)[:5]])\n"
     )
+
+
+# A plain client's preprocessing, as the description says it (the exports' and the search bundle's examples share it;
+# it uses PIL and NumPy only and equals core.models.preprocess.resize_pil + to_input for classifiers and embedders).
+CLIENT_PREPROCESS = '''def load_rgb(path):
+    """The photo upright (EXIF orientation applied), RGB, transparency composited on white."""
+    im = ImageOps.exif_transpose(Image.open(path))
+    rgba = im.convert("RGBA")
+    rgb = Image.new("RGB", im.size, (255, 255, 255))
+    rgb.paste(rgba, mask=rgba.getchannel("A"))
+    return rgb
+
+
+def preprocess(path, d):
+    """The network's input for one photo as the description ``d`` says: (1, 3, S, S) float32."""
+    im, s = load_rgb(path), d["input_size"]
+    if d["resize"] == "square":
+        im = im.resize((s, s), Image.BICUBIC)
+    else:  # short_side_crop: the short side to s (the long side truncated), then the centre s x s
+        w, h = im.size
+        w, h = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        im = im.resize((w, h), Image.BICUBIC)
+        left, top = round((w - s) / 2), round((h - s) / 2)
+        im = im.crop((left, top, left + s, top + s))
+    x = (np.asarray(im, np.float32) / 255.0 - np.float32(d["mean"])) / np.float32(d["std"])
+    return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
+'''
 
 
 def _safe_state_from_pickle(name: str, data: bytes) -> dict:
@@ -480,10 +636,11 @@ def check_archive_config(config: object) -> dict:
         raise _refuse("embedding_dim", "must be a whole number (the network's embedding size)")
     out = dict(config, params=params, concepts=list(concepts),
                preprocess=_check_preprocess(config.get("preprocess"), kind, spec.param("image_size")))
+    out.pop(DESCRIPTION_KEY, None)  # it describes that export's files; a new export describes itself again
     base = config.get("base")
     if base is None and config.get("base_model"):
         ref = config["base_model"]
-        if not (isinstance(ref, dict) and (ref.get("id") == "general" or ref.get("name") == "general")):
+        if not (isinstance(ref, dict) and GENERAL in (ref.get("id"), ref.get("name"))):
             raise _refuse("base", "is missing: the model names a base model but does not describe it")
         base = dict(GENERAL_BASE)
     if base is not None:
@@ -491,7 +648,7 @@ def check_archive_config(config: object) -> dict:
             raise _refuse("base", f"is set, but {kind} template {spec.name} does not train on a base model")
         if not isinstance(base, dict):
             raise _refuse("base", "must be an object (kind, template, params, num_classes, preprocess)")
-        if base.get("template") == "general":
+        if base.get("template") == GENERAL:
             base = dict(GENERAL_BASE)
         else:
             if base.get("kind") == "detector":

@@ -158,6 +158,17 @@ class VectorIndex(ABC):
         return {"backend": self.backend, "exact": self.exact, "dim": self.dim, "count": self.count,
                 "metric": self.metric, "params": self.params(), "memory_bytes": self.memory_bytes()}
 
+    def plain_faiss(self, vectors: Any):
+        """A plain FAISS index (``faiss.write_index`` writes it, ``faiss.read_index`` reads it with FAISS alone) of
+        ``vectors``, rows of this index's vectors in any order, whose FAISS ids are the row numbers 0..n-1 and that
+        ranks as this index does: exact inner product (IndexFlatIP) for an exact backend; IVF overrides this with its
+        own trained lists and nprobe. For a portable copy (``core.search.bundle``); holds a copy of the vectors."""
+        faiss = _faiss()
+        vectors = self._check_vectors(vectors, "vectors to copy")
+        out = faiss.IndexFlatIP(self.dim)
+        out.add(vectors)
+        return out
+
     def save(self, path: str | os.PathLike) -> None:
         """Write the index and its id map to one file atomically (temporary file in the same folder + os.replace)."""
         path = Path(path)
@@ -191,7 +202,7 @@ class VectorIndex(ABC):
     def _state(self) -> dict:
         return {}
 
-    def _set_state(self, state: dict) -> None:
+    def _set_state(self, state: dict) -> None:  # noqa: B027 - optional: only indexes with tuned state override it
         pass
 
     # ----------------------------------------------------------------- helpers
@@ -383,6 +394,17 @@ class IVFIndex(_FaissIndex):
 
     def params(self):
         return {"nlist": self.nlist, "nprobe": self.nprobe, "trained_on": self.trained_on, **self.tuned}
+
+    def plain_faiss(self, vectors: Any):
+        """This index's coarse quantizer, lists and nprobe over ``vectors`` with the row numbers as ids: each vector
+        lands in the list it has here, so a search probes the same lists and ranks the same vectors."""
+        faiss = _faiss()
+        vectors = self._check_vectors(vectors, "vectors to copy")
+        with self._lock:
+            out = faiss.clone_index(self._index)
+        out.reset()  # keeps the trained quantizer and nprobe, drops the vectors
+        out.add_with_ids(vectors, np.arange(len(vectors), dtype=np.int64))
+        return out
 
     def memory_bytes(self):
         return int(self.count * (self.dim * 4 + 8) + self.nlist * self.dim * 4 + self.nlist * 64)
