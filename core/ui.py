@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import streamlit as st
 
@@ -170,6 +171,7 @@ PAGES = (  # file, title, icon, the role it needs
     ("pages/3_Jobs.py", "Jobs", ":material/monitoring:", "viewer"),
     ("pages/4_Models.py", "Models", ":material/deployed_code:", "viewer"),
     ("pages/5_Visual_Search.py", "Visual Search", ":material/image_search:", "viewer"),
+    ("pages/7_API_Keys.py", "API keys", ":material/key:", "viewer"),
     ("pages/6_Users.py", "Users", ":material/group:", "admin"),
 )
 
@@ -236,7 +238,7 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
         st.session_state["train_p_" + spec.name] = value
     if dataset:
         st.session_state["train_dataset"] = dataset
-    from core.training.engine import training_options
+    from core.training.plan import training_options
 
     opts = training_options(options)  # the stored form, normalised as the engine reads it ("false" -> False, ...)
     st.session_state["train_patience"] = opts["early_stopping_patience"] or 0
@@ -255,7 +257,7 @@ def check_upload(uploaded) -> None:
                         "with `python -m core dataset import`")
 
 
-def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:
+def save_upload(uploaded, key: str, chunk_bytes: int = 1 << 20) -> Path:
     """Write an uploaded file to a temporary file under ``DEEPTRAIN_HOME/uploads`` in chunks; return its path.
 
     The caller deletes it when done. The suffix is kept (importers read it to tell a zip from a video). An upload
@@ -274,7 +276,26 @@ def save_upload(uploaded, chunk_bytes: int = 1 << 20) -> Path:
             if not block:
                 break
             out.write(block)
+    forget_upload(uploaded, key)
     return Path(out.name)
+
+
+def forget_upload(uploaded, key: str) -> None:
+    """Drop an upload's bytes from the server's memory once they are stored; ``key`` is its uploader's widget key.
+
+    Streamlit keeps an uploaded file in its file manager until the session ends or the person removes it from the
+    uploader, and each script run's widget value holds a view of the same bytes: three 500 MB uploads still held
+    1.5 GB after their imports (bench/bench_upload_memory.py). This removes the file, the widget's stored values and
+    this run's view; the page keeps the file's name and should give the uploader a new key for its next run."""
+    from streamlit.runtime import Runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is not None and Runtime.exists() and getattr(uploaded, "file_id", None):
+        Runtime.instance().uploaded_file_mgr.remove_file(ctx.session_id, uploaded.file_id)
+    if key in st.session_state:
+        del st.session_state[key]  # the values of earlier runs, each a view of the bytes
+    uploaded.close()  # this run's view
 
 
 def export_path(user: User, filename: str) -> Path:
@@ -290,35 +311,6 @@ def export_path(user: User, filename: str) -> Path:
     folder = paths.subdir("exports") / safe(user.name) / uuid.uuid4().hex[:12]
     folder.mkdir(parents=True, exist_ok=True)
     return folder / safe(filename)
-
-
-# ---------------------------------------------------------------- visual search: index and model, once per server
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _search_index(owner: str, name: str, stamp: tuple):
-    from core.search import service
-
-    return service.open_index(owner, name)
-
-
-def search_index(owner: str, name: str):
-    """The opened index (shared by every session; reloaded when a sync or rebuild changes its files)."""
-    from core.search import service
-
-    return _search_index(owner, name, service.index_stamp(owner, name))
-
-
-@st.cache_resource(show_spinner="Loading the embedding model...", max_entries=4)
-def _search_embedder(key: str, stamp: tuple):
-    from core.search import embed
-
-    return embed.load_embedder(key)
-
-
-def search_embedder(key: str):
-    """The embedding model of an index (shared by every session; thread-safe for concurrent queries)."""
-    from core.search import embed
-
-    return _search_embedder(key, embed.model_stamp(key))
 
 
 def link_page(page: str, label: str, icon: str | None = None) -> None:

@@ -10,8 +10,8 @@ import streamlit as st
 
 from core import ui
 from core.data import samples
-from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data import service as datasets
+from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, import_roots_help, resplit
 from core.data.sources import FORMATS
 from core.errors import UserError
@@ -93,12 +93,12 @@ def import_tab() -> None:
         # A new key once the upload is on disk: Streamlit then drops the old uploader and the bytes it held in the
         # server's memory for this session.
         upload_round = st.session_state.get("ds_upload_round", 0)
-        upload = st.file_uploader("Zip archive or video", type=["zip", "mp4", "webm", "mov", "mkv"],
-                                  key=f"ds_upload_{upload_round}")
+        upload_key = f"ds_upload_{upload_round}"
+        upload = st.file_uploader("Zip archive or video", type=["zip", "mp4", "webm", "mov", "mkv"], key=upload_key)
         fps = st.number_input("Video frames per second", 0.1, 30.0, 1.0, 0.1, key="ds_upload_fps")
         if st.button("Import", key="ds_import_upload", type="primary", disabled=upload is None or not name):
             try:
-                path = ui.save_upload(upload)
+                path = ui.save_upload(upload, upload_key)  # its bytes leave the server's memory
             except UserError as exc:
                 st.error(f"Import refused, nothing was stored: {ui.md(exc)}")
                 return
@@ -167,7 +167,7 @@ if not mine:
 with tab_browse:
     st.caption(f"{ui.md(ds['name'])} version {ds['version']}: {ds['items']:,} images, {len(concepts)} concepts")
     c1, c2, c3 = st.columns(3)
-    concept = c1.selectbox("Concept", ["(all)"] + concepts, key="ds_browse_concept")
+    concept = c1.selectbox("Concept", ["(all)", *concepts], key="ds_browse_concept")
     split = c2.selectbox("Split", ["(all)", *SPLIT_NAMES], key="ds_browse_split")
     per_page = c3.selectbox("Per page", [25, 50, 100], index=2, key="ds_per_page")
     concept_f = None if concept == "(all)" else concept

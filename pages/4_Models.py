@@ -5,9 +5,9 @@ from __future__ import annotations
 import streamlit as st
 
 from core import ui
+from core.data import service as datasets
 from core.errors import UserError
 from core.evaluation import charts, export, report, service
-from core.data import service as datasets
 from core.evaluation.predict import predict
 from core.users import can_change, has_role
 
@@ -302,7 +302,10 @@ def import_section() -> None:
     if not has_role(user, "member"):
         st.caption(f"Importing a model needs the member role; you are a {user.role}.")
         return
-    upload = st.file_uploader("Exported model (.zip)", type=["zip"], key="models_import_upload")
+    # a new key once imported: Streamlit then drops the uploader and the bytes it held for this session
+    upload_round = st.session_state.get("models_import_round", 0)
+    upload_key = f"models_import_upload_{upload_round}"
+    upload = st.file_uploader("Exported model (.zip)", type=["zip"], key=upload_key)
     choices = ["(any template)"] + [f"{t.kind}/{t.name}" for t in list_templates()]
     expect = st.selectbox("Load into template", choices, key="models_import_template",
                           help="An archive exported from another template is refused.")
@@ -311,6 +314,8 @@ def import_section() -> None:
             ui.check_upload(upload)
             model_id = export.import_archive(user, upload.getvalue(),
                                              expect=None if expect == choices[0] else tuple(expect.split("/", 1)))
+            st.session_state["models_import_round"] = upload_round + 1
+            ui.forget_upload(upload, upload_key)  # stored: its bytes leave the server's memory now
             st.success(f"Imported as model {ui.md(service.get(user, model_id)['name'])}.")
         except UserError as exc:
             ui.show_error(exc)

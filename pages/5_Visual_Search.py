@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from core import jobs, ui
-from core.errors import UserError
 from core.data import service as datasets_service
+from core.errors import UserError
 from core.evaluation import service as models_service
 from core.search import service
 from core.text import human_bytes
@@ -65,7 +65,10 @@ def facts_section(name: str, facts: dict) -> None:
     cols[0].metric("Images", f"{facts['count']:,}")
     cols[1].metric("Dimension", facts["dim"])
     params = ", ".join(f"{k}={v}" for k, v in facts["index_params"].items() if k in ("nlist", "nprobe"))
-    cols[2].metric("Index type", facts["index_type"] + (" (exact)" if facts["exact"] else " (approximate)"))
+    # the value fits a sixth of the page; whether it is exact goes in the label and the help
+    cols[2].metric("Index (exact)" if facts["exact"] else "Index (approximate)", facts["index_type"],
+                   help="exact: every vector is compared with the query" if facts["exact"] else
+                   "approximate: only the nearest clusters are compared (nprobe of nlist)")
     cols[3].metric("Build time", f"{facts['build_seconds']:.1f} s" if facts["build_seconds"] else "-")
     cols[4].metric("Memory", human_bytes(facts["memory_bytes"]))
     cols[5].metric("On disk", human_bytes(facts["disk_bytes"]))
@@ -111,7 +114,7 @@ def query_section(name: str, facts: dict) -> None:
     mode = st.radio("Query by", MODES, horizontal=True, key="vs_mode")
     c1, c2 = st.columns([3, 2])
     k = c2.slider("Results (k)", 1, 50, 10, key="vs_k")
-    flt = c2.selectbox("Only results labelled", [ANY] + concepts, key="vs_filter")
+    flt = c2.selectbox("Only results labelled", [ANY, *concepts], key="vs_filter")
     query: dict = {}
     with c1:
         if mode == "Upload an image":
@@ -142,11 +145,10 @@ def query_section(name: str, facts: dict) -> None:
     if not query:
         return
     try:
-        opened = ui.search_index(user, name)
-        model = ui.search_embedder(opened.model) if "image" in query else None
+        opened = service.open_index(user, name)  # loaded once per server (core.loaded), shared by every session
         results = service.search(user, name, k=k, concept_filter=None if flt == ANY else flt, opened=opened,
-                                 model=model, **query)
-        near = service.nearest_concepts(user, name, top=5, opened=opened, model=model, **query)
+                                 **query)
+        near = service.nearest_concepts(user, name, top=5, opened=opened, **query)
     except Exception as exc:  # noqa: BLE001
         ui.show_error(exc)
         return
@@ -160,7 +162,7 @@ def duplicates_section(name: str) -> None:
         thr = st.slider("Similarity at least", 0.80, 1.00, 0.95, 0.01, key="vs_dup_threshold")
         if st.button("Find near-duplicates", key="vs_dup_find"):
             try:
-                pairs = service.near_duplicates(user, name, thr, limit=200, opened=ui.search_index(user, name))
+                pairs = service.near_duplicates(user, name, thr, limit=200, opened=service.open_index(user, name))
             except Exception as exc:  # noqa: BLE001
                 ui.show_error(exc)
                 return

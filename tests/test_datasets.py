@@ -54,7 +54,7 @@ def test_grayscale_stored_as_rgb_and_counted(tmp_path):
     report = import_dataset("local", src, "g")
     assert report["color"]["grayscale"] >= 1
     ds = store.get_dataset("local", "g")
-    rec = [r for r in store.dataset_records(ds["id"]) if r["source_path"] == "anchor/gray.jpg"][0]
+    rec = next(r for r in store.dataset_records(ds["id"]) if r["source_path"] == "anchor/gray.jpg")
     with Image.open(rec["path"]) as im:
         assert im.mode == "RGB"
 
@@ -212,7 +212,7 @@ def test_coco_boxes(tmp_path):
     report = import_dataset("local", root / "ann.json", "det", val_fraction=0.0)
     assert report["format"] == "coco" and report["items"] == 4
     recs = store.dataset_records(store.get_dataset("local", "det")["id"])
-    first = [r for r in recs if r["source_path"] == "images/0.png"][0]
+    first = next(r for r in recs if r["source_path"] == "images/0.png")
     assert first["labels"] == ["cat", "dog"]
     assert first["boxes"] == [{"concept": "cat", "x": 4.0, "y": 5.0, "w": 20.0, "h": 10.0},
                               {"concept": "dog", "x": 30.0, "y": 20.0, "w": 34.0, "h": 28.0}]
@@ -348,3 +348,42 @@ def test_stale_staging_pruned(small_folder):
     assert not stale.exists() and fresh.exists()
     import_dataset("local", small_folder, "after")
     assert [p.name for p in paths.subdir("staging").iterdir()] == ["running-import"]
+
+
+@pytest.mark.skipif(not (CALTECH / "101_ObjectCategories").is_dir(), reason="Caltech-101 slice absent")
+def test_concurrent_imports_from_threads_finish(tmp_path):
+    """The web server imports in its script threads, several people at once: each import's decoding pool must
+    finish (pools forked from a threaded process inherited other threads' locks and one import hung for ever)."""
+    import threading
+
+    src = caltech_slice(tmp_path / "src", classes=("accordion", "anchor", "ant", "barrel"), per_class=15)
+    results: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = import_dataset("local", src, name, workers=2)["items"]
+        except Exception as exc:  # noqa: BLE001 - reported by the assert below
+            results[name] = exc
+
+    threads = [threading.Thread(target=run, args=(f"t{i}",), daemon=True) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not any(t.is_alive() for t in threads), f"an import hung: {results}"
+    assert results == {f"t{i}": 60 for i in range(4)}
+
+
+def test_decode_pool_follows_the_process_threads():
+    """A single-threaded process (the command line) decodes in forked processes; a threaded one (the web server)
+    in threads: it may neither fork nor start workers that re-run its __main__ (a Streamlit page)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, threading; sys.path.insert(0, sys.argv[1]); from core.data import importer;"
+            "a = type(importer._decode_pool(2)).__name__; e = threading.Event();"
+            "t = threading.Thread(target=e.wait); t.start(); b = type(importer._decode_pool(2)).__name__;"
+            "e.set(); print(a, b)")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parent.parent)],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == ["ProcessPoolExecutor", "ThreadPoolExecutor"]

@@ -119,8 +119,9 @@ def test_upload_saved_to_disk_then_imported(tmp_path, small_folder):
     data = Path(archive).read_bytes()
     upload = UploadedFile(UploadedFileRec("f1", "My Photos.zip", "application/zip", data), FileURLs())
     upload.read(10)  # a partly read upload is saved whole
-    saved = ui.save_upload(upload, chunk_bytes=4096)
+    saved = ui.save_upload(upload, "ds_upload_0", chunk_bytes=4096)
     assert saved.suffix == ".zip" and saved.read_bytes() == data
+    assert upload.closed  # saved: this run's view of the bytes is released (and the file manager's copy)
     report = import_dataset("local", saved, "uploaded", source_label=upload.name)
     saved.unlink()
     assert report["items"] == 18 and report["source"] == "My Photos.zip"

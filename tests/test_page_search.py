@@ -45,6 +45,7 @@ def test_build_query_and_duplicates(small_folder):
     assert at.selectbox(key="vs_index").value == "cal-general"
     assert [m.label for m in at.metric][:2] == ["Images", "Dimension"]
     assert at.metric[0].value == "18" and at.metric[1].value == "1280"
+    assert at.metric[2].label == "Index (exact)" and at.metric[2].value == "flat"  # short enough not to be cut off
     assert "Model: general (EfficientNet-Lite0, ImageNet)" in _texts(at)
 
     recs = ds_store.dataset_records(ds_store.get_dataset("local", "cal")["id"])

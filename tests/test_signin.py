@@ -78,9 +78,9 @@ def test_navigation_by_role():
     from core import ui
 
     titles = lambda role: [t for _, t, _, _ in ui.pages_for(User("x", role))]  # noqa: E731
-    assert titles("viewer") == ["Home", "Datasets", "Jobs", "Models", "Visual Search"]
-    assert titles("member") == ["Home", "Datasets", "Train", "Jobs", "Models", "Visual Search"]
-    assert titles("admin") == ["Home", "Datasets", "Train", "Jobs", "Models", "Visual Search", "Users"]
+    assert titles("viewer") == ["Home", "Datasets", "Jobs", "Models", "Visual Search", "API keys"]
+    assert titles("member") == ["Home", "Datasets", "Train", "Jobs", "Models", "Visual Search", "API keys"]
+    assert titles("admin") == ["Home", "Datasets", "Train", "Jobs", "Models", "Visual Search", "API keys", "Users"]
     assert all((ROOT / f).is_file() for f, *_ in ui.PAGES)
 
 
@@ -150,7 +150,7 @@ def test_a_viewer_is_refused_in_core_for_every_change(small_folder, tmp_path):
         "model import": lambda: export.import_archive(vic, b"not a zip"),
     }
     before = datasets.get_dataset("vic", "mine")
-    for what, call in calls.items():
+    for call in calls.values():
         with pytest.raises(NotAllowed, match="vic is a viewer: .* needs the member role"):
             call()
     assert datasets.get_dataset("vic", "mine") == before and jobs.list_jobs("vic") == []
@@ -246,9 +246,9 @@ def test_upload_limit_is_refused_before_anything_is_written(monkeypatch, deeptra
     upload.name, upload.size = "photos.zip", 2000
     with pytest.raises(UserError, match=r"photos.zip: 2.0 KB is more than one upload may be on this server "
                                         r"\(1000 B, max_upload_bytes\)"):
-        ui.save_upload(upload)
+        ui.save_upload(upload, "up")
     assert not list((deeptrain_home / "uploads").glob("*")) if (deeptrain_home / "uploads").exists() else True
     small = io.BytesIO(b"x" * 10)
     small.name, small.size = "ok.zip", 10
-    saved = ui.save_upload(small)
+    saved = ui.save_upload(small, "up")
     assert Path(saved).read_bytes() == b"x" * 10
