@@ -170,7 +170,8 @@ def main() -> int:
             query = min(min(p for p in src.iterdir() if p.is_dir()).iterdir())
             hits = cli_json("search", str(index["name"]), str(query), "--k", "5")
             top = hits[0] if hits else {}
-            search_line = (f"index {index['name']!r}: {json.dumps({k: index.get(k) for k in ('count', 'dim', 'index_type', 'images_per_sec')})}"
+            facts = {k: index.get(k) for k in ("count", "dim", "index_type", "images_per_sec")}
+            search_line = (f"index {index['name']!r}: {json.dumps(facts)}"
                            f", built in {time.perf_counter() - t0:.1f} s; {query.parent.name}/{query.name}: top hit "
                            f"{top.get('item')} {top.get('concepts')} score {top.get('score', 0):.4f}")
             if not hits or top.get("score", 0) < 0.999 or query.parent.name not in top.get("concepts", []):

@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.search import index as vindex  # noqa: E402
+from core.search import index as vindex
 
 
 def rss_bytes() -> int:
@@ -129,7 +129,7 @@ def main() -> None:
             _, fi = flat.search(queries, 10)
             flat_b = time.perf_counter() - t0
             t0 = time.perf_counter()
-            _, ni = ref(queries, 10)
+            ref(queries, 10)
             np_b = time.perf_counter() - t0
             agree = vindex.recall_at_k(fi, truth, 10)
             flat_cols = (f"{np.median(flat_lat):8.2f} {np.median(np_lat):9.2f} "

@@ -1,7 +1,8 @@
 """The command line: ``python -m core COMMAND ...``. Thin commands over core; no logic lives here.
 
-Every command prints JSON with ``--json`` where it reports data, and exits 2 with a one-line message on stderr when
-the input is refused (``UserError``), never with a traceback.
+Every command that reports data or acts takes ``--json`` and then prints the data, or what it did, as JSON
+(tests/test_export_meta_cli.py lists the few without); each exits 2 with a one-line message on stderr when the input
+is refused (``UserError``), never with a traceback.
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from core.errors import UserError
+from core.models import GENERAL
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -149,8 +152,10 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
 def cmd_dataset_delete(args: argparse.Namespace) -> int:
     from core.data import service
 
-    service.delete_dataset(args.user, args.name)
-    print(f"Deleted dataset {args.name!r}")
+    ds = service.get_dataset(args.user, args.name)
+    service.delete_dataset(args.user, ds["id"])
+    done = {"deleted": "dataset", "name": ds["name"], "id": ds["id"], "items": ds["items"]}
+    _print_json(done) if args.json else print(f"Deleted dataset {ds['name']!r} ({ds['items']:,} images)")
     return 0
 
 
@@ -158,7 +163,10 @@ def cmd_dataset_export(args: argparse.Namespace) -> int:
     from core.data.export import export_dataset
 
     out = export_dataset(args.user, args.name, args.format, args.out)
-    print(out)
+    if args.json:
+        _print_json({"dataset": args.name, "format": args.format, "path": str(out), "bytes": out.stat().st_size})
+    else:
+        print(out)
     return 0
 
 
@@ -166,7 +174,11 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
     from core.data.importer import resplit
 
     counts = resplit(args.user, args.name, args.val_fraction, args.seed)
-    _print_json(counts)
+    if args.json:
+        _print_json({"dataset": args.name, "val_fraction": args.val_fraction, "seed": args.seed, "splits": counts})
+    else:
+        print(f"Dataset {args.name!r} split again (val fraction {args.val_fraction}, seed {args.seed}): "
+              + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
     return 0
 
 
@@ -286,14 +298,13 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         st = jobs.cancel(args.user, args.id)
         _print_json(st) if args.json else print(f"job {args.id} {st['state']}")
         return 0
-    if action == "resume":
-        job_id = jobs.resume(args.user, args.id)
-        print(job_id)
-        return follow_job(args.user, job_id, args.json) if args.wait else 0
-    if action == "extend":
-        job_id = jobs.extend(args.user, args.id, args.epochs)
-        print(job_id)
-        return follow_job(args.user, job_id, args.json) if args.wait else 0
+    if action in ("resume", "extend"):
+        job_id = jobs.resume(args.user, args.id) if action == "resume" else jobs.extend(args.user, args.id, args.epochs)
+        if args.wait:
+            print(job_id, file=sys.stderr if args.json else sys.stdout)
+            return follow_job(args.user, job_id, args.json)
+        _print_json({"job": job_id, "from": args.id, "action": action}) if args.json else print(job_id)
+        return 0
     if action == "logs":
         print(jobs.logs(args.user, args.id, tail=args.tail))
         return 0
@@ -345,7 +356,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from core.evaluation.export import export_model
 
-    _print_json(export_model(args.user, args.model, args.format, args.out))
+    done = export_model(args.user, args.model, args.format, args.out)
+    if args.json:
+        _print_json(done)
+    else:
+        print(f"model {done['model']!r} exported as {done['format']} to {done['path']} ({done['bytes']:,} bytes; "
+              f"largest difference from the original {done['max_diff']:.1e})")
     return 0
 
 
@@ -360,7 +376,7 @@ def _index_line(f: dict) -> str:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """index build/list/show/sync/delete/duplicates."""
+    """index build/list/show/sync/delete/duplicates/export."""
     from core.search import service
 
     action = args.index_command
@@ -408,7 +424,15 @@ def cmd_index(args: argparse.Namespace) -> int:
         return 0
     if action == "delete":
         service.delete_index(args.user, args.name)
-        print(f"index {args.name} deleted")
+        _print_json({"deleted": "index", "name": args.name}) if args.json else print(f"index {args.name} deleted")
+        return 0
+    if action == "export":
+        from core.search.bundle import export_bundle
+
+        res = export_bundle(args.user, args.name, args.out)
+        _print_json(res) if args.json else print(
+            f"index {res['index']} exported to {res['path']}: {res['items']:,} images, {res['dim']}-d embeddings of "
+            f"{res['model']} ({res['bytes']:,} bytes; unzip it and run search_example.py)")
         return 0
     if action == "duplicates":
         pairs = service.near_duplicates(args.user, args.name, args.threshold, args.limit)
@@ -432,7 +456,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     results = service.search(args.user, args.index, image=args.image, item_id=args.item, concept=args.concept,
                              k=args.k, concept_filter=args.filter)
     if args.json:
-        _print_json([{"item": r["item"], "concepts": r["concepts"], "score": r["score"]} for r in results])
+        _print_json(service.result_json(results))
     else:
         for r in results:
             print(f"{r['score']:.4f}  item {r['item']:<8} {', '.join(r['concepts']):<24} {r['path']}")
@@ -448,6 +472,68 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     report = doctor.run(hash_files=not args.fast, collect=args.collect)
     _print_json(report) if args.json else doctor.print_report(report)
     return 1 if report["errors"] else 0
+
+
+# ---------------------------------------------------------------- the HTTP API and its keys
+# COMMANDS:api
+def _key_line(k: dict) -> str:
+    import time as _time
+
+    def when(t: float | None) -> str:
+        return _time.strftime("%Y-%m-%d %H:%M", _time.localtime(t)) if t else "never"
+
+    state = "active" if k["active"] else f"revoked {when(k['revoked_at'])}"
+    return (f"{k['name']:<24} {k['prefix']}...  {','.join(k['scopes']) or 'all':<20} created {when(k['created_at'])}  "
+            f"last used {when(k['last_used_at'])}  {state}")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """API keys: create (the key is printed once), list, revoke."""
+    from core import keys
+
+    if args.keys_command == "create":
+        made = keys.create_key(args.user, args.name, args.scope)
+        if args.json:
+            _print_json(made)
+        else:
+            print(f"{made['key']}\n(shown once: keep it now; send it as Authorization: Bearer KEY)")
+        return 0
+    if args.keys_command == "list":
+        _print_rows(keys.list_keys(args.user), args.json, _key_line)
+        return 0
+    revoked = keys.revoke_key(args.user, args.name)
+    _print_json(revoked) if args.json else print(f"key {revoked['name']} revoked")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the HTTP API (FastAPI on uvicorn) until interrupted."""
+    from core.api import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
+# ---------------------------------------------------------------- store (issue: the store on PostgreSQL)
+# COMMANDS:store
+def cmd_store_copy(args: argparse.Namespace) -> int:
+    """Copy the store's rows into an empty PostgreSQL database, checked by counts (files stay where they are)."""
+    from core.database import copy_store
+
+    def progress(table: str, rows: int) -> None:
+        if not args.json:
+            print(f"  {table:<16} {rows:>10,} rows", file=sys.stderr)
+
+    report = copy_store(args.to, progress=progress)
+    if args.json:
+        _print_json(report)
+        return 0
+    print(f"copied {report['source']} -> {report['target']} in {report['seconds']} s; counts checked:")
+    for table, n in report["tables"].items():
+        print(f"  {table:<16} {n['source']:>10,} -> {n['target']:,}")
+    print("Files stay in the data directory: run the studio on the copy with the same DEEPTRAIN_HOME and "
+          "DEEPTRAIN_DB_URL set to the --to URL.")
+    return 0
 
 
 # ---------------------------------------------------------------- sharing and settings
@@ -471,7 +557,10 @@ def cmd_share(args: argparse.Namespace) -> int:
         from core import jobs
 
         jobs.share_job(args.user, args.name, visibility)
-    print(f"{args.what} {args.name} is now {visibility}")
+    if args.json:
+        _print_json({"shared": args.what, "name": args.name, "visibility": visibility})
+    else:
+        print(f"{args.what} {args.name} is now {visibility}")
     return 0
 
 
@@ -484,7 +573,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
         _print_json(rows)
     else:
         for r in rows:
-            print(f"{r['key']:<26} {str(r['value']):<40} ({r['source']})  {r['help']}")
+            print(f"{r['key']:<26} {r['value']!s:<40} ({r['source']})  {r['help']}")
     return 0
 
 
@@ -533,16 +622,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dataset_show)
     p = ds_sub.add_parser("delete", help="delete a dataset (images no other dataset uses are removed)")
     p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print what was deleted as JSON")
     p.set_defaults(func=cmd_dataset_delete)
     p = ds_sub.add_parser("export", help="export a dataset as a zip")
     p.add_argument("name")
     p.add_argument("--format", default="folder", choices=["folder", "csv", "coco"])
     p.add_argument("--out", required=True, help="the zip file to write")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_dataset_export)
     p = ds_sub.add_parser("split", help="re-draw the stratified train/val split (test stays)")
     p.add_argument("name")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the new split counts as JSON")
     p.set_defaults(func=cmd_dataset_split)
     # PARSERS:training
     p = sub.add_parser("train", help="train a template on a dataset")
@@ -605,13 +697,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model name or id")
     p.add_argument("--format", choices=["zip", "torchscript", "onnx"], default="zip")
     p.add_argument("--out", required=True, help="file to write")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_export)
     # PARSERS:search
-    p_ix = sub.add_parser("index", help="visual-search indexes: build, list, show, sync, delete, duplicates")
+    p_ix = sub.add_parser("index", help="visual-search indexes: build, list, show, sync, delete, duplicates, "
+                          "export")
     ix_sub = p_ix.add_subparsers(dest="index_command", required=True)
     q = ix_sub.add_parser("build", help="embed a dataset and build its index (a background job)")
     q.add_argument("--dataset", required=True)
-    q.add_argument("--model", default="general", help="'general' or a trained model's name or id")
+    q.add_argument("--model", default=GENERAL, help=f"'{GENERAL}' or a trained model's name or id")
     q.add_argument("--name", default=None, help="index name (default: DATASET-MODEL)")
     q.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
     q.add_argument("--foreground", action="store_true", help="build in this process, without the job queue")
@@ -624,6 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
         q = ix_sub.add_parser(name, help=text)
         q.add_argument("name")
         q.add_argument("--json", action="store_true")
+    q = ix_sub.add_parser("export", help="a portable search bundle: the embedder as ONNX, the FAISS index, the "
+                          "items as CSV and search_example.py (onnxruntime, FAISS, PIL and NumPy only)")
+    q.add_argument("name")
+    q.add_argument("--out", required=True, help="the zip file to write")
+    q.add_argument("--json", action="store_true")
     q = ix_sub.add_parser("duplicates", help="near-duplicate pairs in an index's dataset")
     q.add_argument("name")
     q.add_argument("--threshold", type=float, default=0.95)
@@ -646,11 +745,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--collect", action="store_true", help="then remove orphans: files no row refers to, abandoned "
                    "imports, temporary files, expired exports and uploads")
     p.set_defaults(func=cmd_doctor)
+    # PARSERS:api
+    p = sub.add_parser("serve", help="run the HTTP API (FastAPI on uvicorn) beside the app, on the same store")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=cmd_serve)
+    p_keys = sub.add_parser("keys", help="API keys: create, list, revoke")
+    keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
+    q = keys_sub.add_parser("create", help="a new key (printed once; stored hashed)")
+    q.add_argument("--name", required=True, help="what the key is for (unique among your active keys)")
+    q.add_argument("--scope", action="append", choices=["predict", "search", "read"],
+                   help="limit the key to this (repeatable); none: everything you may do")
+    q.add_argument("--json", action="store_true", help="print JSON (the key in \"key\")")
+    q = keys_sub.add_parser("list", help="your keys (never the keys themselves)")
+    q.add_argument("--json", action="store_true")
+    q = keys_sub.add_parser("revoke", help="revoke a key: refused from the next request on")
+    q.add_argument("name")
+    q.add_argument("--json", action="store_true")
+    p_keys.set_defaults(func=cmd_keys)
+    # PARSERS:store
+    p = sub.add_parser("store", help="the store's database: copy it to PostgreSQL")
+    store_sub = p.add_subparsers(dest="store_command", required=True)
+    q = store_sub.add_parser("copy", help="copy every row into an empty PostgreSQL database, checked by counts "
+                             "(images, models and indexes stay in the data directory)")
+    q.add_argument("--to", required=True, metavar="URL", help="postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_store_copy)
     # PARSERS:sharing
     p = sub.add_parser("share", help="share a dataset, model, index or job with the team (others: read-only)")
     p.add_argument("what", choices=["dataset", "model", "index", "job"])
     p.add_argument("name", help="its name or id (a job: its id)")
     p.add_argument("--private", action="store_true", help="make it private again")
+    p.add_argument("--json", action="store_true", help="print what changed as JSON")
     p.set_defaults(func=cmd_share)
     p = sub.add_parser("settings", help="every setting with its value and where it came from")
     p.add_argument("--json", action="store_true")
@@ -659,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # commands that read no stored data as a user (doctor examines the store itself, and must not write to it first)
-_NO_STORE = ("templates", "validate", "worker", "settings", "doctor")
+_NO_STORE = ("templates", "validate", "worker", "settings", "doctor", "serve", "store")  # store copy: the operator's
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ class _FaultyFile(io.RawIOBase):
     """A file opened for writing whose writes are charged against the injected fault first."""
 
     def __init__(self, path: str, fault: _Fault) -> None:
-        self._fh = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by close(), like the file it stands for
+        self._fh = open(path, "wb", buffering=0)
         self._path, self._fault = path, fault
         self.name = path
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from core.errors import UserError
 
@@ -59,7 +60,8 @@ _ALL = (
             "member or viewer"),
     Setting("max_queued_jobs", 20, "int", "jobs one user may have queued or running at once", 1),
     Setting("max_storage_bytes", 50 * 1024**3, "int", "bytes of images one user's datasets may hold", 0),
-    Setting("max_upload_bytes", 1024**3, "int", "bytes of one upload (an archive, a video, a model)", 1),
+    Setting("max_upload_bytes", 512 * 1024**2, "int", "bytes of one upload (an archive, a video, a model); the "
+            "server holds about twice this in memory per upload in progress", 1),
     # --- durability and disk (nothing lost)
     Setting("cache_max_bytes", 0, "int", "bytes the training caches (decoded pixels, backbone features) may hold, "
             "least recently used evicted first; 0: cache_max_fraction of the free disk", 0),
@@ -79,6 +81,11 @@ _ALL = (
             "are served first while a job trains", 0),
     Setting("worker_threads", 0, "int", "CPU threads one job worker uses (torch, image decoding, FAISS); 0: all "
             "cores but one, leaving the web server a core", 0),
+    # --- serving: the HTTP API (python -m core serve)
+    Setting("api_rate_per_minute", 600, "int", "requests one API key may make per minute (a burst of that many, "
+            "refilled evenly); more answer 429; 0: no limit", 0),
+    Setting("loaded_max_bytes", 4 * 1024**3, "int", "bytes of networks and indexes one process (the API, the app, a "
+            "worker) keeps loaded in memory, least recently used dropped first; the one in use always stays", 0),
 )
 SETTINGS: dict[str, Setting] = {s.key: s for s in _ALL}
 

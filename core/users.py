@@ -44,7 +44,7 @@ class User:
         return self.name
 
 
-def as_user(user: "User | str") -> User:
+def as_user(user: User | str) -> User:
     """A User from a User or a plain name (a name acts as a member)."""
     if isinstance(user, User):
         return user
@@ -66,29 +66,29 @@ def check_visibility(visibility: str) -> str:
     return visibility
 
 
-def can_see(user: "User | str", row: dict) -> bool:
+def can_see(user: User | str, row: dict) -> bool:
     user = as_user(user)
     return user.is_admin or row["owner"] == user.name or row.get("visibility") == "team"
 
 
-def can_change(user: "User | str", row: dict) -> bool:
+def can_change(user: User | str, row: dict) -> bool:
     user = as_user(user)
     return user.is_admin or row["owner"] == user.name
 
 
-def has_role(user: "User | str", role: str) -> bool:
+def has_role(user: User | str, role: str) -> bool:
     """Whether ``user``'s role is ``role`` or above (viewer < member < admin)."""
     return _RANK.get(as_user(user).role, -1) >= _RANK[role]
 
 
-def require_role(user: "User | str", role: str, what: str) -> None:
+def require_role(user: User | str, role: str, what: str) -> None:
     """Refuse ``what`` (e.g. "importing a dataset") unless ``user``'s role is ``role`` or above."""
     user = as_user(user)
     if not has_role(user, role):
         raise NotAllowed(f"{user.name} is a {user.role}: {what} needs the {role} role; ask an admin")
 
 
-def require_owner(user: "User | str", row: dict, label: str) -> None:
+def require_owner(user: User | str, row: dict, label: str) -> None:
     """Refuse a change to ``row`` (a thing ``user`` sees, named ``label`` in the message, e.g. "Dataset 'cats'")
     unless ``user`` owns it (and may change things: a member) or is an admin."""
     require_role(user, "member", f"changing {label}")

@@ -28,11 +28,15 @@ with st.container(border=True):
 
 st.subheader("Steps")
 steps = [
-    ("pages/1_Datasets.py", "1. Datasets", "Upload a zip, point at a server folder or import a manifest; read the health report."),
-    ("pages/2_Train.py", "2. Train", "Choose a template, set its hyperparameters within the spec's bounds, start training."),
-    ("pages/3_Jobs.py", "3. Jobs", "Follow live curves, cancel, resume or extend a run; jobs survive a closed tab."),
+    ("pages/1_Datasets.py", "1. Datasets",
+     "Upload a zip, point at a server folder or import a manifest; read the health report."),
+    ("pages/2_Train.py", "2. Train",
+     "Choose a template, set its hyperparameters within the spec's bounds, start training."),
+    ("pages/3_Jobs.py", "3. Jobs",
+     "Follow live curves, cancel, resume or extend a run; jobs survive a closed tab."),
     ("pages/4_Models.py", "4. Models", "Confusion matrix, misclassified images, per-concept metrics, export."),
-    ("pages/5_Visual_Search.py", "5. Visual search", "Index a dataset with a learned embedding and find similar images."),
+    ("pages/5_Visual_Search.py", "5. Visual search",
+     "Index a dataset with a learned embedding and find similar images."),
 ]
 cols = st.columns(len(steps))
 for col, (page, label, text) in zip(cols, steps):

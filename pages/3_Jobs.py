@@ -73,7 +73,7 @@ elif state in ("cancelled", "interrupted"):
 elif state == "succeeded":
     done = f" Model {job['model_id']} is on the Models page." if job.get("model_id") else ""
     st.success(f"Finished {view.when(job['finished_at'])}.{done}", icon=view.STATE_ICONS["succeeded"])
-job_live = state in ("queued",) + jobs.ACTIVE
+job_live = state in ("queued", *jobs.ACTIVE)
 # a team job of someone else is followed here, changed only by its owner (and a viewer changes nothing)
 mine = has_role(user, "member") and can_change(user, job)
 
@@ -123,7 +123,7 @@ job_progress(job_id)
 job_curves(job_id)
 
 acts = st.columns(4)
-if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued",) + jobs.ACTIVE or not mine,
+if acts[0].button("Cancel", key="jobs_cancel", disabled=state not in ("queued", *jobs.ACTIVE) or not mine,
                   icon=":material/stop_circle:"):
     with st.spinner("Asking the job to stop between steps and save a checkpoint..."):
         jobs.cancel(user, job_id)

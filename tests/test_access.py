@@ -13,9 +13,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -206,8 +207,8 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
         "core.search.service.dataset_near_duplicates")(u, r)),
     "core.search.service.list_indexes": ("dataset", "read",
                                          lambda u, r, w: _m("core.search.service.list_indexes")(u, r)),
-    "core.search.service.index_stamp": ("index", "read", lambda u, r, w: _m("core.search.service.index_stamp")(u, r)),
     "core.search.service.open_index": ("index", "read", lambda u, r, w: _m("core.search.service.open_index")(u, r)),
+    "core.search.service.embed": ("model", "read", lambda u, r, w: _m("core.search.service.embed")(u, r, [w.image])),
     "core.search.service.search": ("index", "read",
                                    lambda u, r, w: _m("core.search.service.search")(u, r, concept="ant")),
     "core.search.service.nearest_concepts": ("index", "read", lambda u, r, w: _m(
@@ -226,6 +227,8 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
                                          lambda u, r, w: _m("core.search.service.delete_index")(u, r)),
     "core.search.service.share_index": ("index", "change", lambda u, r, w: _m("core.search.service.share_index")(
         u, r, "private")),
+    "core.search.bundle.export_bundle": ("index", "read", lambda u, r, w: _m("core.search.bundle.export_bundle")(
+        u, r, w.tmp / "bundle.zip")),
 }
 
 

@@ -235,7 +235,7 @@ CONTENT_CASES = [
      r"m.json entry 0: 1 unknown key\(s\); allowed: path, labels, split"),
     ("m.json", json.dumps([{"path": "img/0.png", "labels": [424242]}]), "m.json entry 0: a label is not text"),
     ("m.json", json.dumps([{"path": f"{SECRET}.png", "labels": ["a"]}]), "do not exist, e.g. at m.json entry 0"),
-    ("c.json", _coco(_IM + [{"id": 1, "file_name": f"{SECRET}.png"}], [], _CAT),
+    ("c.json", _coco([*_IM, {"id": 1, "file_name": f"{SECRET}.png"}], [], _CAT),
      r"c.json names 1 image file\(s\) that do not exist, e.g. at images\[1\]"),
     ("c.json", _coco([{**_IM[0], "split": SECRET}], [], _CAT), r"images\[0\]: the split is not one of"),
     ("c.json", _coco(_IM, [{"image_id": 0, "category_id": 424242, "bbox": [1, 1, 5, 5]}], _CAT),

@@ -48,7 +48,7 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     while local.alive(st["pid"], job_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not local.alive(st["pid"], job_id)  # the worker exited after reporting
-    assert "job %d succeeded" % job_id in jobs.logs("local", job_id)
+    assert f"job {job_id} succeeded" in jobs.logs("local", job_id)
 
     assert main(["jobs", "show", str(job_id), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)

@@ -42,10 +42,15 @@ def photos(folder, n: int) -> list[Image.Image]:
     return [Image.open(p) for p in sorted(folder.rglob("*.jpg"))[:n]]
 
 
-def test_every_catalog_template_has_a_network():
-    from core.models.networks import SPECS
+def test_the_network_is_the_one_the_template_declares():
+    """No second table: networks reads each template's own declaration, and an unknown one lists the choices."""
+    from core.models.networks import net_spec
+    from core.templates import get_template
 
-    assert set(TEMPLATES) == set(SPECS)
+    for kind, name in TEMPLATES:
+        assert net_spec(kind, name) is get_template(kind, name).net
+    with pytest.raises(UserError, match="No network for template detector/Clarifai_ResNext.*Studio_RetinaNet"):
+        net_spec("detector", "Clarifai_ResNext")
 
 
 @pytest.mark.parametrize("kind,name", CLASSIFIERS)
@@ -221,7 +226,7 @@ def _saved(tmp_path, name="Studio_EfficientNetLite0_Transfer"):
 def test_wrong_template_missing_and_corrupt_weights_are_refused(tmp_path):
     import json
 
-    folder, params = _saved(tmp_path)
+    folder, _params = _saved(tmp_path)
     with pytest.raises(UserError, match="not the classifier/Clarifai_ResNext"):
         model_io.load_model_dir(folder, expect=("classifier", "Clarifai_ResNext"))
     config = json.loads((folder / "config.json").read_text())
@@ -402,3 +407,20 @@ def test_cosine_head_computes_in_fp32_under_bf16_autocast():
         autocast = head(x)
     assert autocast.dtype == torch.float32
     torch.testing.assert_close(autocast, plain, rtol=0, atol=1e-6)
+
+
+def test_io_and_the_general_embedder_do_not_import_each_other():
+    """core.models.general builds on io (a LoadedModel); io reads the general embedder's name and preprocessing from
+    core.models and networks, never from general."""
+    import ast
+    from pathlib import Path
+
+    import core.models
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse((Path(core.models.__file__).parent / f"{module}.py").read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        return names | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+    assert "core.models.io" in imported("general")
+    assert "core.models.general" not in imported("io")

@@ -81,7 +81,7 @@ def test_classifier_predict_from_dataset_and_export(home):
     at.radio(key="models_predict_source").set_value("Dataset").run()
     at.button(key="models_predict_btn").click().run()
     assert not at.exception, at.exception
-    model_id, results = at.session_state["models_predictions"]
+    _model_id, results = at.session_state["models_predictions"]
     assert results and results[0]["concepts"]
     at.button(key="models_export_btn").click().run()
     assert not at.exception, at.exception

@@ -16,7 +16,7 @@ def test_default_file_then_environment(deeptrain_home, monkeypatch):
     assert settings.get("max_jobs") == 0 and settings.source("max_jobs") == "default"
     (deeptrain_home / "settings.toml").write_text('max_jobs = 3\nimport_roots = ["/srv/photos", "~/pics"]\n')
     assert settings.get("max_jobs") == 3 and settings.source("max_jobs").endswith("settings.toml")
-    assert [str(p) for p in settings.get("import_roots")][0] == "/srv/photos"
+    assert next(str(p) for p in settings.get("import_roots")) == "/srv/photos"
     monkeypatch.setenv("DEEPTRAIN_MAX_JOBS", "2")
     assert settings.get("max_jobs") == 2 and settings.source("max_jobs") == "DEEPTRAIN_MAX_JOBS"
     monkeypatch.setenv("DEEPTRAIN_IMPORT_ROOTS", "/a:/b")

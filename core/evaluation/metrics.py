@@ -9,7 +9,8 @@ because torchmetrics' mAP needs pycocotools, which this project does not install
 from __future__ import annotations
 
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from sklearn import metrics as skm
@@ -55,7 +56,7 @@ def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[
     )
     rows = []
     for i, name in enumerate(concepts):
-        tn, fp, fn, tp = (int(v) for v in mcm[i].ravel())
+        _tn, fp, fn, tp = (int(v) for v in mcm[i].ravel())
         rows.append({
             "concept": name, "labelled": int(support[i]), "predicted": int(y_pred[:, i].sum()),
             "tp": tp, "fp": fp, "fn": fn,

@@ -11,7 +11,7 @@ import html
 import io
 import json
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from core.evaluation import charts, service
 from core.users import User

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from core import paths, settings
 from core.errors import UserError, ValidationError
@@ -24,8 +24,24 @@ from core.store.jobs import ACTIVE, RESUMABLE, STATES, TERMINAL
 from core.users import User, as_user, can_change, can_see, check_visibility, require_owner, require_role
 
 __all__ = [
-    "ACTIVE", "TERMINAL", "RESUMABLE", "STATES", "submit", "status", "progress", "metrics", "cancel", "resume",
-    "extend", "list_jobs", "logs", "queue_summary", "pump", "wait", "describe", "share_job",
+    "ACTIVE",
+    "RESUMABLE",
+    "STATES",
+    "TERMINAL",
+    "cancel",
+    "describe",
+    "extend",
+    "list_jobs",
+    "logs",
+    "metrics",
+    "progress",
+    "pump",
+    "queue_summary",
+    "resume",
+    "share_job",
+    "status",
+    "submit",
+    "wait",
 ]
 
 DEAD_MESSAGE = ("The worker process stopped unexpectedly (killed, out of memory or the machine restarted); "
@@ -49,7 +65,7 @@ def submit(user: User | str, job_type: str, config: dict, *, parent_id: int | No
     require_role(user, "member", "starting a job")
     owner = user.name
     limit = settings.get("max_queued_jobs")
-    waiting = sum(n for state, n in store.count_by_state(owner).items() if state in ("queued",) + ACTIVE)
+    waiting = sum(n for state, n in store.count_by_state(owner).items() if state in ("queued", *ACTIVE))
     if waiting >= limit:
         raise UserError(f"You have {waiting} jobs queued or running, the most one user may have (max_queued_jobs = "
                         f"{limit}); wait for one to finish, or cancel one")
@@ -281,7 +297,7 @@ def extend(user: User | str, job_id: int, extra_epochs: int) -> int:
     job = _own_job(user, job_id)
     if job["type"] != "train":
         raise UserError(f"Job {job_id} is a {job['type']} job; only training jobs can be extended")
-    if job["state"] in ("queued",) + ACTIVE:
+    if job["state"] in ("queued", *ACTIVE):
         raise UserError(f"Job {job_id} is {job['state']}; extend it once it has finished")
     try:
         extra = int(extra_epochs)

@@ -160,7 +160,7 @@ class _Heartbeat(threading.Thread):
             try:
                 self.cb.flush()
                 failures = 0
-            except Exception as exc:  # a busy database must not kill training; say so once in a while
+            except Exception as exc:  # noqa: BLE001 - a busy database must not kill training; say so once in a while
                 failures += 1
                 if failures in (1, 10, 100):
                     self.cb.log(f"heartbeat could not be written ({type(exc).__name__}: {exc}); retrying")

@@ -8,7 +8,7 @@ side capped at 5/3 of it) and normalises with ImageNet statistics, and maps pred
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -157,7 +157,8 @@ def build_detector(kind: str, name: str, spec, params: dict, num_concepts: int, 
     trainable = 3 if pretrained else 5
     num_classes = num_concepts + 1
     if name == "Studio_RetinaNet":
-        backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+        backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4],
+                                         extra_blocks=LastLevelP6P7(256, 256))
         sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
         net = StudioRetinaNet(
@@ -176,7 +177,8 @@ def build_detector(kind: str, name: str, spec, params: dict, num_concepts: int, 
         if not perclass:
             in_channels = net.roi_heads.box_predictor.cls_score.in_features
             net.roi_heads.box_predictor = SharedBoxPredictor(in_channels, num_classes)
-    net.template, net.num_classes, net.num_concepts, net.use_perclass_regression = name, num_classes, num_concepts, perclass
+    net.template, net.num_classes, net.num_concepts = name, num_classes, num_concepts
+    net.use_perclass_regression = perclass
     return net
 
 

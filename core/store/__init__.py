@@ -9,4 +9,4 @@ and the checks ``python -m core doctor`` runs.
 
 from core.store.engine import engine, now, read, transaction
 
-__all__ = ["engine", "transaction", "read", "now"]
+__all__ = ["engine", "now", "read", "transaction"]

@@ -12,10 +12,10 @@ from typing import Any
 import sqlalchemy as sa
 
 from core.errors import UserError
-from core.users import NotFound, User
 from core.store import access
 from core.store.engine import now, read, transaction
 from core.store.schema import indexes
+from core.users import NotFound, User
 
 
 def _row(r: Any) -> dict:

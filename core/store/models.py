@@ -15,10 +15,10 @@ import sqlalchemy as sa
 
 from core import paths
 from core.errors import UserError
-from core.users import NotFound, User
 from core.store import access
 from core.store.engine import now, read, transaction
 from core.store.schema import epoch_metrics, models
+from core.users import NotFound, User
 
 
 def _row(r: Any) -> dict:
