@@ -340,6 +340,7 @@ model_id = st.selectbox("Open model", ids, key="models_selected",
                         format_func=lambda i: f"{by_id[i]['name']} · {ui.KIND_LABELS.get(by_id[i]['kind'])} · "
                                               f"{by_id[i]['template']} · {by_id[i]['dataset']}")
 row = service.get(user, model_id)
+st.caption(service.train_time(user, model_id)["text"])
 
 tab_eval, tab_predict, tab_share, tab_compare, tab_import = st.tabs(
     ["Evaluation", "Predict", "Report, export, delete", "Compare", "Import"])

@@ -185,6 +185,8 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
     "core.evaluation.report.build_report": ("model", "read",
                                             lambda u, r, w: _m("core.evaluation.report.build_report")(u, r)),
     "core.evaluation.service.get": ("model", "read", lambda u, r, w: _m("core.evaluation.service.get")(u, r)),
+    "core.evaluation.service.train_time": ("model", "read",
+                                           lambda u, r, w: _m("core.evaluation.service.train_time")(u, r)),
     "core.evaluation.service.evaluate": ("model", "read",
                                          lambda u, r, w: _m("core.evaluation.service.evaluate")(u, r)),
     "core.evaluation.service.delete_model": ("model", "change",

@@ -42,6 +42,17 @@ def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     # the worker yielded to the web server: niceness worker_nice (10), all cores but one
     threads = max(1, (os.cpu_count() or 1) - 1)
     assert f"niceness 10, {threads} CPU thread(s)" in local.log_path(job_id).read_text()
+    # the model's train time is its job's wall time, split into the epochs and what came before them
+    from core.evaluation import service as models_service
+
+    spent = models_service.train_time("local", st["model_id"])
+    job_row = store.get_job(job_id)
+    assert spent["wall_seconds"] == pytest.approx(job_row["finished_at"] - job_row["started_at"])
+    assert 0 < spent["epochs_seconds"] <= spent["wall_seconds"]
+    assert spent["before_seconds"] == pytest.approx(spent["wall_seconds"] - spent["epochs_seconds"])
+    assert "(its job's wall time)" in spent["text"] and "in 2 epoch(s)" in spent["text"]
+    row = next(r for r in models_service.registry_rows("local") if r["id"] == st["model_id"])
+    assert row["train time"] == models_service._duration(spent["wall_seconds"])
     series = jobs.metrics("local", job_id)["series"]
     assert series and series[-1][0] == pytest.approx(2.0) and all(len(p) == 3 for p in series)
     deadline = time.monotonic() + 30

@@ -57,6 +57,7 @@ def test_classifier_view_threshold_and_confusion(home):
     from core.evaluation import service
 
     at = _open("classifier")
+    assert any(c.value.startswith("Trained in the foreground: ") for c in at.caption)  # no job: its epochs' time
     result = service.evaluate("local", "classifier")
     assert float(_metric(at, "Accuracy (top-1)")) == pytest.approx(result["accuracy"], abs=1e-3)
     concepts = result["concepts"]

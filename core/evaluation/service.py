@@ -376,9 +376,44 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
 
 
+def _train_times(model: dict) -> dict:
+    """How long ``model`` (a model row) took to train: ``wall_seconds``, the wall time of the job that trained it
+    (None when it was trained in the foreground or its job is gone), ``epochs_seconds``, the time inside its epochs,
+    and ``before_seconds``, the rest: start-up, decoding images or computing backbone features, evaluation and
+    saving. A frozen-backbone run's epochs take seconds while its features take most of the wait."""
+    from core.store import jobs as jstore
+
+    epochs = model.get("train_seconds")
+    wall = None
+    run = str(model.get("run") or "")
+    if run.isdigit():
+        try:
+            job = jstore.get_job(int(run))
+        except UserError:
+            job = None
+        if job and job["type"] == "train" and job.get("started_at") and job.get("finished_at"):
+            wall = max(0.0, job["finished_at"] - job["started_at"])
+    before = max(0.0, wall - epochs) if wall is not None and epochs is not None else None
+    return {"wall_seconds": wall, "epochs_seconds": epochs, "before_seconds": before}
+
+
+def train_time(user: User | str, model: str | int) -> dict:
+    """How long a model ``user`` sees took to train (``_train_times``), with ``text``, a sentence for its details."""
+    row = get(user, model)
+    t = _train_times(row)
+    epochs = (row.get("metrics") or {}).get("epochs")
+    inside = f"{_duration(t['epochs_seconds'])} in {epochs} epoch(s)" if epochs else _duration(t["epochs_seconds"])
+    if t["wall_seconds"] is None:
+        return {**t, "text": f"Trained in the foreground: {inside} of training."}
+    return {**t, "text": f"Trained in {_duration(t['wall_seconds'])} (its job's wall time): {inside}, and "
+                         f"{_duration(t['before_seconds'])} for start-up, decoding images or computing backbone "
+                         "features, evaluation and saving."}
+
+
 def registry_rows(user: User | str) -> list[dict]:
     """Every model ``user`` sees as a table row: owner, sharing, template, dataset version, hyperparameters, when,
-    how long, metrics. A dataset the user may not see is named "not shared"."""
+    how long (its job's wall time, else its epochs' time), metrics. A dataset the user may not see is named "not
+    shared"."""
     import time
 
     from core.store import datasets as ds
@@ -396,7 +431,7 @@ def registry_rows(user: User | str) -> list[dict]:
             "dataset": (f"{names.get(r['dataset_id'], gone)} v{r['dataset_version']}"
                         if r.get("dataset_id") else "-"),
             "trained": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
-            "train time": _duration(r.get("train_seconds")),
+            "train time": _duration(_train_times(r)["wall_seconds"] or r.get("train_seconds")),
             **{k: metrics[k] for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))},
             "hyperparameters": ", ".join(f"{k}={v}" for k, v in sorted((r.get("params") or {}).items())),
         })
