@@ -63,6 +63,40 @@ def streamlit_server(home: Path, extra_env: dict[str, str] | None = None, extra_
         log.close()
 
 
+SCREENSHOTS_ENV = "DEEPTRAIN_SCREENSHOTS"  # a folder: the journeys write the README's screenshots there (docs/)
+
+
+def shot(page, tmp_path: Path, name: str) -> None:
+    """Screenshot the page as ``name``.png: into the journey's tmp_path, and into $DEEPTRAIN_SCREENSHOTS when set
+    (``DEEPTRAIN_SCREENSHOTS=docs .venv/bin/python -m pytest tests/test_browser_journeys.py`` regenerates the
+    README's screenshots)."""
+    page.mouse.move(0, 0)  # no tooltip over the page
+    page.screenshot(path=str(tmp_path / f"{name}.png"))
+    folder = os.environ.get(SCREENSHOTS_ENV)
+    if folder:
+        target = (ROOT / folder) if not Path(folder).is_absolute() else Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(target / f"{name}.png"))
+
+
+@contextmanager
+def saved_on_failure(page, tmp_path: Path, home: Path):
+    """Around a journey: when it fails, save the page's HTML, a screenshot and point at the server's log, and print
+    their paths (pytest shows a failing test's output, so CI's log names them)."""
+    try:
+        yield
+    except BaseException:
+        html, png = tmp_path / "failure.html", tmp_path / "failure.png"
+        try:
+            html.write_text(page.content(), encoding="utf-8")
+            page.screenshot(path=str(png), full_page=True)
+        except Exception as exc:  # noqa: BLE001 - the browser may be the thing that failed; report the first error
+            print(f"journey failed; the page could not be saved: {exc}")
+        logs = sorted(home.parent.glob("streamlit-*.log"))
+        print(f"journey failed: page HTML {html}, screenshot {png}, server log {', '.join(map(str, logs)) or '-'}")
+        raise
+
+
 @contextmanager
 def chromium():
     """A Playwright browser: headless Debian chromium (skips the test when chromium or playwright is missing)."""

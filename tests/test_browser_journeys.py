@@ -8,12 +8,13 @@ Caltech-101 photos, 32 px, 2 epochs) so the file runs in a few minutes on a 2-co
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
-from tests.browser import browser_page, streamlit_server, wait_idle
+from tests.browser import browser_page, saved_on_failure, shot, streamlit_server, wait_idle
 from tests.conftest import caltech_slice
 
 pytestmark = pytest.mark.browser
@@ -96,7 +97,8 @@ def test_data_to_model(tmp_path, deeptrain_home):
     """Import a server folder, read its health report, train a small classifier, follow the job, open the model."""
     src = caltech_slice(tmp_path / "caltech3")
     roots = {"DEEPTRAIN_IMPORT_ROOTS": str(tmp_path)}  # the pages import server folders only under import roots
-    with streamlit_server(deeptrain_home, roots) as url, browser_page(tmp_path) as page:
+    with (streamlit_server(deeptrain_home, roots) as url, browser_page(tmp_path) as page,
+          saved_on_failure(page, tmp_path, deeptrain_home)):
         start_at(page, url, "Datasets", "Dataset name")
 
         import_from_server(page, "caltech3", str(src))
@@ -107,7 +109,7 @@ def test_data_to_model(tmp_path, deeptrain_home):
         expect(chart).to_contain_text("Images per concept")
         for concept in ("accordion", "anchor", "ant"):  # the chart's x axis: one bar group per concept
             expect(chart).to_contain_text(concept)
-        page.screenshot(path=str(tmp_path / "journey1_datasets.png"))
+        shot(page, tmp_path, "datasets")
 
         open_page(page, "Train", "Hyperparameters")
         page.get_by_text("Visual Classifier", exact=True).click()
@@ -124,7 +126,14 @@ def test_data_to_model(tmp_path, deeptrain_home):
         assert_clean(page)
 
         open_page(page, "Jobs", "Show the team's jobs too")
-        page.get_by_text(re.compile(r"Job \d+: classifier Studio_EfficientNetLite0_Transfer on caltech3")).wait_for()
+        job_title = re.compile(r"Job \d+: classifier Studio_EfficientNetLite0_Transfer on caltech3")
+        page.get_by_text(job_title).wait_for()
+        # A reload (or a closed tab) changes nothing: the page reads the job from the store again.
+        page.reload()
+        page.get_by_text("Show the team's jobs too").wait_for()
+        page.get_by_text(job_title).wait_for()
+        wait_idle(page)
+        assert_clean(page)
         # The job's panel is a fragment polling every 2 s: the result appears without reloading the page.
         page.get_by_text(re.compile(r"Finished .*Model \d+ is on the Models page")).wait_for(timeout=TRAIN_TIMEOUT_MS)
         wait_idle(page)
@@ -133,8 +142,8 @@ def test_data_to_model(tmp_path, deeptrain_home):
         # The job picker names the job without a state that could go stale once it finished.
         expect(page.get_by_role("combobox", name="Job", exact=True)).to_have_value(
             re.compile(r"^#\d+ · classifier Studio_EfficientNetLite0_Transfer on caltech3 -> journey-model$"))
-        page.mouse.move(0, 0)
-        page.screenshot(path=str(tmp_path / "journey1_jobs.png"))
+        expect(page.get_by_test_id("stPlotlyChart").first).to_contain_text("epoch")  # the curves, after the reload
+        shot(page, tmp_path, "jobs")
 
         open_page(page, "Models", "Open model")
         expect(page.get_by_role("combobox", name="Open model", exact=True)).to_have_value(
@@ -149,9 +158,26 @@ def test_data_to_model(tmp_path, deeptrain_home):
         accuracy = page.get_by_test_id("stMetric").filter(has_text="Accuracy (top-1)").inner_text()
         assert re.search(r"\b[01]\.\d{3}\b", accuracy), accuracy
         assert page.get_by_test_id("stPlotlyChart").count() >= 2  # per-concept F1 and the confusion matrix
-        page.mouse.move(0, 0)  # no tooltip over the page in the screenshot
         page.get_by_text("Confusion matrix", exact=True).scroll_into_view_if_needed()
-        page.screenshot(path=str(tmp_path / "journey1_models.png"))
+        shot(page, tmp_path, "models")
+
+        # Predict on a photo uploaded from the person's computer.
+        photo = sorted((src / "anchor").iterdir())[0]
+        page.get_by_role("tab", name="Predict").click()
+        wait_idle(page)
+        page.get_by_test_id("stFileUploader").filter(has_text="Images").locator("input[type=file]").set_input_files(
+            str(photo))
+        page.get_by_test_id("stFileChipName").filter(has_text=photo.name).wait_for()
+        predict = page.get_by_role("button", name="Predict", exact=True)
+        expect(predict).to_be_enabled()
+        predict.click()
+        page.get_by_test_id("stImageCaption").filter(has_text=photo.name).wait_for()
+        wait_idle(page)
+        assert_clean(page)
+        chart = page.get_by_test_id("stPlotlyChart").last
+        for concept in ("accordion", "anchor", "ant"):  # the probabilities of every concept, as a bar chart
+            expect(chart).to_contain_text(concept)
+        shot(page, tmp_path, "predict")
 
 
 def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
@@ -159,7 +185,8 @@ def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
     from core.data.importer import import_dataset
 
     import_dataset("local", caltech_slice(tmp_path / "caltech3"), "caltech3", workers=1)
-    with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
+    with (streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page,
+          saved_on_failure(page, tmp_path, deeptrain_home)):
         start_at(page, url, "Visual Search", "Build an index")
         expect(page.get_by_role("combobox", name="Dataset", exact=True)).to_have_value("caltech3")
         expect(page.get_by_role("combobox", name="Embedding model", exact=True)).to_have_value(
@@ -186,13 +213,14 @@ def test_visual_search_by_dataset_image(tmp_path, deeptrain_home):
         assert cards[0][1] == query_concept  # an accordion's nearest neighbour is another accordion
         assert f"Nearest concepts: {query_concept} (" in body
         page.get_by_role("button", name="Find similar").last.scroll_into_view_if_needed()  # the result cards
-        page.screenshot(path=str(tmp_path / "journey2_search.png"))
+        shot(page, tmp_path, "search")
 
 
 def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
     """A missing server path and an out-of-range hyperparameter each get a message, never a traceback."""
     missing = tmp_path / "no" / "such-folder"
-    with streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page:
+    with (streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page,
+          saved_on_failure(page, tmp_path, deeptrain_home)):
         start_at(page, url, "Datasets", "Dataset name")
         import_from_server(page, "broken", str(missing))
         error = page.get_by_test_id("stAlertContentError").filter(has_text="Import refused")
@@ -200,7 +228,7 @@ def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
         wait_idle(page)
         assert str(missing) in error.inner_text()
         assert_clean(page)
-        page.screenshot(path=str(tmp_path / "journey3_datasets.png"))
+        shot(page, tmp_path, "bad_path")
 
         open_page(page, "Train", "Hyperparameters")
         choose(page, "Template", "Studio_EfficientNetLite0_Transfer")
@@ -212,4 +240,43 @@ def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
         assert_clean(page)
         config = page.get_by_test_id("stJson").inner_text().replace(" ", "")
         assert '"base_gradient_multiplier":0' in config  # the refused value never reached the configuration
-        page.screenshot(path=str(tmp_path / "journey3_train.png"))
+        shot(page, tmp_path, "train")
+
+
+def upload(page, path) -> None:
+    """Choose ``path`` in the Datasets page's uploader and wait until it has arrived (the Import button enables)."""
+    page.get_by_test_id("stFileUploader").locator("input[type=file]").set_input_files(str(path))
+    page.get_by_test_id("stFileChipName").filter(has_text=path.name).wait_for()
+    expect(page.get_by_role("button", name="Import", exact=True)).to_be_enabled(timeout=60_000)
+
+
+def test_upload_a_zip_then_a_bad_one(tmp_path, deeptrain_home):
+    """Upload a zip through the file uploader and import it; then a file that only claims to be a zip gets the
+    importer's message naming it, not a traceback, and nothing is stored."""
+    import shutil
+
+    good = Path(shutil.make_archive(str(tmp_path / "photos"), "zip", caltech_slice(tmp_path / "caltech3")))
+    bad = tmp_path / "holiday.zip"
+    bad.write_bytes(b"these bytes are not a zip archive" * 100)
+    with (streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page,
+          saved_on_failure(page, tmp_path, deeptrain_home)):
+        start_at(page, url, "Datasets", "Dataset name")
+        type_into(page, "Dataset name", "uploaded")
+        upload(page, good)
+        page.get_by_role("button", name="Import", exact=True).click()
+        page.get_by_text(re.compile(r"Imported 18 images into 'uploaded'")).wait_for(timeout=120_000)
+        wait_idle(page)
+        assert_clean(page)
+
+        type_into(page, "Dataset name", "holiday")
+        expect(page.get_by_test_id("stFileChipName")).to_have_count(0)  # the next run's uploader is a new, empty one
+        upload(page, bad)
+        page.get_by_role("button", name="Import", exact=True).click()
+        error = page.get_by_test_id("stAlertContentError").filter(has_text="holiday.zip")
+        error.wait_for(timeout=60_000)
+        wait_idle(page)
+        assert_clean(page)
+        shot(page, tmp_path, "bad_upload")
+    from core.data import service
+
+    assert [d["name"] for d in service.list_datasets("local")] == ["uploaded"]  # the bad upload stored nothing

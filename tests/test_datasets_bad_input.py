@@ -314,3 +314,12 @@ def test_unsupported_format_skipped(tmp_path, small_folder):
     report = import_dataset("local", small_folder, "ico")
     assert report["skipped"] == [{"path": "ant/pic.ico", "reason": report["skipped"][0]["reason"]}]
     assert "ICO is not allowed" in report["skipped"][0]["reason"]
+
+
+def test_a_refused_upload_is_named_as_the_person_named_it(tmp_path):
+    """The page saves an upload under a temporary name; the refusal names the file the person chose."""
+    saved = tmp_path / "tmpq1w2e3r4.zip"
+    saved.write_bytes(b"these bytes are not a zip archive" * 10)
+    with pytest.raises(UserError) as err:
+        import_dataset("local", saved, "holiday", source_label="holiday.zip")
+    assert "holiday.zip: not a readable zip archive" in str(err.value) and "tmpq1w2e3r4" not in str(err.value)

@@ -187,8 +187,13 @@ def import_dataset(user: User | str, source: str | os.PathLike, name: str, fmt: 
     try:
         if progress:
             progress(0.0, "Reading the source")
-        plan = build_plan(src, fmt, staging / "scratch", limits, progress, video_fps=video_fps,
-                          video_label=video_label)
+        try:
+            plan = build_plan(src, fmt, staging / "scratch", limits, progress, video_fps=video_fps,
+                              video_label=video_label)
+        except UserError as exc:
+            if source_label and src.name in str(exc):  # an upload: name the person's file, not its temporary copy
+                raise UserError(str(exc).replace(src.name, Path(source_label).name)) from None
+            raise
         stage_blobs, stage_thumbs = staging / "blobs", staging / "thumbs"
         existing = store.find_dataset(user.name, name)
         in_dataset = store.dataset_hashes(existing["id"]) if existing else set()
