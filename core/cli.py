@@ -10,11 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.errors import UserError
 from core.models import GENERAL
+
+if TYPE_CHECKING:
+    from core.records import IndexFacts, JobListing, JobStatus, ModelRow
+
+_Row = TypeVar("_Row")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,7 +29,7 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _print_rows(rows: list[dict], as_json: bool, line: Callable[[dict], str]) -> None:
+def _print_rows(rows: Sequence[_Row], as_json: bool, line: Callable[[_Row], str]) -> None:
     """A listing: the rows as JSON, or one formatted line each."""
     if as_json:
         _print_json(rows)
@@ -89,11 +94,11 @@ def _print_import_report(report: dict) -> None:
 def cmd_dataset_import(args: argparse.Namespace) -> int:
     from core.data.importer import import_dataset
 
-    progress = None
-    if not args.json and sys.stderr.isatty():
-        def progress(fraction: float, message: str) -> None:
-            sys.stderr.write(f"\r{fraction * 100:5.1f}% {message:<60}")
-            sys.stderr.flush()
+    def show(fraction: float, message: str) -> None:
+        sys.stderr.write(f"\r{fraction * 100:5.1f}% {message:<60}")
+        sys.stderr.flush()
+
+    progress = show if not args.json and sys.stderr.isatty() else None
     report = import_dataset(args.user, args.source, args.name, fmt=args.format, val_fraction=args.val_fraction,
                             seed=args.seed, progress=progress, video_fps=args.fps)
     if progress:
@@ -137,10 +142,10 @@ def cmd_dataset_show(args: argparse.Namespace) -> int:
     from core.data import service
 
     ds = service.get_dataset(args.user, args.name)
-    ds["eval_split"] = "test" if ds["splits"].get("test") else "val"
-    ds["report"] = service.latest_report(args.user, ds["id"])
+    shown = {**ds, "eval_split": "test" if ds["splits"].get("test") else "val",
+             "report": service.latest_report(args.user, ds["id"])}
     if args.json:
-        _print_json(ds)
+        _print_json(shown)
     else:
         print(f"{ds['name']} (id {ds['id']}, version {ds['version']}): {ds['items']:,} images, splits "
               + ", ".join(f"{k} {v:,}" for k, v in ds["splits"].items()))
@@ -235,11 +240,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return run(args.job_id)
 
 
-def _job_line(j: dict) -> str:
+def _job_line(j: JobListing) -> str:
     import time as _time
 
     when = _time.strftime("%Y-%m-%d %H:%M", _time.localtime(j["created_at"]))
-    frac = f"{100 * j['fraction']:.0f}%" if j.get("fraction") is not None else "-"
+    fraction = j["fraction"]
+    frac = f"{100 * fraction:.0f}%" if fraction is not None else "-"
     epoch = f"epoch {j['epoch']}/{j['num_epochs']}" if j.get("epoch") else ""
     return f"{j['id']:>5}  {j['state']:<11} {frac:>5}  {when}  {j['owner']:<8} {j['what']}  {epoch}"
 
@@ -253,7 +259,7 @@ def follow_job(user, job_id: int, as_json: bool = False) -> int:
     bar = tqdm(total=100, desc=f"job {job_id}", file=sys.stderr, unit="%", leave=True,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
 
-    def show(st: dict) -> None:
+    def show(st: JobStatus) -> None:
         p = st["progress"]
         bar.n = round(100 * (p.get("fraction") or 0))
         post = st["state"]
@@ -316,7 +322,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- models, evaluation, prediction, export
 # COMMANDS:models
-def _model_line(m: dict) -> str:
+def _model_line(m: ModelRow) -> str:
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in (m.get("metrics") or {}).items()
                         if isinstance(v, float) and k in ("top1", "top5", "recall_at_1", "map", "val_loss"))
     return f"{m['id']:>4}  {m['name']:<28} {m['kind']:<10} {m['template']:<36} {metrics}"
@@ -368,7 +374,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- visual search
 # COMMANDS:search
-def _index_line(f: dict) -> str:
+def _index_line(f: IndexFacts) -> str:
     stale = "  (dataset changed: run `index sync`)" if f.get("stale") else ""
     params = ",".join(f"{k}={v}" for k, v in (f.get("index_params") or {}).items() if k in ("nlist", "nprobe"))
     return (f"{f['name']:<24} {f['dataset'] or '-':<16} {f['count']:>8} x {f['dim']:<5} {f['index_type']:<5} "
@@ -407,20 +413,20 @@ def cmd_index(args: argparse.Namespace) -> int:
         _print_json({"job": job_id}) if args.json else print(f"job {job_id} queued (follow: jobs wait {job_id})")
         return 0
     if action == "list":
-        facts = service.list_indexes(args.user, args.dataset)
+        listed = service.list_indexes(args.user, args.dataset)
         if args.json:
-            _print_json(facts)
+            _print_json(listed)
         else:
-            print("\n".join(_index_line(f) for f in facts) or "no indexes yet")
+            print("\n".join(_index_line(f) for f in listed) or "no indexes yet")
         return 0
     if action == "show":
         facts = service.index_facts(args.user, args.name)
         _print_json(facts) if args.json else print(_index_line(facts))
         return 0
     if action == "sync":
-        res = service.sync_index(args.user, args.name)
-        _print_json(res) if args.json else print(
-            f"index {res['index']}: {res['added']} added, {res['removed']} removed, {res['count']} images")
+        synced = service.sync_index(args.user, args.name)
+        _print_json(synced) if args.json else print(
+            f"index {synced['index']}: {synced['added']} added, {synced['removed']} removed, {synced['count']} images")
         return 0
     if action == "delete":
         service.delete_index(args.user, args.name)

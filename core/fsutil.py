@@ -94,7 +94,7 @@ class _FaultyFile(io.RawIOBase):
 def open_write(path: str | os.PathLike) -> BinaryIO:
     """Open ``path`` for writing bytes (truncating it): the one way the studio opens a file it writes."""
     if _fault is not None:
-        return io.BufferedWriter(_FaultyFile(os.fspath(path), _fault))  # type: ignore[return-value]
+        return io.BufferedWriter(_FaultyFile(os.fspath(path), _fault))
     return open(path, "wb")
 
 

@@ -111,7 +111,8 @@ def _signed_in_name(mode: str) -> str | None:
     if mode == "oidc":
         if not st.user.is_logged_in:
             return None
-        return st.user.get("email") or st.user.get("preferred_username") or st.user.get("sub")
+        name = st.user.get("email") or st.user.get("preferred_username") or st.user.get("sub")
+        return name if isinstance(name, str) else None  # the claims are strings; st.user types them loosely
     if mode == "proxy":
         header = settings.get("auth_header").lower()
         return next((v.strip() for k, v in request_headers().items() if k.lower() == header and v.strip()), None)
@@ -292,7 +293,9 @@ def forget_upload(uploaded, key: str) -> None:
 
     ctx = get_script_run_ctx()
     if ctx is not None and Runtime.exists() and getattr(uploaded, "file_id", None):
-        Runtime.instance().uploaded_file_mgr.remove_file(ctx.session_id, uploaded.file_id)
+        # remove_file is on MemoryUploadedFileManager (Streamlit's only one) but not on the protocol it is typed as
+        Runtime.instance().uploaded_file_mgr.remove_file(  # type: ignore[attr-defined]
+            ctx.session_id, uploaded.file_id)
     if key in st.session_state:
         del st.session_state[key]  # the values of earlier runs, each a view of the bytes
     uploaded.close()  # this run's view

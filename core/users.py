@@ -9,7 +9,9 @@ exist (:class:`NotFound`, same message), so its existence stays private.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from core.errors import UserError
 
@@ -66,12 +68,12 @@ def check_visibility(visibility: str) -> str:
     return visibility
 
 
-def can_see(user: User | str, row: dict) -> bool:
+def can_see(user: User | str, row: Mapping[str, Any]) -> bool:
     user = as_user(user)
     return user.is_admin or row["owner"] == user.name or row.get("visibility") == "team"
 
 
-def can_change(user: User | str, row: dict) -> bool:
+def can_change(user: User | str, row: Mapping[str, Any]) -> bool:
     user = as_user(user)
     return user.is_admin or row["owner"] == user.name
 
@@ -88,7 +90,7 @@ def require_role(user: User | str, role: str, what: str) -> None:
         raise NotAllowed(f"{user.name} is a {user.role}: {what} needs the {role} role; ask an admin")
 
 
-def require_owner(user: User | str, row: dict, label: str) -> None:
+def require_owner(user: User | str, row: Mapping[str, Any], label: str) -> None:
     """Refuse a change to ``row`` (a thing ``user`` sees, named ``label`` in the message, e.g. "Dataset 'cats'")
     unless ``user`` owns it (and may change things: a member) or is an admin."""
     require_role(user, "member", f"changing {label}")

@@ -17,8 +17,9 @@ import hashlib
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -137,7 +138,7 @@ def _open_checked(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
         raise Refused("not an image (content not recognised as any image format)") from None
     except Image.DecompressionBombError:
         raise Refused(f"over the pixel limit of {max_pixels:,} (decompression bomb?)") from None
-    except Exception as exc:  # PIL raises many types on malformed headers
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types on malformed headers; each is a refusal
         raise Refused(f"corrupt image header: {exc}") from None
     fmt = img.format or "unknown"
     if fmt not in ALLOWED_FORMATS:
@@ -164,7 +165,7 @@ def _decoded(img: Image.Image, fmt: str, max_pixels: int) -> tuple[Image.Image, 
         raise Refused(f"over the pixel limit of {max_pixels:,} (decompression bomb?)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Refused(f"truncated or corrupt image: {str(exc) or type(exc).__name__}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any other decoder failure is a corrupt image, named
         raise Refused(f"truncated or corrupt image: {type(exc).__name__}: {exc}") from None
 
 

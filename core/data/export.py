@@ -8,6 +8,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from core import csvsafe
 from core.errors import UserError
@@ -61,7 +62,8 @@ def export_dataset(user: User | str, dataset: str | int, fmt: str, out: str | os
         else:
             names = store.dataset_concepts(ds["id"])
             cat_id = {n: i + 1 for i, n in enumerate(names)}
-            images, anns = [], []
+            images: list[dict[str, Any]] = []
+            anns: list[dict[str, Any]] = []
             for rec in recs:
                 member = _member_name(rec)
                 zf.write(rec["path"], f"images/{member}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 MIN_TRAINING_INPUTS = 1000  # the spec: "for most applications you'll need at least 1000 training inputs"
 NEAR_EMPTY = 5  # a concept with fewer labelled images than this cannot be learnt or evaluated well
@@ -26,7 +27,7 @@ def health_report(records: Sequence[dict[str, Any]], skipped: Sequence[dict[str,
                  for s in ("train", "val", "test")}
     widths = [r["width"] for r in records]
     heights = [r["height"] for r in records]
-    short = Counter()
+    short: Counter[str] = Counter()
     for w, h in zip(widths, heights):
         for lo, hi in SIZE_BINS:
             if min(w, h) >= lo and (hi is None or min(w, h) < hi):

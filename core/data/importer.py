@@ -15,10 +15,11 @@ import os
 import re
 import threading
 import time
+from collections.abc import Generator, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from core import accounts, paths, settings
 from core.data import staging as staging_area
@@ -112,7 +113,7 @@ def import_roots_help() -> str:
 
 
 def _decode_all(entries: list[Entry], stage_blobs: Path, stage_thumbs: Path, max_pixels: int, workers: int,
-                progress: Progress | None) -> Iterator[dict[str, Any]]:
+                progress: Progress | None) -> Generator[dict[str, Any], None, None]:
     """Decode entries in order, in a pool (``_decode_pool``) when there are enough of them; yields one result per
     entry."""
     store_blobs, store_thumbs = paths.subdir("blobs"), paths.subdir("thumbs")

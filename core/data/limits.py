@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+
 @dataclass(frozen=True)
 class ImportLimits:
     """What one import may unpack and decode. Override with the setting ``import_max_files`` and the like."""
@@ -23,7 +24,7 @@ class ImportLimits:
     max_video_decoded_frames: int = 1_000_000  # frames decoded from one video to sample from (4 h at 60 fps is 864k)
 
     @classmethod
-    def from_env(cls, **overrides: float) -> "ImportLimits":
+    def from_env(cls, **overrides: float) -> ImportLimits:
         """Defaults, then the settings (``import_max_files`` and the like: core.settings), then explicit overrides."""
         from core import settings
 

@@ -9,30 +9,32 @@ is refused (:class:`~core.users.NotAllowed`). Importing lives in ``core.data.imp
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from core.records import DatasetRow, DatasetSummary
 from core.store import datasets as store
 from core.users import NotFound, User, as_user, can_see, check_visibility, require_owner
 
 SPLITS = store.SPLITS
 
 
-def _label(ds: dict) -> str:
+def _label(ds: DatasetRow) -> str:
     return f"Dataset {ds['name']!r}"
 
 
-def get_dataset(user: User | str, dataset: str | int) -> dict[str, Any]:
+def get_dataset(user: User | str, dataset: str | int) -> DatasetSummary:
     """The dataset with owner, visibility, version, item, split and per-concept counts."""
     return store.get_dataset(user, dataset)
 
 
-def _owned(user: User | str, dataset: str | int) -> dict[str, Any]:
+def _owned(user: User | str, dataset: str | int) -> DatasetSummary:
     ds = store.get_dataset(user, dataset)
     require_owner(user, ds, _label(ds))
     return ds
 
 
-def list_datasets(user: User | str) -> list[dict[str, Any]]:
+def list_datasets(user: User | str) -> list[DatasetSummary]:
     """The datasets the user sees: own ones, then the team's, with their counts."""
     return store.list_datasets(user)
 
@@ -70,7 +72,7 @@ def latest_report(user: User | str, dataset: str | int) -> dict[str, Any] | None
     return store.latest_report(get_dataset(user, dataset)["id"])
 
 
-def _item_dataset(user: User | str, item_id: int) -> dict[str, Any]:
+def _item_dataset(user: User | str, item_id: int) -> DatasetRow:
     """The dataset row of an item the user sees; NotFound (as for a missing item) otherwise."""
     try:
         item_id = int(item_id)
@@ -125,13 +127,13 @@ def delete_dataset(user: User | str, dataset: str | int) -> None:
     store.delete_dataset(_owned(user, dataset)["id"])
 
 
-def share_dataset(user: User | str, dataset: str | int, visibility: str) -> dict[str, Any]:
+def share_dataset(user: User | str, dataset: str | int, visibility: str) -> DatasetSummary:
     """Make the user's dataset ``team`` (everyone sees and uses it, read-only) or ``private`` again."""
     ds = _owned(user, dataset)
     store.set_visibility(ds["id"], check_visibility(visibility))
     return store.get_dataset_by_id(ds["id"])
 
 
-def display_name(user: User | str, ds: dict[str, Any]) -> str:
+def display_name(user: User | str, ds: Mapping[str, Any]) -> str:
     """How a picker names a dataset for this user: plain when theirs, ``owner/name`` otherwise."""
     return ds["name"] if ds["owner"] == as_user(user).name else f"{ds['owner']}/{ds['name']}"

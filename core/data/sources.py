@@ -284,7 +284,7 @@ def read_folder(source: Path, scratch: Path, limits: ImportLimits, video_fps: fl
     for root, split in roots:
         for path in sorted(root.iterdir()):
             rel = path.relative_to(base).as_posix()
-            if _hidden(path.name) or path.name in SPLIT_LISTS and path.parent in (top, base):
+            if _hidden(path.name) or (path.name in SPLIT_LISTS and path.parent in (top, base)):
                 continue
             if path.is_symlink():
                 _check_link(path, top, rel)
@@ -419,7 +419,7 @@ def extract_frames(video: Path, dest: Path, rel: str, fps: float, limits: Import
                 next_t = t + 1.0 / fps
     except UserError:
         raise
-    except Exception as exc:  # av.error.* and friends
+    except Exception as exc:  # noqa: BLE001 - av.error.* and friends: the video's message, named
         if is_disk_full(exc):
             raise disk_full(exc, f"{rel}: the frames sampled for the import") from None
         if out:

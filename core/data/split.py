@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def stratified_split(keys: Sequence[str], labels: Sequence[Sequence[str]], val_fraction: float, seed: int = 0,
@@ -24,10 +24,11 @@ def stratified_split(keys: Sequence[str], labels: Sequence[Sequence[str]], val_f
     groups = groups or [None] * n
     units: dict[str, list[int]] = defaultdict(list)
     for i in range(n):
-        units[groups[i] if groups[i] is not None else f"item:{keys[i]}"].append(i)
+        group = groups[i]
+        units[group if group is not None else f"item:{keys[i]}"].append(i)
     strata: dict[str, list[str]] = defaultdict(list)
-    for unit, members in units.items():
-        labs = {label for i in members for label in labels[i]}
+    for unit, indices in units.items():
+        labs = {label for j in indices for label in labels[j]}
         stratum = min(labs, key=lambda c: (freq[c], c)) if labs else ""
         strata[stratum].append(unit)
     out = ["train"] * n
@@ -36,14 +37,14 @@ def stratified_split(keys: Sequence[str], labels: Sequence[Sequence[str]], val_f
         members = sorted(strata[stratum])
         if len(members) == 1 and len(units[members[0]]) > 1:  # one video alone: split its frames instead
             whole = members[0]
-            members = [f"{whole}#{i}" for i in units[whole]]
-            for unit, i in zip(members, units[whole]):
-                units[unit] = [i]
+            members = [f"{whole}#{j}" for j in units[whole]]
+            for frame, j in zip(members, units[whole]):
+                units[frame] = [j]
         rng.shuffle(members)
         if val_fraction <= 0 or len(members) < 2:
             continue
         n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
-        for unit in members[:n_val]:
-            for i in units[unit]:
-                out[i] = "val"
+        for chosen in members[:n_val]:
+            for j in units[chosen]:
+                out[j] = "val"
     return out

@@ -88,8 +88,8 @@ def abandoned() -> list[Path]:
     found = []
     for entry in sorted(root().iterdir()):
         try:
-            if entry.is_dir() and _abandoned(entry) or \
-                    not entry.is_dir() and time.time() - entry.stat().st_mtime > UNLOCKED_MAX_AGE_S:
+            if (entry.is_dir() and _abandoned(entry)) or \
+                    (not entry.is_dir() and time.time() - entry.stat().st_mtime > UNLOCKED_MAX_AGE_S):
                 found.append(entry)
         except FileNotFoundError:  # its import removed it meanwhile
             pass

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import plotly.graph_objects as go
+
+from core.records import Evaluation
 
 MAX_CURVES = 12  # concepts drawn at once on the PR/ROC charts; the page lets the user pick which
 
 
-def confusion_heatmap(result: dict, normalised: bool = False) -> go.Figure:
+def confusion_heatmap(result: Evaluation, normalised: bool = False) -> go.Figure:
     """True concept (rows) against top prediction (columns); counts or row-normalised shares."""
     concepts = result["concepts"]
     z = result["confusion"]["normalised" if normalised else "counts"]
@@ -24,12 +27,12 @@ def confusion_heatmap(result: dict, normalised: bool = False) -> go.Figure:
     return fig
 
 
-def _pick(result: dict, concepts: Sequence[str] | None) -> list[str]:
+def _pick(result: Evaluation, concepts: Sequence[str] | None) -> list[str]:
     names = [c for c in (concepts or result["concepts"]) if c in result["curves"]]
     return names[:MAX_CURVES]
 
 
-def _curve_traces(result: dict, concepts: Sequence[str] | None, micro: bool, curve: str, x: str, y: str,
+def _curve_traces(result: Evaluation, concepts: Sequence[str] | None, micro: bool, curve: str, x: str, y: str,
                   score: str) -> go.Figure:
     """One line per concept (and the dashed micro average) from ``result["curves"][name][curve]``, score in legend."""
     fig = go.Figure()
@@ -42,7 +45,7 @@ def _curve_traces(result: dict, concepts: Sequence[str] | None, micro: bool, cur
     return fig
 
 
-def pr_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
+def pr_curves(result: Evaluation, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
     """Precision-recall curve per concept (and the micro average), AP in the legend."""
     fig = _curve_traces(result, concepts, micro, "pr", "recall", "precision", "ap")
     fig.update_layout(title="Precision-recall", xaxis_title="recall", yaxis_title="precision",
@@ -50,7 +53,7 @@ def pr_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool =
     return fig
 
 
-def roc_curves(result: dict, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
+def roc_curves(result: Evaluation, concepts: Sequence[str] | None = None, micro: bool = True) -> go.Figure:
     """ROC curve per concept (and the micro average), AUC in the legend."""
     fig = _curve_traces(result, concepts, micro, "roc", "fpr", "tpr", "auc")
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"),
@@ -73,9 +76,9 @@ def per_concept_f1(rows: Sequence[dict], best: dict) -> go.Figure:
     return fig
 
 
-def embedding_map(result: dict, thumbs: Sequence[str] | None = None) -> go.Figure:
+def embedding_map(result: Evaluation, thumbs: Sequence[str] | None = None) -> go.Figure:
     """The 2-D embedding map coloured by concept; ``customdata`` carries item ids (and thumbnails when given)."""
-    points = result["map"]
+    points = map_points(result)
     fig = go.Figure()
     by_concept: dict[str, list[int]] = {}
     for i, p in enumerate(points):
@@ -91,6 +94,17 @@ def embedding_map(result: dict, thumbs: Sequence[str] | None = None) -> go.Figur
     fig.update_layout(title=f"Embedding map ({method})", xaxis_title=f"{method} 1", yaxis_title=f"{method} 2",
                       height=520, margin=dict(l=10, r=10, t=50, b=10), dragmode="lasso")
     return fig
+
+
+def map_points(result: Evaluation) -> list[dict[str, Any]]:
+    """An embedder evaluation's 2-D map: one point (x, y, item_id, path, concept, labels, split) per shown item.
+
+    ``result["map"]`` means that only for embedders; a detector's "map" is its mAP (a number).
+    """
+    points = result["map"]
+    if not isinstance(points, list):
+        raise ValueError(f"a {result['kind']} evaluation has no embedding map")
+    return points
 
 
 def recall_at_k(series: Sequence[tuple[str, dict]]) -> go.Figure:
@@ -132,7 +146,7 @@ def prediction_bar(concepts: Sequence[dict], title: str = "") -> go.Figure:
     return fig
 
 
-def detection_ap(result: dict) -> go.Figure:
+def detection_ap(result: Evaluation) -> go.Figure:
     """Average precision per concept (AP@[.5:.95] and AP50)."""
     names = [n for n, v in result["per_concept_ap"].items() if v is not None]
     fig = go.Figure([

@@ -30,6 +30,7 @@ from core.errors import UserError
 from core.evaluation import service
 from core.fsutil import atomic_write_bytes
 from core.models import GENERAL
+from core.records import ModelRow
 from core.users import User, as_user, require_role
 
 FORMATS = ("zip", "torchscript", "onnx")
@@ -41,7 +42,7 @@ DESCRIPTION_VERSION = 1  # bumped when a key of the description changes meaning
 DESCRIPTION_KEY = "description"  # the metadata entry / extra file / config.json key holding the whole description
 
 
-def _output_mode(row: dict) -> str:
+def _output_mode(row: ModelRow) -> str:
     return "embedding" if row["kind"] == "embedder" else "probabilities"
 
 
@@ -191,7 +192,7 @@ def _check_close(what: str, expected, got) -> float:
     return diff
 
 
-def _on_cpu(loaded, row: dict):
+def _on_cpu(loaded, row: ModelRow):
     """The model on the CPU: exports trace there (a model served from a GPU is loaded again, not moved: it is
     shared)."""
     if getattr(loaded, "device", None) is None or loaded.device.type == "cpu":
@@ -324,7 +325,7 @@ BOX_TOLERANCE_PX = 0.01  # largest box-corner difference allowed between an expo
 SCORE_TOLERANCE = 1e-4
 
 
-def _detector_example(row: dict, loaded):
+def _detector_example(row: ModelRow, loaded):
     """A (3, H, W) float image in [0, 1] as the detector takes it: the first held-out image with boxes of the
     model's dataset (detections to compare), else a seeded random image."""
     import torch
@@ -340,7 +341,7 @@ def _detector_example(row: dict, loaded):
     return torch.rand(3, 320, 320, generator=torch.Generator().manual_seed(0))
 
 
-def _export_detector_onnx(row: dict, out: Path) -> dict:
+def _export_detector_onnx(row: ModelRow, out: Path) -> dict:
     """ONNX of a detector: input ``image`` (3, H, W) RGB in [0, 1], any size (the graph normalises and resizes as
     the network does); outputs ``boxes`` (N, 4) x1, y1, x2, y2 in input pixels, ``labels`` (N,) = concept index + 1
     (the concepts in the file's metadata, ``concepts``, with the rest of :func:`describe`), ``scores`` (N,). Checked
@@ -414,7 +415,7 @@ def _check_detections(path: Path, image, ref: dict) -> float:
     return diff
 
 
-def _detector_onnx_snippet(row: dict) -> str:
+def _detector_onnx_snippet(row: ModelRow) -> str:
     """A detector's ONNX example program: each image's boxes as (concept, score, [x, y, w, h]) in image pixels."""
     threshold = float((row.get("params") or {}).get("detection_score_threshold", 0.0) or 0.0)
     return (
@@ -435,7 +436,7 @@ def _detector_onnx_snippet(row: dict) -> str:
 # ------------------------------------------------------------------------------------------------ zip
 
 
-def archive_bytes(row: dict) -> bytes:
+def archive_bytes(row: ModelRow) -> bytes:
     """The model as an export zip, in memory (weights, config, concepts, preprocessing, example)."""
     folder = Path(row["path"])
     weights = service.weights_file(row)
@@ -456,7 +457,7 @@ def archive_bytes(row: dict) -> bytes:
     return buf.getvalue()
 
 
-def snippet(row: dict, fmt: str) -> str:
+def snippet(row: ModelRow, fmt: str) -> str:
     """A short Python program that loads the exported model and predicts on image files given as arguments."""
     detector = row["kind"] == "detector"
     if fmt == "zip":
@@ -635,7 +636,7 @@ def check_archive_config(config: object) -> dict:
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 65536):
         raise _refuse("embedding_dim", "must be a whole number (the network's embedding size)")
     out = dict(config, params=params, concepts=list(concepts),
-               preprocess=_check_preprocess(config.get("preprocess"), kind, spec.param("image_size")))
+               preprocess=_check_preprocess(config.get("preprocess"), spec.kind, spec.param("image_size")))
     out.pop(DESCRIPTION_KEY, None)  # it describes that export's files; a new export describes itself again
     base = config.get("base")
     if base is None and config.get("base_model"):
@@ -658,7 +659,7 @@ def check_archive_config(config: object) -> dict:
             count = base.get("num_classes")
             if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_CONCEPTS:
                 raise _refuse("base.num_classes", f"must be a whole number from 1 to {MAX_CONCEPTS:,}")
-            pre = _check_preprocess(base.get("preprocess"), base_kind, base_spec.param("image_size"))
+            pre = _check_preprocess(base.get("preprocess"), base_spec.kind, base_spec.param("image_size"))
             base = {"kind": base_kind, "template": base_template, "params": base_params, "num_classes": count,
                     "preprocess": pre}
         out["base"] = base
@@ -717,6 +718,7 @@ def _check_weights(config: dict, shapes: dict[str, tuple[int, ...]]) -> None:
     from core.models.networks import build_network, build_on_base
 
     count = len(config["concepts"])
+    net: torch.nn.Module
     with torch.device("meta"):
         base = base_of(config)
         if base is not None:
@@ -843,6 +845,6 @@ def load_archive(path: str | Path, expect: tuple[str, str] | None = None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def formats_for(row: dict) -> Sequence[str]:
+def formats_for(row: ModelRow) -> Sequence[str]:
     """The export formats this model supports."""
     return ("zip", "onnx") if row["kind"] == "detector" else FORMATS

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from core.records import ClassifierFigures, ConceptFigures, DetectorFigures, EmbedderFigures, Misclassification
+
 MAX_CURVE_POINTS = 200  # points kept per PR/ROC curve in the cached JSON; the curves' shapes survive
 MAP_POINTS = 2000  # most items drawn on the 2-D embedding map
 
@@ -44,7 +46,8 @@ def _finite(x: float) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
-def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str], threshold: float) -> list[dict]:
+def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str],
+                      threshold: float) -> list[ConceptFigures]:
     """Per concept at ``threshold``: labelled and predicted counts, TP, FP, FN, precision, recall, F1.
 
     A concept counts as predicted for an item when its probability is at least ``threshold``.
@@ -54,7 +57,7 @@ def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, average=None, labels=list(range(len(concepts))), zero_division=0
     )
-    rows = []
+    rows: list[ConceptFigures] = []
     for i, name in enumerate(concepts):
         _tn, fp, fn, tp = (int(v) for v in mcm[i].ravel())
         rows.append({
@@ -149,14 +152,14 @@ def curves(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str]) -> di
 
 
 def misclassified(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str], multi_label: bool,
-                  threshold: float = 0.5) -> list[dict]:
+                  threshold: float = 0.5) -> list[Misclassification]:
     """Items the model gets wrong, worst first.
 
     Softmax models: the top prediction is not among the labels. Multi-label (logreg) models: the set of concepts at or
     above ``threshold`` differs from the labels. Each entry: index (row), true and predicted concepts with
     probabilities, and the model's confidence in its wrong answer.
     """
-    out = []
+    out: list[Misclassification] = []
     for row in range(len(y_true)):
         truth = set(np.nonzero(y_true[row])[0].tolist())
         if multi_label:
@@ -179,7 +182,7 @@ def misclassified(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str]
 
 
 def classifier_metrics(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str], multi_label: bool = False,
-                       threshold: float = 0.5) -> dict[str, Any]:
+                       threshold: float = 0.5) -> ClassifierFigures:
     """Every classifier figure for one evaluation set.
 
     Args:
@@ -235,7 +238,8 @@ def _relevance(query_labels: Sequence[Sequence[str]], gallery_labels: Sequence[S
 
 
 def embedder_metrics(query_emb: np.ndarray, query_labels: Sequence[Sequence[str]], gallery_emb: np.ndarray,
-                     gallery_labels: Sequence[Sequence[str]], ks: Sequence[int] = tuple(range(1, 11))) -> dict:
+                     gallery_labels: Sequence[Sequence[str]],
+                     ks: Sequence[int] = tuple(range(1, 11))) -> EmbedderFigures:
     """Retrieval figures: queries against a separate gallery, relevant = shares a label.
 
     recall@k: share of queries with at least one relevant item among their k nearest. mAP@R (Musgrave et al. 2020):
@@ -327,7 +331,8 @@ def _match(pred_boxes, pred_scores, true_boxes, iou_threshold: float) -> np.ndar
     return matched
 
 
-def detector_metrics(predictions: Sequence[dict], targets: Sequence[dict], concepts: Sequence[str]) -> dict:
+def detector_metrics(predictions: Sequence[dict], targets: Sequence[dict],
+                     concepts: Sequence[str]) -> DetectorFigures:
     """COCO-style detection figures: mAP@[.5:.95], AP50, AP75 and per-concept AP.
 
     Args:

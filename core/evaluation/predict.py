@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.errors import UserError
 from core.evaluation import service
@@ -81,8 +82,9 @@ def check_top_k(top_k: object) -> int:
     return int(value)
 
 
-def check_threshold(threshold: object) -> float:
-    """``threshold`` as a probability from 0 to 1; UserError naming it otherwise."""
+def check_threshold(threshold: Any) -> float:
+    """``threshold`` (anything a form or a request gave: whatever ``float()`` takes counts, NumPy scalars included) as
+    a probability from 0 to 1; UserError naming it otherwise."""
     try:
         value = float(threshold) if not isinstance(threshold, bool) else float("nan")
     except (TypeError, ValueError):

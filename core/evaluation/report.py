@@ -12,8 +12,10 @@ import io
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from core.evaluation import charts, service
+from core.records import Evaluation, ModelRow
 from core.users import User
 
 MISCLASSIFIED_SAMPLE = 24  # images inlined in the report's misclassified gallery
@@ -37,8 +39,8 @@ def thumbnail_b64(path: str, size: int = THUMB_PX) -> str:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as src:
+            im = src.convert("RGB")
             im.thumbnail((size, size))
             buf = io.BytesIO()
             im.save(buf, "JPEG", quality=80)
@@ -102,9 +104,9 @@ def build_report(user: User | str, model: str | int, threshold: float = 0.5) -> 
     )
 
 
-def _classifier_sections(row: dict, result: dict, threshold: float) -> list[str]:
-    table = service.per_concept_at(row, threshold) if threshold != result["threshold"] else result["per_concept"]
-    table = [dict(r) for r in table]
+def _classifier_sections(row: ModelRow, result: Evaluation, threshold: float) -> list[str]:
+    figures = service.per_concept_at(row, threshold) if threshold != result["threshold"] else result["per_concept"]
+    table: list[dict[str, Any]] = [dict(r) for r in figures]
     best = result["best_f1"]
     for r in table:
         b = best.get(r["concept"]) or {}
@@ -128,8 +130,8 @@ def _classifier_sections(row: dict, result: dict, threshold: float) -> list[str]
     ]
 
 
-def _embedder_sections(result: dict) -> list[str]:
-    points = result["map"]
+def _embedder_sections(result: Evaluation) -> list[str]:
+    points = charts.map_points(result)
     thumbs = [thumbnail_b64(p["path"], 96) if i < MAP_THUMBS else "" for i, p in enumerate(points)]
     hover_js = (
         "<script>(function(){var d=document.getElementById('embmap');var box=document.getElementById('hoverthumb');"
@@ -147,7 +149,7 @@ def _embedder_sections(result: dict) -> list[str]:
     ]
 
 
-def _detector_sections(result: dict) -> list[str]:
+def _detector_sections(result: Evaluation) -> list[str]:
     rows = [{"concept": n, "AP@[.5:.95]": v, "AP50": result["per_concept_ap50"].get(n)}
             for n, v in result["per_concept_ap"].items()]
     return ["<h2>Per concept</h2>", _table(rows), _fig(charts.detection_ap(result), "ap"),
@@ -158,8 +160,8 @@ def draw_boxes(path: str, truth: Sequence[dict] = (), predicted: Sequence[dict] 
     """The image with ground-truth boxes (green) and predicted boxes with scores (red), scaled to ``max_side``."""
     from PIL import Image, ImageDraw
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
+    with Image.open(path) as src:
+        im = src.convert("RGB")
     scale = min(1.0, max_side / max(im.size))
     if scale < 1.0:
         im = im.resize((round(im.width * scale), round(im.height * scale)))

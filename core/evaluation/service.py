@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.errors import UserError
 from core.evaluation import metrics as m
 from core.progress import Progress
+from core.records import ConceptFigures, DatasetRow, DatasetSummary, Evaluation, ModelRow, TrainTime, TrainTimes
 from core.users import User, as_user, can_see, check_visibility, require_owner
 
 EVAL_VERSION = 1  # bump when the figures' definitions change, so old caches are recomputed
@@ -29,7 +31,7 @@ WEIGHTS_FILE = "weights.safetensors"
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def weights_file(row: dict) -> Path:
+def weights_file(row: ModelRow) -> Path:
     """The model's weights file; UserError naming it when it is missing."""
     path = Path(row["path"]) / WEIGHTS_FILE
     if not path.is_file():
@@ -38,7 +40,7 @@ def weights_file(row: dict) -> Path:
     return path
 
 
-def load_model(row: dict):
+def load_model(row: ModelRow):
     """The model's network, ready to predict (``core.models.io.LoadedModel``) on the inference device: loaded once
     per process and shared (``core.loaded``, under the memory budget ``loaded_max_bytes``), reloaded when its weights
     change.
@@ -57,14 +59,14 @@ def load_model(row: dict):
                         f"{row['template']} network ({type(exc).__name__}: {exc})") from exc
 
 
-def get(user: User | str, model: str | int) -> dict:
+def get(user: User | str, model: str | int) -> ModelRow:
     """The model row ``user`` sees by name, ``owner/name`` or id (NotFound, as for a missing one, otherwise)."""
     from core.store.models import get_model
 
     return get_model(user, model)
 
 
-def list_models(user: User | str, kind: str | None = None) -> list[dict]:
+def list_models(user: User | str, kind: str | None = None) -> list[ModelRow]:
     """The model rows ``user`` sees (own and the team's), newest first, optionally of one kind."""
     from core.store.models import list_models as _list
 
@@ -80,7 +82,7 @@ def delete_model(user: User | str, model: str | int) -> None:
     _delete(row["id"])
 
 
-def share_model(user: User | str, model: str | int, visibility: str) -> dict:
+def share_model(user: User | str, model: str | int, visibility: str) -> ModelRow:
     """Make the user's model ``team`` (everyone may evaluate it, predict with it and use it as a base) or
     ``private`` again."""
     from core.store.models import get_model_by_id, set_visibility
@@ -91,7 +93,7 @@ def share_model(user: User | str, model: str | int, visibility: str) -> dict:
     return get_model_by_id(row["id"])
 
 
-def multi_label(row: dict) -> bool:
+def multi_label(row: Mapping[str, Any]) -> bool:
     """Whether the classifier is multi-label (logreg: independent sigmoids) rather than softmax."""
     return str((row.get("params") or {}).get("logreg", 0)).strip().lower() in {"1", "true", "yes"}
 
@@ -120,18 +122,18 @@ def _batched(loaded, paths: Sequence[str], fn: str, progress: Progress | None, w
 # ------------------------------------------------------------------------------------------------ cache
 
 
-def _cache_files(row: dict) -> tuple[Path, Path]:
+def _cache_files(row: ModelRow) -> tuple[Path, Path]:
     folder = Path(row["path"])
     return folder / "evaluation.json", folder / "evaluation.npz"
 
 
-def _cache_key(row: dict, dataset: dict) -> dict:
+def _cache_key(row: ModelRow, dataset: DatasetRow) -> dict:
     stat = weights_file(row).stat()
     return {"eval_version": EVAL_VERSION, "dataset_id": dataset["id"], "dataset_version": dataset["version"],
             "weights_mtime_ns": stat.st_mtime_ns, "weights_size": stat.st_size}
 
 
-def cached(row: dict) -> dict | None:
+def cached(row: ModelRow) -> Evaluation | None:
     """The cached evaluation of this model when it is still current, else None."""
     jf, _ = _cache_files(row)
     if not jf.is_file():
@@ -146,7 +148,7 @@ def cached(row: dict) -> dict | None:
     return data if data.get("cache_key") == _cache_key(row, dataset) else None
 
 
-def arrays(row: dict) -> dict[str, np.ndarray]:
+def arrays(row: ModelRow) -> dict[str, np.ndarray]:
     """The raw arrays behind the cached evaluation (``y_true``/``probs`` or ``embeddings``), evaluating if needed."""
     _, nf = _cache_files(row)
     if cached(row) is None or not nf.is_file():
@@ -155,13 +157,14 @@ def arrays(row: dict) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def _dataset_or_none(row: dict) -> dict | None:
+def _dataset_or_none(row: ModelRow) -> DatasetSummary | None:
     from core.store import datasets as ds
 
-    if row.get("dataset_id") is None:
+    dataset_id = row["dataset_id"]
+    if dataset_id is None:
         return None
     try:
-        return ds.get_dataset_by_id(row["dataset_id"])
+        return ds.get_dataset_by_id(dataset_id)
     except UserError:
         return None
 
@@ -170,7 +173,7 @@ def _dataset_or_none(row: dict) -> dict | None:
 
 
 def evaluate(user: User | str, model: str | int, *, refresh: bool = False, threshold: float = 0.5,
-             progress: Progress | None = None) -> dict:
+             progress: Progress | None = None) -> Evaluation:
     """Every figure for the model on its dataset's held-out split (test when present, else val), cached.
 
     Raises UserError when the dataset is gone, the split is empty, or the weights cannot be read.
@@ -205,21 +208,23 @@ def evaluate(user: User | str, model: str | int, *, refresh: bool = False, thres
     jf, nf = _cache_files(row)
     suffix = f".{os.getpid()}.{threading.get_ident()}.tmp"  # atomic replace: a concurrent reader sees old or new
     with open(nf.with_name(nf.name + suffix), "wb") as fh:
-        np.savez_compressed(fh, **arrs)
+        # mypy matches **arrs against savez_compressed's allow_pickle: bool too; every value here is an array
+        np.savez_compressed(fh, **arrs)  # type: ignore[arg-type]
     nf.with_name(nf.name + suffix).replace(nf)
     jf.with_name(jf.name + suffix).write_text(json.dumps(result, default=float))
     jf.with_name(jf.name + suffix).replace(jf)
     return result
 
 
-def _labelled(row: dict, records: list[dict]) -> tuple[list[dict], int]:
+def _labelled(row: ModelRow, records: list[dict]) -> tuple[list[dict], int]:
     """Records with at least one label among the model's concepts, and how many were left out."""
     known = set(row["concepts"])
     keep = [r for r in records if known.intersection(r["labels"])]
     return keep, len(records) - len(keep)
 
 
-def _evaluate_classifier(row, dataset, loaded, threshold, progress):
+def _evaluate_classifier(row: ModelRow, dataset: DatasetRow, loaded, threshold: float,
+                         progress: Progress | None) -> tuple[Evaluation, dict[str, np.ndarray]]:
     from core.store import datasets as ds
 
     split = ds.eval_split(dataset["id"])
@@ -233,14 +238,16 @@ def _evaluate_classifier(row, dataset, loaded, threshold, progress):
     figures = m.classifier_metrics(y_true, probs, concepts, multi_label=multi_label(row), threshold=threshold)
     for miss in figures["misclassified"]:
         rec = records[miss["index"]]
-        miss.update(item_id=rec["item_id"], path=rec["path"], labels=rec["labels"])
-    figures.update(kind="classifier", split=split, skipped_unlabelled=skipped, multi_label=multi_label(row),
-                   concepts=concepts,
-                   rows=[{"item_id": r["item_id"], "path": r["path"], "labels": r["labels"]} for r in records])
-    return figures, {"y_true": y_true, "probs": probs.astype(np.float32)}
+        miss.update({"item_id": rec["item_id"], "path": rec["path"], "labels": rec["labels"]})
+    result: Evaluation = {
+        **figures, "kind": "classifier", "split": split, "skipped_unlabelled": skipped, "multi_label": multi_label(row),
+        "concepts": concepts,
+        "rows": [{"item_id": r["item_id"], "path": r["path"], "labels": r["labels"]} for r in records]}
+    return result, {"y_true": y_true, "probs": probs.astype(np.float32)}
 
 
-def _evaluate_embedder(row, dataset, loaded, progress):
+def _evaluate_embedder(row: ModelRow, dataset: DatasetRow, loaded,
+                       progress: Progress | None) -> tuple[Evaluation, dict[str, np.ndarray]]:
     from core.store import datasets as ds
 
     split = ds.eval_split(dataset["id"])
@@ -258,13 +265,13 @@ def _evaluate_embedder(row, dataset, loaded, progress):
     if len(shown) > m.MAP_POINTS:
         shown = np.sort(rng.choice(shown, m.MAP_POINTS, replace=False))
     coords, method = m.embedding_map(emb[shown])
-    figures.update(
-        kind="embedder", split=split, map_method=method,
-        map=[{"x": float(x), "y": float(y), "item_id": records[i]["item_id"], "path": records[i]["path"],
-              "concept": records[i]["labels"][0], "labels": records[i]["labels"], "split": records[i]["split"]}
-             for (x, y), i in zip(coords.tolist(), shown.tolist())],
-    )
-    return figures, {"embeddings": emb.astype(np.float32), "item_ids": np.array([r["item_id"] for r in records])}
+    result: Evaluation = {
+        **figures, "kind": "embedder", "split": split, "map_method": method,
+        "map": [{"x": float(x), "y": float(y), "item_id": records[i]["item_id"], "path": records[i]["path"],
+                 "concept": records[i]["labels"][0], "labels": records[i]["labels"], "split": records[i]["split"]}
+                for (x, y), i in zip(coords.tolist(), shown.tolist())],
+    }
+    return result, {"embeddings": emb.astype(np.float32), "item_ids": np.array([r["item_id"] for r in records])}
 
 
 def box_arrays(boxes: Sequence[dict], concepts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -276,7 +283,8 @@ def box_arrays(boxes: Sequence[dict], concepts: Sequence[str]) -> dict[str, np.n
             "scores": np.array([float(b.get("score", 1.0)) for b in kept], dtype=float)}
 
 
-def _evaluate_detector(row, dataset, loaded, progress):
+def _evaluate_detector(row: ModelRow, dataset: DatasetRow, loaded,
+                       progress: Progress | None) -> tuple[Evaluation, dict[str, np.ndarray]]:
     from core.store import datasets as ds
 
     split = ds.eval_split(dataset["id"])
@@ -289,16 +297,17 @@ def _evaluate_detector(row, dataset, loaded, progress):
     figures = m.detector_metrics([box_arrays(p, concepts) for p in preds],
                                  [box_arrays(r["boxes"], concepts) for r in records], concepts)
     sample = list(range(min(12, len(records))))
-    figures.update(kind="detector", split=split, concepts=concepts,
-                   samples=[{"item_id": records[i]["item_id"], "path": records[i]["path"],
-                             "truth": records[i]["boxes"], "predicted": preds[i]} for i in sample])
-    return figures, {"n": np.array([len(records)])}
+    result: Evaluation = {
+        **figures, "kind": "detector", "split": split, "concepts": concepts,
+        "samples": [{"item_id": records[i]["item_id"], "path": records[i]["path"], "truth": records[i]["boxes"],
+                     "predicted": preds[i]} for i in sample]}
+    return result, {"n": np.array([len(records)])}
 
 
 # ------------------------------------------------------------------------------------------------ views
 
 
-def at_threshold(row: dict, result: dict, threshold: float) -> dict:
+def at_threshold(row: ModelRow, result: Evaluation, threshold: float) -> Evaluation:
     """A cached classifier evaluation with its threshold-dependent figures recomputed at ``threshold``."""
     a = arrays(row)
     concepts = list(row["concepts"])
@@ -309,13 +318,13 @@ def at_threshold(row: dict, result: dict, threshold: float) -> dict:
             "per_concept": m.per_concept_table(a["y_true"], a["probs"], concepts, float(threshold))}
 
 
-def per_concept_at(row: dict, threshold: float) -> list[dict]:
+def per_concept_at(row: ModelRow, threshold: float) -> list[ConceptFigures]:
     """The classifier's per-concept table at another threshold, from the cached probabilities (no network run)."""
     a = arrays(row)
     return m.per_concept_table(a["y_true"], a["probs"], list(row["concepts"]), float(threshold))
 
 
-def cell_items(row: dict, true_concept: str, predicted_concept: str) -> list[dict]:
+def cell_items(row: ModelRow, true_concept: str, predicted_concept: str) -> list[dict]:
     """The evaluation items in one confusion-matrix cell: labelled ``true_concept``, top prediction the other."""
     result = evaluate(row["owner"], row["id"])
     a = arrays(row)
@@ -326,7 +335,7 @@ def cell_items(row: dict, true_concept: str, predicted_concept: str) -> list[dic
     return [{**result["rows"][i], "probability": float(a["probs"][i, p])} for i in hits.tolist()]
 
 
-def summary(result: dict) -> dict:
+def summary(result: Evaluation) -> dict[str, Any]:
     """The headline figures of an evaluation, for tables and comparisons."""
     kind = result["kind"]
     if kind == "classifier":
@@ -376,7 +385,7 @@ def _duration(seconds: float | None) -> str:
     return f"{s // 60} min {s % 60:02d} s" if s < 3600 else f"{s // 3600} h {s % 3600 // 60} min"
 
 
-def _train_times(model: dict) -> dict:
+def _train_times(model: ModelRow) -> TrainTimes:
     """How long ``model`` (a model row) took to train: ``wall_seconds``, the wall time of the job that trained it
     (None when it was trained in the foreground or its job is gone), ``epochs_seconds``, the time inside its epochs,
     and ``before_seconds``, the rest: start-up, decoding images or computing backbone features, evaluation and
@@ -391,13 +400,14 @@ def _train_times(model: dict) -> dict:
             job = jstore.get_job(int(run))
         except UserError:
             job = None
-        if job and job["type"] == "train" and job.get("started_at") and job.get("finished_at"):
-            wall = max(0.0, job["finished_at"] - job["started_at"])
+        started, finished = (job.get("started_at"), job.get("finished_at")) if job else (None, None)
+        if job and job["type"] == "train" and started is not None and finished is not None:
+            wall = max(0.0, finished - started)
     before = max(0.0, wall - epochs) if wall is not None and epochs is not None else None
     return {"wall_seconds": wall, "epochs_seconds": epochs, "before_seconds": before}
 
 
-def train_time(user: User | str, model: str | int) -> dict:
+def train_time(user: User | str, model: str | int) -> TrainTime:
     """How long a model ``user`` sees took to train (``_train_times``), with ``text``, a sentence for its details."""
     row = get(user, model)
     t = _train_times(row)
@@ -425,11 +435,11 @@ def registry_rows(user: User | str) -> list[dict]:
     for r in list_models(user):
         metrics = r.get("metrics") or {}
         gone = "deleted" if _dataset_or_none(r) is None else "not shared"
+        dataset_id = r["dataset_id"]
         out.append({
             "id": r["id"], "name": r["name"], "owner": r["owner"], "visibility": r["visibility"], "kind": r["kind"],
             "template": r["template"],
-            "dataset": (f"{names.get(r['dataset_id'], gone)} v{r['dataset_version']}"
-                        if r.get("dataset_id") else "-"),
+            "dataset": f"{names.get(dataset_id, gone)} v{r['dataset_version']}" if dataset_id else "-",
             "trained": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["created_at"])),
             "train time": _duration(_train_times(r)["wall_seconds"] or r.get("train_seconds")),
             **{k: metrics[k] for k in HEADLINE_METRICS if isinstance(metrics.get(k), (int, float))},

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from core import paths, settings
 from core.errors import UserError, ValidationError
 from core.jobs import local, runners
+from core.records import JobCurves, JobListing, JobProgress, JobRow, JobStatus, JobSummary, QueueSummary
 from core.store import jobs as store
 from core.store.jobs import ACTIVE, RESUMABLE, STATES, TERMINAL
 from core.users import User, as_user, can_change, can_see, check_visibility, require_owner, require_role
@@ -48,7 +49,7 @@ DEAD_MESSAGE = ("The worker process stopped unexpectedly (killed, out of memory 
                 "Resume continues from the last completed epoch.")
 
 
-def describe(job: dict) -> str:
+def describe(job: JobRow) -> str:
     """What a job does, in a few words: ``classifier Clarifai_InceptionV2 on birds -> my-model``."""
     cfg = job.get("config") or {}
     if job.get("type") == "train":
@@ -120,7 +121,7 @@ def pump() -> list[int]:
 # ---------------------------------------------------------------- reading
 
 
-def _job(user: User | str, job_id: int) -> dict:
+def _job(user: User | str, job_id: int) -> JobRow:
     """The job ``user`` sees; one it may not see answers exactly like a missing one."""
     job = store.get_job(job_id)
     if not can_see(user, job):
@@ -128,25 +129,26 @@ def _job(user: User | str, job_id: int) -> dict:
     return job
 
 
-def _own_job(user: User | str, job_id: int) -> dict:
+def _own_job(user: User | str, job_id: int) -> JobRow:
     job = _job(user, job_id)
     require_owner(user, job, f"Job {job['id']}")
     return job
 
 
-def _progress_of(job: dict) -> dict:
-    p = dict(job.get("progress") or {})
+def _progress_of(job: JobRow) -> JobProgress:
+    p = JobProgress(**(job["progress"] or {}))
     params = (job.get("config") or {}).get("params") or {}
     p.setdefault("num_epochs", params.get("num_epochs"))
     if job["state"] == "succeeded":
         p["fraction"] = 1.0
     p["state"] = job["state"]
-    p["heartbeat_age_s"] = round(time.time() - job["heartbeat_at"], 1) if job.get("heartbeat_at") else None
+    beat = job["heartbeat_at"]
+    p["heartbeat_age_s"] = round(time.time() - beat, 1) if beat else None
     return p
 
 
-def _summary(job: dict) -> dict:
-    p = job.get("progress") or {}
+def _summary(job: JobRow) -> JobSummary:
+    p = job["progress"] or {}
     return {
         "id": job["id"], "owner": job["owner"], "visibility": job["visibility"], "type": job["type"],
         "state": job["state"], "what": describe(job),
@@ -158,7 +160,7 @@ def _summary(job: dict) -> dict:
     }
 
 
-def status(user: User | str, job_id: int) -> dict:
+def status(user: User | str, job_id: int) -> JobStatus:
     """Everything about one job except its step curve: state, what, progress, metrics per epoch, error, result."""
     pump()
     job = _job(user, job_id)
@@ -171,18 +173,18 @@ def status(user: User | str, job_id: int) -> dict:
     }
 
 
-def progress(user: User | str, job_id: int) -> dict:
+def progress(user: User | str, job_id: int) -> JobProgress:
     """The latest progress (epoch, step, images/s, ETA, loss, lr, fraction, device, memory); no pumping."""
     return _progress_of(_job(user, job_id))
 
 
-def metrics(user: User | str, job_id: int) -> dict:
+def metrics(user: User | str, job_id: int) -> JobCurves:
     """Curves so far: ``history`` (one dict per epoch) and ``series`` ([epochs_done, loss, lr] points per step)."""
     job = _job(user, job_id)
     return {"history": job["history"] or [], "series": job["series"] or []}
 
 
-def list_jobs(user: User | str, team: bool = False, limit: int | None = None) -> list[dict]:
+def list_jobs(user: User | str, team: bool = False, limit: int | None = None) -> list[JobListing]:
     """The user's jobs, newest first, after pumping the queue; with ``team`` also the jobs others shared with the
     team (an admin's ``team`` view is every job)."""
     pump()
@@ -191,7 +193,7 @@ def list_jobs(user: User | str, team: bool = False, limit: int | None = None) ->
             for j in store.list_jobs(user, team=team, limit=limit)]
 
 
-def queue_summary(user: User | str) -> dict:
+def queue_summary(user: User | str) -> QueueSummary:
     """The queue at a glance for the home page: counts by state over the whole server (the queue is shared: they
     say how long a new job waits), how many run and wait, the running jobs the user sees (``active``: id, owner,
     what, epoch, fraction, ETA) and the concurrency limit."""
@@ -224,7 +226,7 @@ def logs(user: User | str, job_id: int, tail: int = 200) -> str:
 
 
 def wait(user: User | str, job_id: int, timeout: float | None = None, poll: float = 0.5,
-         on_progress: Callable[[dict], None] | None = None) -> dict:
+         on_progress: Callable[[JobStatus], None] | None = None) -> JobStatus:
     """Block until the job reaches a final state (pumping meanwhile); returns its status. UserError on timeout."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
@@ -241,7 +243,7 @@ def wait(user: User | str, job_id: int, timeout: float | None = None, poll: floa
 # ---------------------------------------------------------------- acting
 
 
-def cancel(user: User | str, job_id: int, wait_s: float | None = None) -> dict:
+def cancel(user: User | str, job_id: int, wait_s: float | None = None) -> JobStatus:
     """Cancel a job: a queued one at once; a running one is asked to stop between steps and save a checkpoint, and
     killed (its whole process group) if it has not stopped within ``wait_s`` (``DEEPTRAIN_CANCEL_GRACE_S``). Never
     returns with the job still shown as running. Returns its status."""
@@ -269,7 +271,7 @@ def cancel(user: User | str, job_id: int, wait_s: float | None = None) -> dict:
     return status(user, job_id)
 
 
-def _wait_exit(job: dict, timeout: float) -> None:
+def _wait_exit(job: JobRow, timeout: float) -> None:
     pid = store.get_job(job["id"])["pid"] or job["pid"]
     if not pid:
         return
@@ -324,7 +326,7 @@ def extend(user: User | str, job_id: int, extra_epochs: int) -> int:
     return new_id
 
 
-def share_job(user: User | str, job_id: int, visibility: str) -> dict:
+def share_job(user: User | str, job_id: int, visibility: str) -> JobStatus:
     """Make the user's job ``team`` (everyone sees its progress, curves and log, read-only) or ``private`` again."""
     _own_job(user, job_id)
     store.set_visibility(job_id, check_visibility(visibility))

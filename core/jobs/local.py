@@ -146,7 +146,7 @@ def alive(pid: int | None, job_id: int) -> bool:
 
 def kill(pid: int | None, job_id: int, term_wait_s: float = 3.0) -> None:
     """Stop a worker's whole process group: SIGTERM, then SIGKILL if it is still there after ``term_wait_s``."""
-    if not alive(pid, job_id):
+    if pid is None or not alive(pid, job_id):
         return
     for sig, wait in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, 5.0)):
         try:

@@ -6,8 +6,11 @@ Kept out of the page so the page reads as a description of the UI and so these p
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import plotly.graph_objects as go
+
+from core.records import JobProgress, MemoryUse, SeriesPoint
 
 STATE_ICONS = {
     "queued": ":material/schedule:", "starting": ":material/hourglass_top:", "running": ":material/play_circle:",
@@ -33,7 +36,7 @@ def when(t: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "-"
 
 
-def progress_text(state: str, p: dict, position: int | None = None) -> str:
+def progress_text(state: str, p: JobProgress, position: int | None = None) -> str:
     """One line under the progress bar: epoch, step, images per second and ETA; a queued job's place in line."""
     if state == "queued":
         return "Waiting in the queue for a free slot" + (f": number {position} in line" if position else "")
@@ -51,8 +54,8 @@ def progress_text(state: str, p: dict, position: int | None = None) -> str:
     return " · ".join(parts)
 
 
-def memory_text(p: dict) -> str:
-    m = p.get("memory") or {}
+def memory_text(p: JobProgress) -> str:
+    m: MemoryUse = p.get("memory") or {}
     parts = []
     if m.get("rss_mb") is not None:
         parts.append(f"RAM {m['rss_mb']:.0f} MiB")
@@ -67,7 +70,7 @@ def _layout(fig: go.Figure, title: str, y: str) -> go.Figure:
     return fig
 
 
-def figures(history: list[dict], series: list[list]) -> dict[str, go.Figure]:
+def figures(history: list[dict[str, Any]], series: list[SeriesPoint]) -> dict[str, go.Figure]:
     """Loss, accuracy and learning-rate curves from per-step points and per-epoch metrics (empty ones left out)."""
     figs: dict[str, go.Figure] = {}
     steps = [pt for pt in series if pt and pt[0] is not None]

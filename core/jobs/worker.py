@@ -15,9 +15,11 @@ import threading
 import time
 import traceback as tb
 from pathlib import Path
+from typing import Any, cast
 
 from core.errors import UserError
 from core.jobs import local
+from core.records import JobProgress, JobRow, MemoryUse, SeriesPoint, StepProgress
 from core.store import jobs as store
 
 try:  # the training engine's no-op base, when present; the worker only needs the same method names
@@ -28,9 +30,9 @@ except ImportError:  # pragma: no cover - the engine is part of the project; thi
 MAX_SERIES = 400  # live-curve points kept per job; older points are thinned two to one past this
 
 
-def _memory_mb() -> dict:
+def _memory_mb() -> MemoryUse:
     """Resident memory of this process and, when CUDA is in use, the GPU memory allocated and reserved."""
-    out: dict = {}
+    out: MemoryUse = {}
     try:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
         out["rss_mb"] = round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
@@ -51,14 +53,14 @@ def _memory_mb() -> dict:
 class JobCallbacks(_Base):
     """Callbacks of one job: progress and curves in memory, flushed by ``flush()`` (the heartbeat thread)."""
 
-    def __init__(self, job: dict, device: str) -> None:
+    def __init__(self, job: JobRow, device: str) -> None:
         self.job_id = int(job["id"])
         self.device = device
         params = (job.get("config") or {}).get("params") or {}
         self.num_epochs = int(params.get("num_epochs") or 0) or (None if job.get("type") == "train" else 1)
         self.cancel = bool(job.get("cancel_requested"))
-        self.series: list[list[float]] = [list(p) for p in (job.get("series") or [])]
-        self.progress: dict = dict(job.get("progress") or {})
+        self.series: list[SeriesPoint] = [list(p) for p in (job.get("series") or [])]
+        self.progress: JobProgress = JobProgress(**(job.get("progress") or {}))
         self._running = False
         self._dirty = True
         self._lock = threading.Lock()
@@ -80,7 +82,7 @@ class JobCallbacks(_Base):
                  f"{self.num_epochs} epochs of {info.get('steps_per_epoch', '?')} steps, {info.get('device', '')}"
                  + (f" ({info['numerics']})" if info.get("numerics") else ""))
 
-    def on_step(self, p: dict) -> None:
+    def on_step(self, p: StepProgress) -> None:
         epoch, step, spe = int(p.get("epoch", 1)), int(p.get("step", 0)), int(p.get("steps_per_epoch") or 1)
         if epoch < 1:  # before the first epoch (caching backbone features): progress of that phase only
             with self._lock:
@@ -90,12 +92,14 @@ class JobCallbacks(_Base):
             return
         x = (epoch - 1) + min(step, spe) / spe  # epochs done, as a float: the x of the live curves
         with self._lock:
-            self.progress.update({k: v for k, v in p.items() if isinstance(v, (int, float, str)) or v is None})
+            scalars = {k: v for k, v in p.items() if isinstance(v, (int, float, str)) or v is None}
+            self.progress.update(cast(JobProgress, scalars))  # the step's fields are JobProgress's too
             self.progress["fraction"] = min(1.0, x / self.num_epochs) if self.num_epochs else None
             self.progress["num_epochs"] = self.num_epochs
             self.progress["updated_at"] = time.time()
-            if self.series and self.series[-1][0] >= x:  # resumed: the curve continues from the checkpoint
-                self.series = [pt for pt in self.series if pt[0] < x]
+            last_x = self.series[-1][0] if self.series else None
+            if last_x is not None and last_x >= x:  # resumed: the curve continues from the checkpoint
+                self.series = [pt for pt in self.series if pt[0] is not None and pt[0] < x]
             self.series.append([round(x, 4), _num(p.get("loss")), _num(p.get("lr"))])
             if len(self.series) > MAX_SERIES:
                 self.series = self.series[::2] + ([self.series[-1]] if len(self.series) % 2 == 0 else [])
@@ -123,7 +127,7 @@ class JobCallbacks(_Base):
         with self._lock:
             self.progress["memory"] = _memory_mb()
             self.progress["device"] = self.progress.get("device") or self.device
-            progress = dict(self.progress)
+            progress = JobProgress(**self.progress)
             series = [list(p) for p in self.series] if self._dirty else None
             self._dirty = False
         if store.beat(self.job_id, progress, series):
@@ -260,7 +264,7 @@ def _free_gpu_memory() -> None:
 
 
 def _jsonable(result: dict) -> dict:
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in result.items():
         if isinstance(v, dict):
             out[k] = _jsonable(v)

@@ -75,7 +75,7 @@ class BNInception(nn.Module):
             nn.MaxPool2d(3, 2, ceil_mode=True),
         )
         # name: (in, #1x1, #3x3 reduce, #3x3, double #3x3 reduce, double #3x3, pool, pool proj, stride)
-        table = [
+        table: list[tuple[str, int, int, int, int, int, int, str, int, int]] = [
             ("3a", 192, 64, 64, 64, 64, 96, "avg", 32, 1),
             ("3b", 256, 64, 64, 96, 64, 96, "avg", 64, 1),
             ("3c", 320, 0, 128, 160, 64, 96, "max", 0, 2),
@@ -88,9 +88,8 @@ class BNInception(nn.Module):
             ("5b", 1024, 352, 192, 320, 192, 224, "max", 128, 1),
         ]
         blocks = []
-        for name, *spec in table:
-            block = InceptionBN(*spec)
-            blocks.append((f"inception_{name}", block))
+        for row in table:
+            blocks.append((f"inception_{row[0]}", InceptionBN(*row[1:])))
         self.blocks = nn.Sequential(OrderedDict(blocks))
         assert self.blocks[-1].out_channels == self.num_features
         self.pool = nn.AdaptiveAvgPool2d(1)

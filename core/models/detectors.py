@@ -8,7 +8,7 @@ side capped at 5/3 of it) and normalises with ImageNet statistics, and maps pred
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -27,10 +27,13 @@ MAX_SIDE_RATIO = 5 / 3
 
 
 class _StudioDetector:
-    """The faces a trainer needs from any detector: parameter groups and what it is."""
+    """The faces a trainer needs from any detector: parameter groups and what it is (mixed into torchvision's
+    detectors, which are modules with a ``backbone``)."""
 
     kind = "detector"
     embedding_dim = None
+    backbone: nn.Module
+    parameters: Callable[[], Iterator[nn.Parameter]]  # nn.Module's, from the detector this is mixed into
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         return self.backbone.parameters()
@@ -53,6 +56,7 @@ class PerClassRegressionHead(RetinaNetRegressionHead):
         self.num_classes = num_classes
         self.bbox_reg = nn.Conv2d(in_channels, num_anchors * num_classes * 4, kernel_size=3, stride=1, padding=1)
         torch.nn.init.normal_(self.bbox_reg.weight, std=0.01)
+        assert self.bbox_reg.bias is not None  # Conv2d's default bias=True
         torch.nn.init.zeros_(self.bbox_reg.bias)
 
     def forward(self, x: list[torch.Tensor]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from core.errors import UserError
 from core.fsutil import atomic_path, atomic_write_bytes, write_file
 from core.models import GENERAL
 from core.models.weights import state_mismatch
+
+if TYPE_CHECKING:
+    from core.models.networks import StudioNet
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
@@ -120,6 +123,7 @@ def load_model_dir(
     params = dict(config["params"])
     build_params = dict(params, pretrained_weights="None")  # the saved weights replace any pretrained ones
     base = base_of(config)
+    net: nn.Module
     if base is not None:  # a transfer classifier on another model's embedding
         net = build_on_base(base, template, len(config["concepts"]))
     else:
@@ -195,6 +199,10 @@ class LoadedModel:
     def __repr__(self) -> str:
         return f"LoadedModel({self.kind}/{self.template}, {len(self.concepts)} concepts, dim={self.embedding_dim})"
 
+    def _studio_net(self) -> StudioNet:
+        """The network as what it is whenever it embeds or outputs cosines: a StudioNet (detectors do neither)."""
+        return cast("StudioNet", self.net)
+
     def _batches(self, images: Sequence[Any]):
         """Every BATCH images as one input batch: several images given together run through the network in one
         pass. Their resizing (PIL, the GIL released) runs on ``_prepare_pool``'s threads, one image each."""
@@ -211,7 +219,7 @@ class LoadedModel:
 
     def probabilities_from_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if getattr(self.net, "output", "logits") == "cosine":
-            return torch.softmax(logits * self.net.logit_scale, dim=1)
+            return torch.softmax(logits * self._studio_net().logit_scale, dim=1)
         if int(self.params.get("logreg", 0) or 0) == 1:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)
@@ -261,9 +269,10 @@ class LoadedModel:
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings of a preprocessed batch; averaged with the mirror image when the template's
         average_horizontal_flips is on."""
-        e = self.net.embed(x).float()
+        net = self._studio_net()
+        e = net.embed(x).float()
         if _truthy(self.params.get("average_horizontal_flips")):
-            e = F.normalize(e, dim=1) + F.normalize(self.net.embed(torch.flip(x, dims=[3])).float(), dim=1)
+            e = F.normalize(e, dim=1) + F.normalize(net.embed(torch.flip(x, dims=[3])).float(), dim=1)
         return F.normalize(e, dim=1)
 
     def embed(self, images: Sequence[Any]) -> np.ndarray:
@@ -306,7 +315,8 @@ class _Together:
                 if call.done:
                     break
                 self._running = True
-                batch, size = [], 0
+                batch: list[_Call] = []
+                size = 0
                 while self._queue and (not batch or size + len(self._queue[0].images) <= BATCH):
                     batch.append(self._queue.pop(0))
                     size += len(batch[-1].images)

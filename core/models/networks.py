@@ -8,6 +8,7 @@ templates build torchvision detection models (see :mod:`core.models.detectors`).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -97,8 +98,8 @@ def build_backbone(spec: NetSpec, pretrained: bool) -> tuple[nn.Module, int]:
     if spec.arch == "bn_inception":
         from core.models.bn_inception import BNInception
 
-        net = BNInception()
-        return net, net.num_features
+        bn_inception = BNInception()
+        return bn_inception, bn_inception.num_features
     import timm
 
     net = timm.create_model(spec.arch, pretrained=False, num_classes=0)
@@ -108,7 +109,12 @@ def build_backbone(spec: NetSpec, pretrained: bool) -> tuple[nn.Module, int]:
         net.load_state_dict(state, strict=True)
     elif pretrained and spec.weights_from == "timm" and spec.tag:
         W.load_timm_pretrained(net, f"{spec.arch}.{spec.tag}")
-    return net, net.num_features
+    return net, _timm_features(net)
+
+
+def _timm_features(net: nn.Module) -> int:
+    """The width of a timm model's pooled features (every timm model sets ``num_features``, an int)."""
+    return cast(int, net.num_features)
 
 
 def image_size_of(params: dict, default: int = 224) -> int:
@@ -139,7 +145,7 @@ def build_network(kind: str, name: str, params: dict, num_classes: int) -> nn.Mo
         return StudioNet(kind, name, backbone, nf, nn.Identity(), nf, nn.Linear(nf, num_classes), num_classes)
     if spec.head == "embed_norm":
         dim = TRANSFER_EMBED_DIM
-        neck = nn.Sequential(nn.Linear(nf, dim), L2Norm())
+        neck: nn.Module = nn.Sequential(nn.Linear(nf, dim), L2Norm())
         return StudioNet(kind, name, backbone, nf, neck, dim, nn.Linear(dim, num_classes), num_classes)
     if spec.head == "angular":
         dim = int(params.get("embeddings_size") or 512)
@@ -159,12 +165,12 @@ def build_lite0_imagenet(pretrained: bool = True) -> StudioNet:
     import timm
 
     backbone = timm.create_model(W.LITE0_ARCH, pretrained=False, num_classes=0)
-    classifier = nn.Linear(backbone.num_features, 1000)
+    nf = _timm_features(backbone)
+    classifier = nn.Linear(nf, 1000)
     if pretrained:
         state = W.lite0_imagenet_state_dict()
         classifier.load_state_dict({"weight": state.pop("classifier.weight"), "bias": state.pop("classifier.bias")})
         backbone.load_state_dict(state, strict=True)
-    nf = backbone.num_features
     return StudioNet("embedder", GENERAL, backbone, nf, nn.Identity(), nf, classifier, 1000).eval()
 
 
@@ -213,6 +219,6 @@ def build_on_base(base: dict, template: str, num_classes: int, base_net: nn.Modu
             base_net = build_network(base["kind"], base["template"], params, int(base["num_classes"]))
     if getattr(base_net, "kind", None) == "detector" or not hasattr(base_net, "embed"):
         raise UserError("A detector has no image embedding; choose an embedder or classifier as the base model.")
-    backbone = BaseEmbedding(base_net)
+    backbone = BaseEmbedding(cast(StudioNet, base_net))  # not a detector and it embeds: checked just above
     dim = backbone.num_features
     return StudioNet("classifier", template, backbone, dim, L2Norm(), dim, nn.Linear(dim, num_classes), num_classes)

@@ -127,7 +127,8 @@ def _write_faiss(zf: zipfile.ZipFile, index) -> None:
     import faiss
 
     with zf.open(zipfile.ZipInfo("index.faiss", date_time=time.gmtime()[:6]), "w", force_zip64=True) as member:
-        writer = faiss.PyCallbackIOWriter(member.write, _IO_CHUNK)
+        # FAISS's bundled stubs omit the callback IO classes that its Python wrapper defines.
+        writer = faiss.PyCallbackIOWriter(member.write, _IO_CHUNK)  # type: ignore[attr-defined]
         faiss.write_index(index, writer)
         del writer
 

@@ -22,12 +22,13 @@ import numpy as np
 from core.device import cpu_threads
 from core.errors import UserError
 from core.models import GENERAL
+from core.records import ModelRow
 from core.users import User
 
 BATCH_SIZE = 32  # images per forward pass: large enough to keep BLAS busy, small enough for ~200 MB of activations
 
 
-def resolve_model(user: User | str, model: str | int) -> tuple[str, dict | None]:
+def resolve_model(user: User | str, model: str | int) -> tuple[str, ModelRow | None]:
     """The model key an index records (``"general"`` or ``"model:<id>"``) and the stored model's row (None: general).
 
     Raises UserError for an unknown model or a detector (no image embedding).
@@ -43,10 +44,15 @@ def resolve_model(user: User | str, model: str | int) -> tuple[str, dict | None]
     return f"model:{row['id']}", row
 
 
-def model_row(key: str) -> dict | None:
+def model_row(key: str) -> ModelRow | None:
     """The stored model behind a key (None for the general embedder); UserError when it was deleted."""
     if key == GENERAL:
         return None
+    return _stored_model_row(key)
+
+
+def _stored_model_row(key: str) -> ModelRow:
+    """The stored model behind a ``model:<id>`` key; UserError for any other key or a deleted model."""
     if not key.startswith("model:"):
         raise UserError(f"Unknown embedding model key {key!r}; expected 'general' or 'model:<id>'")
     from core.store import models as model_store
@@ -63,7 +69,7 @@ def model_label(key: str) -> str:
     if key == GENERAL:
         return "general (EfficientNet-Lite0, ImageNet)"
     try:
-        row = model_row(key)
+        row = _stored_model_row(key)
     except UserError:
         return f"{key} (deleted)"
     return f"{row['name']} ({row['kind']} {row['template']})"
@@ -78,7 +84,7 @@ def load_embedder(key: str):
         return general_embedder()
     from core import loaded
 
-    return loaded.model_dir(model_row(key)["path"])
+    return loaded.model_dir(_stored_model_row(key)["path"])
 
 
 def open_image(src: Any, name: str | None = None):
@@ -171,4 +177,5 @@ def embed_paths(model, sources: Sequence[Any], batch_size: int = BATCH_SIZE,
                 progress(done, total, done / max(time.perf_counter() - t0, 1e-9))
             if should_stop is not None and should_stop() and done < total:
                 break
+    assert out is not None  # total > 0: the loop ran at least once
     return out[:done]

@@ -277,7 +277,9 @@ class _FaissIndex(VectorIndex):
 
     def __init__(self, dim: int) -> None:
         super().__init__(dim)
-        self._index = None
+        # A FAISS index (IndexIDMap2 or IndexIVFFlat), built by the subclass. Any: FAISS's bundled stubs describe its
+        # SWIG classes only in part (no callback IO, no invlists resize), so the calls below are checked by the tests.
+        self._index: Any = None
 
     def _add(self, ids, vectors):
         self._index.add_with_ids(vectors, ids)
@@ -385,8 +387,7 @@ class IVFIndex(_FaissIndex):
         assign = np.ascontiguousarray(assign.reshape(-1), dtype=np.int64)
         lists = self._index.invlists
         counts = np.bincount(assign, minlength=self.nlist)
-        for lst in np.nonzero(counts)[0]:
-            lst = int(lst)
+        for lst in np.nonzero(counts)[0].tolist():
             cur = lists.list_size(lst)
             lists.resize(lst, cur + int(counts[lst]))  # std::vector capacity = the final size, exactly
             lists.resize(lst, cur)

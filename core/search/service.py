@@ -26,6 +26,7 @@ import numpy as np
 from core import paths
 from core.errors import UserError
 from core.fsutil import atomic_path, open_write
+from core.records import DatasetRow, IndexFacts, IndexRow, IndexSync, ModelRow
 from core.search import embed as embedding
 from core.search import index as vindex
 from core.store import datasets as ds_store
@@ -63,7 +64,7 @@ def _sorted(ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def _stamp(folder: Path) -> tuple:
     """Changes whenever either file of the index is replaced: the key of every cache of an opened index."""
-    out = []
+    out: list[tuple[int, int] | None] = []
     for name in (EMBEDDINGS_FILE, INDEX_FILE):
         try:
             st = (folder / name).stat()
@@ -75,7 +76,7 @@ def _stamp(folder: Path) -> tuple:
 
 # ------------------------------------------------------------------------------------------------ building
 
-def _short_model(key: str, row: dict | None) -> str:
+def _short_model(key: str, row: ModelRow | None) -> str:
     return embedding.GENERAL if row is None else str(row["name"])
 
 
@@ -214,7 +215,7 @@ def build_index_now(user: User | str, dataset: str, model: str = embedding.GENER
 class OpenIndex:
     """A loaded index: its row, search structure, and embeddings (sorted by item id). Shared; never mutate it."""
 
-    row: dict
+    row: IndexRow
     index: vindex.VectorIndex
     ids: np.ndarray
     vectors: np.ndarray
@@ -246,7 +247,7 @@ def _index_bytes(opened: OpenIndex) -> int:
     return int(opened.vectors.nbytes + opened.ids.nbytes + opened.index.memory_bytes())
 
 
-def _load_index(row: dict, folder: Path) -> OpenIndex:
+def _load_index(row: IndexRow, folder: Path) -> OpenIndex:
     ids, vectors, key = _load_embeddings(folder / EMBEDDINGS_FILE)
     if key != row["model"]:
         raise UserError(f"index {row['name']!r}: its embeddings come from {key} but it is recorded as built with "
@@ -264,7 +265,8 @@ def _load_index(row: dict, folder: Path) -> OpenIndex:
 
 # ------------------------------------------------------------------------------------------------ sync
 
-def sync_index(user: User | str, index: str | int, progress: Callable[[int, int], None] | None = None) -> dict:
+def sync_index(user: User | str, index: str | int,
+               progress: Callable[[int, int], None] | None = None) -> IndexSync:
     """Bring an index up to date with its dataset: embed new items, remove deleted ones; returns counts.
 
     Switches to the backend the new size calls for (and re-trains an IVF index that grew REBUILD_GROWTH-fold).
@@ -278,8 +280,8 @@ def sync_index(user: User | str, index: str | int, progress: Callable[[int, int]
     current = np.array(sorted(r["item_id"] for r in records), np.int64)
     added = current[~np.isin(current, ids)]
     removed = ids[~np.isin(ids, current)]
-    result = {"index": row["name"], "added": int(len(added)), "removed": int(len(removed)), "count": int(len(ids)),
-              "rebuilt": False}
+    result: IndexSync = {"index": row["name"], "added": int(len(added)), "removed": int(len(removed)),
+                         "count": int(len(ids)), "rebuilt": False}
     if len(added) == 0 and len(removed) == 0:
         store.update_index(row["id"], dataset_version=ds["version"])
         return result
@@ -295,20 +297,20 @@ def sync_index(user: User | str, index: str | int, progress: Callable[[int, int]
                             f"{new_vecs.shape[1]}-d ones (the model changed); build a new index")
     keep = ~np.isin(ids, removed)
     all_ids, all_vecs = _sorted(np.concatenate([ids[keep], added]), np.concatenate([vectors[keep], new_vecs]))
-    index = vindex.load(folder / INDEX_FILE)
+    vec_index = vindex.load(folder / INDEX_FILE)
     n = len(all_ids)
-    grew = isinstance(index, vindex.IVFIndex) and n > vindex.REBUILD_GROWTH * max(index.trained_on, 1)
-    if vindex.choose_backend(n) != index.backend or grew:
-        index = vindex.build(all_ids, all_vecs)
+    grew = isinstance(vec_index, vindex.IVFIndex) and n > vindex.REBUILD_GROWTH * max(vec_index.trained_on, 1)
+    if vindex.choose_backend(n) != vec_index.backend or grew:
+        vec_index = vindex.build(all_ids, all_vecs)
         result["rebuilt"] = True
     else:
-        index.remove(removed)
-        index.add(added, new_vecs)
+        vec_index.remove(removed)
+        vec_index.add(added, new_vecs)
     _save_embeddings(folder / EMBEDDINGS_FILE, all_ids, all_vecs, key)
-    index.save(folder / INDEX_FILE)
+    vec_index.save(folder / INDEX_FILE)
     params = dict(row["params"])
-    params.update(_params(index, key, sync_s=time.perf_counter() - t0))
-    store.update_index(row["id"], count=n, dataset_version=ds["version"], index_type=index.backend, params=params)
+    params.update(_params(vec_index, key, sync_s=time.perf_counter() - t0))
+    store.update_index(row["id"], count=n, dataset_version=ds["version"], index_type=vec_index.backend, params=params)
     result["count"] = n
     return result
 
@@ -319,7 +321,7 @@ _labels_cache: dict[tuple[str, int, int], dict] = {}
 _labels_lock = threading.Lock()
 
 
-def _dataset_row(opened: OpenIndex) -> dict:
+def _dataset_row(opened: OpenIndex) -> DatasetRow:
     """The row of the index's dataset (its version keys the cached view), read through one of the index's items
     while it exists: one indexed lookup, without the item, split and concept counts ``get_dataset_by_id`` adds (about
     100 ms a query at 100,000 items, measured with bench/bench_api.py)."""
@@ -588,7 +590,7 @@ def dataset_near_duplicates(user: User | str, dataset: str, threshold: float = D
 
 # ------------------------------------------------------------------------------------------------ facts, list, delete
 
-def index_facts(user: User | str, index: str | int) -> dict:
+def index_facts(user: User | str, index: str | int) -> IndexFacts:
     """What the page and ``index list`` show: model, dimension, count, type and parameters, build time, memory."""
     row = store.get_index(user, index)
     try:
@@ -612,7 +614,7 @@ def index_facts(user: User | str, index: str | int) -> dict:
     }
 
 
-def list_indexes(user: User | str, dataset: str | None = None) -> list[dict]:
+def list_indexes(user: User | str, dataset: str | None = None) -> list[IndexFacts]:
     """Facts of the indexes the user sees, own and the team's (optionally of one dataset), newest first."""
     dataset_id = ds_store.get_dataset(user, dataset)["id"] if dataset else None
     return [index_facts(user, r["id"]) for r in store.list_indexes(user, dataset_id=dataset_id)]
@@ -631,7 +633,7 @@ def delete_index(user: User | str, index: str | int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def share_index(user: User | str, index: str | int, visibility: str) -> dict:
+def share_index(user: User | str, index: str | int, visibility: str) -> IndexFacts:
     """Make the user's index ``team`` (everyone may search it and see the images it holds) or ``private`` again."""
     row = store.get_index(user, index)
     require_owner(user, row, f"Index {row['name']!r}")
@@ -647,7 +649,8 @@ def index_item(user: User | str, index: str | int, item_id: int) -> dict:
         item_id = int(item_id)
     except (TypeError, ValueError):
         raise NotFound(f"Unknown item id {item_id}") from None
-    if (ds_store.item_dataset(item_id) or {}).get("id") != row["dataset_id"]:
+    item_ds = ds_store.item_dataset(item_id)
+    if (item_ds["id"] if item_ds else None) != row["dataset_id"]:
         raise NotFound(f"Unknown item id {item_id}")
     return ds_store.get_item(item_id)
 

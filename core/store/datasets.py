@@ -16,7 +16,7 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -24,8 +24,9 @@ from sqlalchemy.engine import Connection
 from core import paths
 from core.errors import UserError
 from core.fsutil import fsync_dir
+from core.records import DatasetRow, DatasetSummary
 from core.store import access
-from core.store.engine import now, read, transaction
+from core.store.engine import inserted_id, now, read, transaction
 from core.store.schema import blobs, boxes, concepts, datasets, import_reports, indexes, items, labels
 from core.users import NotFound, User, as_user
 
@@ -61,11 +62,15 @@ def _chunks(seq: Sequence[Any], size: int = _BATCH) -> Iterable[Sequence[Any]]:
 
 # ------------------------------------------------------------------------------------------------ datasets
 
-def _summaries(conn: Connection, rows: Sequence[Any]) -> list[dict[str, Any]]:
+def _dataset_row(row: Any) -> DatasetRow:
+    return cast(DatasetRow, dict(row._mapping))
+
+
+def _summaries(conn: Connection, rows: Sequence[Any]) -> list[DatasetSummary]:
     """Dataset rows with their item count, split counts and images per concept: three grouped queries for any number
     of datasets (four queries a dataset before: 21 round trips for the Datasets page of five, which a database server
     makes visible; ``bench/bench_store.py``)."""
-    out = [dict(r._mapping) for r in rows]
+    out = [_dataset_row(r) for r in rows]
     splits: dict[int, dict[str, int]] = {d["id"]: {s: 0 for s in SPLITS} for d in out}
     names: dict[int, dict[int, str]] = {d["id"]: {} for d in out}
     labelled: dict[int, int] = {}
@@ -81,26 +86,24 @@ def _summaries(conn: Connection, rows: Sequence[Any]) -> list[dict[str, Any]]:
         labelled.update(conn.execute(sa.select(labels.c.concept_id, sa.func.count())
                                      .join(items, items.c.id == labels.c.item_id)
                                      .where(items.c.dataset_id.in_(chunk)).group_by(labels.c.concept_id)).all())
-    for d in out:
-        d["items"] = sum(splits[d["id"]].values())
-        d["splits"] = splits[d["id"]]
-        d["concepts"] = {name: labelled.get(cid, 0)
-                         for cid, name in sorted(names[d["id"]].items(), key=lambda kv: kv[1])}
-    return out
+    return [{**d, "items": sum(splits[d["id"]].values()), "splits": splits[d["id"]],
+             "concepts": {name: labelled.get(cid, 0)
+                          for cid, name in sorted(names[d["id"]].items(), key=lambda kv: kv[1])}}
+            for d in out]
 
 
-def _summary(conn: Connection, row: Any) -> dict[str, Any]:
+def _summary(conn: Connection, row: Any) -> DatasetSummary:
     return _summaries(conn, [row])[0]
 
 
-def find_dataset(owner: str, name: str) -> dict[str, Any] | None:
+def find_dataset(owner: str, name: str) -> DatasetRow | None:
     """``owner``'s own dataset row called ``name`` (id, owner, visibility, name, version, ...), or None."""
     with read() as conn:
         row = conn.execute(sa.select(datasets).where(datasets.c.owner == owner, datasets.c.name == name)).first()
-        return dict(row._mapping) if row else None
+        return _dataset_row(row) if row else None
 
 
-def get_dataset(user: User | str, ref: str | int) -> dict[str, Any]:
+def get_dataset(user: User | str, ref: str | int) -> DatasetSummary:
     """The dataset ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees, with its item count, split counts
     and images per concept. One it may not see answers like a missing one: NotFound listing the visible names."""
     with read() as conn:
@@ -112,7 +115,7 @@ def get_dataset(user: User | str, ref: str | int) -> dict[str, Any]:
         return _summary(conn, row)
 
 
-def get_dataset_by_id(dataset_id: int) -> dict[str, Any]:
+def get_dataset_by_id(dataset_id: int) -> DatasetSummary:
     """:func:`get_dataset` by id, whoever owns it (for the services and the training process, not for a user)."""
     with read() as conn:
         row = conn.execute(sa.select(datasets).where(datasets.c.id == dataset_id)).first()
@@ -127,7 +130,7 @@ def dataset_names(user: User | str) -> list[str]:
         return access.visible_names(conn, datasets, user)
 
 
-def list_datasets(user: User | str) -> list[dict[str, Any]]:
+def list_datasets(user: User | str) -> list[DatasetSummary]:
     """The datasets ``user`` sees (own first, then the team's), each with id, owner, visibility, name, version,
     items, splits, concepts (counts)."""
     user = as_user(user)
@@ -167,13 +170,13 @@ def delete_dataset(dataset_id: int) -> None:
     disk.remove_dataset_caches(dataset_id)
 
 
-def item_dataset(item_id: int) -> dict[str, Any] | None:
+def item_dataset(item_id: int) -> DatasetRow | None:
     """The row (id, owner, visibility, name, version, ...) of the dataset an item belongs to, without its counts (an
     access check per thumbnail needs no summary), or None when there is no such item."""
     with read() as conn:
         row = conn.execute(sa.select(datasets).join(items, items.c.dataset_id == datasets.c.id)
                            .where(items.c.id == int(item_id))).first()
-    return dict(row._mapping) if row else None
+    return _dataset_row(row) if row else None
 
 
 def _bump(conn: Connection, dataset_id: int) -> int:
@@ -200,7 +203,7 @@ def _drop_unused_blobs(conn: Connection, hashes: set[str]) -> list[str]:
 def _rows_for_items(conn: Connection, query, item_col, order: tuple, item_ids: Sequence[int] | None) -> list:
     """Run ``query`` for every item of the dataset, or only for ``item_ids`` (in chunks under SQLite's variable cap)."""
     if item_ids is None:
-        return conn.execute(query.order_by(*order)).all()
+        return list(conn.execute(query.order_by(*order)).all())
     rows: list = []
     for chunk in _chunks(list(item_ids)):
         rows += conn.execute(query.where(item_col.in_(chunk)).order_by(*order)).all()
@@ -278,7 +281,7 @@ def _concept_counts(conn: Connection, dataset_id: int, split: str | None = None)
          .where(items.c.dataset_id == dataset_id).group_by(labels.c.concept_id))
     if split is not None:
         q = q.where(items.c.split == split)
-    counts = dict(conn.execute(q).all())
+    counts: dict[int, int] = dict(conn.execute(q).all())
     return {name: counts.get(cid, 0) for cid, name in sorted(names.items(), key=lambda kv: kv[1])}
 
 
@@ -500,10 +503,15 @@ def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
     if not rows:
         return
     name = conn.dialect.name
+    stmt: sa.Executable
     if name == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(table).on_conflict_do_nothing()
     elif name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt = pg_insert(table).on_conflict_do_nothing()
     else:  # pragma: no cover - other backends: check first (racy, but correct alone)
         keys = set(conn.execute(sa.select(table.c.hash).where(table.c.hash.in_([r["hash"] for r in rows]))).scalars())
         rows = [r for r in rows if r["hash"] not in keys]
@@ -511,7 +519,7 @@ def _insert_ignore(conn: Connection, table: sa.Table, rows: list[dict]) -> None:
             conn.execute(table.insert(), rows)
         return
     for chunk in _chunks(rows):
-        conn.execute(insert(table).on_conflict_do_nothing(), list(chunk))
+        conn.execute(stmt, list(chunk))
 
 
 def commit_import(owner: str, name: str, source: str, records: list[dict[str, Any]], staged_blobs: Path,
@@ -533,8 +541,8 @@ def commit_import(owner: str, name: str, source: str, records: list[dict[str, An
             row = conn.execute(sa.select(datasets.c.id, datasets.c.version)
                                .where(datasets.c.owner == owner, datasets.c.name == name)).first()
             if row is None:
-                dataset_id = conn.execute(datasets.insert().values(owner=owner, name=name, version=1, source=source,
-                                                                   created_at=t, updated_at=t)).inserted_primary_key[0]
+                dataset_id = inserted_id(conn.execute(datasets.insert().values(
+                    owner=owner, name=name, version=1, source=source, created_at=t, updated_at=t)))
                 version = 1
             else:
                 dataset_id = row.id

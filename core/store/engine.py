@@ -233,3 +233,11 @@ def read() -> Iterator[Connection]:
 
 def now() -> float:
     return time.time()
+
+
+def inserted_id(result: sa.CursorResult) -> int:
+    """The autoincrement key of the row a single-row ``INSERT`` just added."""
+    key = result.inserted_primary_key
+    if key is None:  # SQLAlchemy gives none for anything but a single-row INSERT
+        raise RuntimeError("inserted_id: the statement was not a single-row INSERT")
+    return int(key[0])

@@ -7,21 +7,22 @@ are files in the index folder (see ``core.search.service``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from core.errors import UserError
+from core.records import IndexRow
 from core.store import access
-from core.store.engine import now, read, transaction
+from core.store.engine import inserted_id, now, read, transaction
 from core.store.schema import indexes
 from core.users import NotFound, User
 
 
-def _row(r: Any) -> dict:
+def _row(r: Any) -> IndexRow:
     d = dict(r._mapping)
     d["params"] = dict(d.get("params") or {})
-    return d
+    return cast(IndexRow, d)
 
 
 def name_taken(owner: str, name: str) -> bool:
@@ -52,7 +53,7 @@ def create_index(owner: str, name: str, dataset_id: int, dataset_version: int | 
             owner=owner, name=name, dataset_id=int(dataset_id), dataset_version=dataset_version, model=model,
             dim=int(dim), count=int(count), index_type=index_type, params=params, path=str(path),
             build_seconds=build_seconds, created_at=now()))
-        return int(res.inserted_primary_key[0])
+        return inserted_id(res)
 
 
 def update_index(index_id: int, **fields: Any) -> None:
@@ -65,7 +66,7 @@ def update_index(index_id: int, **fields: Any) -> None:
         conn.execute(indexes.update().where(indexes.c.id == int(index_id)).values(**fields))
 
 
-def get_index_by_id(index_id: int) -> dict:
+def get_index_by_id(index_id: int) -> IndexRow:
     with read() as conn:
         r = conn.execute(sa.select(indexes).where(indexes.c.id == int(index_id))).first()
     if r is None:
@@ -73,7 +74,7 @@ def get_index_by_id(index_id: int) -> dict:
     return _row(r)
 
 
-def get_index(user: User | str, ref: str | int) -> dict:
+def get_index(user: User | str, ref: str | int) -> IndexRow:
     """The index ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees; NotFound listing the visible ones
     otherwise (an index the user may not see answers like a missing one)."""
     with read() as conn:
@@ -86,7 +87,8 @@ def get_index(user: User | str, ref: str | int) -> dict:
     return _row(r)
 
 
-def list_indexes(user: User | str | None = None, dataset_id: int | None = None, model: str | None = None) -> list[dict]:
+def list_indexes(user: User | str | None = None, dataset_id: int | None = None,
+                 model: str | None = None) -> list[IndexRow]:
     """Indexes, newest first: those ``user`` sees (every index with None), optionally of one dataset and/or model."""
     q = sa.select(indexes).order_by(indexes.c.id.desc())
     if user is not None:

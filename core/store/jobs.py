@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from core.records import JobProgress, JobRow, SeriesPoint
 from core.store import access
-from core.store.engine import engine, now, transaction
+from core.store.engine import engine, inserted_id, now, transaction
 from core.store.schema import jobs
 from core.users import NotFound, User, as_user
 
@@ -30,15 +31,15 @@ RESUMABLE = ("interrupted", "cancelled", "failed")
 STATES = ("queued", *ACTIVE, *TERMINAL)
 
 
-def _row(row: Any) -> dict:
+def _row(row: Any) -> JobRow:
     d = dict(row._mapping)
     d["cancel_requested"] = bool(d.get("cancel_requested"))
     d["resume"] = bool(d.get("resume"))
-    return d
+    return cast(JobRow, d)
 
 
 def insert_job(owner: str, job_type: str, config: dict, *, parent_id: int | None = None, resume: bool = False,
-               history: list | None = None, series: list | None = None) -> int:
+               history: list[dict[str, Any]] | None = None, series: list[SeriesPoint] | None = None) -> int:
     """Queue a new job and return its id (the autoincrement key: distinct for concurrent submits)."""
     with transaction() as conn:
         res = conn.execute(
@@ -48,7 +49,7 @@ def insert_job(owner: str, job_type: str, config: dict, *, parent_id: int | None
                 series=series or [],
             )
         )
-        return int(res.inserted_primary_key[0])
+        return inserted_id(res)
 
 
 def not_found(job_id: Any) -> NotFound:
@@ -56,7 +57,7 @@ def not_found(job_id: Any) -> NotFound:
     return NotFound(f"No job with id {job_id}; `python -m core jobs` lists the jobs.")
 
 
-def get_job(job_id: int) -> dict:
+def get_job(job_id: int) -> JobRow:
     """One job as a dict, whoever owns it; an unknown id is NotFound."""
     try:
         job_id = int(job_id)
@@ -70,7 +71,7 @@ def get_job(job_id: int) -> dict:
 
 
 def list_jobs(user: User | str | None = None, states: Iterable[str] | None = None, limit: int | None = None,
-              team: bool = False) -> list[dict]:
+              team: bool = False) -> list[JobRow]:
     """Jobs, newest first: ``user``'s own (with ``team``, also those ``user`` sees: the team's, every job for an
     admin; every job with user None), optionally in some states."""
     q = sa.select(jobs).order_by(jobs.c.id.desc())
@@ -113,8 +114,8 @@ def _queue_order(conn: Connection) -> list[int]:
         waiting.setdefault(owner, []).append(job_id)
     if not waiting:
         return []
-    active = dict(conn.execute(sa.select(jobs.c.owner, sa.func.count()).where(jobs.c.state.in_(ACTIVE))
-                               .group_by(jobs.c.owner)).all())
+    active: dict[str, int] = dict(conn.execute(sa.select(jobs.c.owner, sa.func.count())
+                                               .where(jobs.c.state.in_(ACTIVE)).group_by(jobs.c.owner)).all())
     started = dict(conn.execute(sa.select(jobs.c.owner, sa.func.max(jobs.c.started_at))
                                 .where(jobs.c.owner.in_(list(waiting))).group_by(jobs.c.owner)).all())
     order: list[int] = []
@@ -134,7 +135,7 @@ def queue_positions() -> dict[int, int]:
         return {job_id: i + 1 for i, job_id in enumerate(_queue_order(conn))}
 
 
-def claim_next(max_active: int, slots: int) -> dict | None:
+def claim_next(max_active: int, slots: int) -> JobRow | None:
     """Move the next queued job (:func:`_queue_order`) to ``starting`` if fewer than ``max_active`` jobs are active;
     return it or None.
 
@@ -157,7 +158,7 @@ def claim_next(max_active: int, slots: int) -> dict | None:
         )
         if res.rowcount != 1:
             return None
-        row = conn.execute(sa.select(jobs).where(jobs.c.claim == token)).first()
+        row = conn.execute(sa.select(jobs).where(jobs.c.claim == token)).one()
         used = {r[0] for r in conn.execute(
             sa.select(jobs.c.slot).where(jobs.c.state.in_(ACTIVE), jobs.c.id != row.id, jobs.c.slot.is_not(None)))}
         slot = next((s for s in range(max(slots, 1)) if s not in used), 0)
@@ -192,7 +193,7 @@ def mark_running(job_id: int) -> bool:
         return res.rowcount == 1
 
 
-def beat(job_id: int, progress: dict | None = None, series: list | None = None) -> bool:
+def beat(job_id: int, progress: JobProgress | None = None, series: list[SeriesPoint] | None = None) -> bool:
     """Heartbeat (and the latest progress) from the worker; returns whether a cancel was requested."""
     values: dict[str, Any] = {"heartbeat_at": now()}
     if progress is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from core.store.engine import now, read, transaction
+from core.store.engine import inserted_id, now, read, transaction
 from core.store.schema import api_keys
 
 
@@ -25,7 +25,7 @@ def create(owner: str, name: str, key_hash: str, prefix: str, scopes: list[str])
             return None
         inserted = conn.execute(api_keys.insert().values(owner=owner, name=name, key_hash=key_hash, prefix=prefix,
                                                          scopes=list(scopes), created_at=now()))
-        return _row(conn.execute(sa.select(api_keys).where(api_keys.c.id == inserted.inserted_primary_key[0])).one())
+        return _row(conn.execute(sa.select(api_keys).where(api_keys.c.id == inserted_id(inserted))).one())
 
 
 def by_hash(key_hash: str) -> dict[str, Any] | None:

@@ -156,7 +156,7 @@ def _exclusive(eng: Engine) -> Iterator[Connection]:
     if dialect == "sqlite":
         database = eng.url.database
         in_memory = not database or database == ":memory:" or database.startswith("file::memory:")
-        with _file_lock(None if in_memory else Path(database)), eng.connect() as conn:
+        with _file_lock(None if in_memory or database is None else Path(database)), eng.connect() as conn:
             # pysqlite leaves DDL outside any transaction unless one is open; BEGIN IMMEDIATE opens it and takes
             # SQLite's write lock at once, so DDL and the version stamp commit or roll back together. The store's
             # engine emits its own BEGIN (core.store.engine.BEGIN_OPTION): "manual" tells it this one is ours.

@@ -9,20 +9,21 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
 from core import paths
 from core.errors import UserError
+from core.records import ModelRow
 from core.store import access
-from core.store.engine import now, read, transaction
+from core.store.engine import inserted_id, now, read, transaction
 from core.store.schema import epoch_metrics, models
 from core.users import NotFound, User
 
 
-def _row(r: Any) -> dict:
-    return dict(r._mapping)
+def _row(r: Any) -> ModelRow:
+    return cast(ModelRow, dict(r._mapping))
 
 
 def _clean(metrics: dict) -> dict:
@@ -88,10 +89,10 @@ def register_model(
                 base_model_id=base_model_id, created_at=now(),
             )
         )
-        return int(res.inserted_primary_key[0])
+        return inserted_id(res)
 
 
-def get_model_by_id(model_id: int) -> dict:
+def get_model_by_id(model_id: int) -> ModelRow:
     """The model row with this id (UserError if there is none)."""
     with read() as conn:
         r = conn.execute(sa.select(models).where(models.c.id == int(model_id))).first()
@@ -100,7 +101,7 @@ def get_model_by_id(model_id: int) -> dict:
     return _row(r)
 
 
-def get_model(user: User | str, ref: str | int) -> dict:
+def get_model(user: User | str, ref: str | int) -> ModelRow:
     """The model ``ref`` (a name, ``owner/name`` or an id) that ``user`` sees; NotFound listing the visible ones
     otherwise (a model the user may not see answers like a missing one)."""
     with read() as conn:
@@ -113,7 +114,7 @@ def get_model(user: User | str, ref: str | int) -> dict:
     return _row(r)
 
 
-def list_models(user: User | str | None = None, kind: str | None = None) -> list[dict]:
+def list_models(user: User | str | None = None, kind: str | None = None) -> list[ModelRow]:
     """The models ``user`` sees (every model with None: the services' and workers' view), newest first, optionally
     of one kind."""
     q = sa.select(models).order_by(models.c.id.desc())

@@ -18,7 +18,7 @@ def seen(name: str, via: str, initial_role: str | None = None) -> dict[str, Any]
         if not updated:
             conn.execute(users.insert().values(name=name, role=initial_role, first_seen=t, last_seen=t,
                                                seen_via=via))
-        return dict(conn.execute(sa.select(users).where(users.c.name == name)).first()._mapping)
+        return dict(conn.execute(sa.select(users).where(users.c.name == name)).one()._mapping)
 
 
 def get(name: str) -> dict[str, Any] | None:

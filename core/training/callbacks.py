@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 import time
 
+from core.records import StepProgress
+
 
 class Callbacks:
     """No-op hooks. ``train`` calls them from its own thread, between steps; none may raise to stop a run."""
@@ -12,7 +14,7 @@ class Callbacks:
     def on_start(self, info: dict) -> None:
         """Once, before the first step: kind, template, params, device, items, steps_per_epoch, epochs, start_epoch."""
 
-    def on_step(self, p: dict) -> None:
+    def on_step(self, p: StepProgress) -> None:
         """After each step: epoch, step, steps_per_epoch, images_per_sec, loss, lr, eta_s, phase.
 
         ``phase`` is "train" for optimiser steps, "features" while a frozen backbone's features are computed once
@@ -36,7 +38,7 @@ class ConsoleCallbacks(Callbacks):
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self._bar = None
-        self._bar_epoch = None
+        self._bar_epoch: int | None = None
 
     def on_start(self, info: dict) -> None:
         self.log(
@@ -44,7 +46,7 @@ class ConsoleCallbacks(Callbacks):
             f"{info['epochs']} epochs of {info['steps_per_epoch']} steps"
         )
 
-    def on_step(self, p: dict) -> None:
+    def on_step(self, p: StepProgress) -> None:
         if self.quiet:
             return
         from tqdm import tqdm

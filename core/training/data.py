@@ -29,6 +29,7 @@ from core.device import cpu_threads
 from core.fsutil import open_write, reporting_disk_full, write_file
 from core.models.preprocess import DETECTOR_MAX_SIDE_RATIO, resize_pil
 from core.progress import Progress, report_count
+from core.records import DatasetRow
 
 CACHE_FORMAT = 1  # bump when the cache layout or the resize changes
 
@@ -72,7 +73,7 @@ def _key(*parts: object) -> str:
 
 
 def image_cache(
-    dataset: dict, records: list[dict], size: int, resize: str, progress: Progress | None = None
+    dataset: DatasetRow, records: list[dict], size: int, resize: str, progress: Progress | None = None
 ) -> ImageCache:
     """The cache of ``records`` (all splits of one dataset version) at ``size``/``resize``, built on first use.
 

@@ -3,6 +3,7 @@ are not template parameters (``training_options``). Light: no torch, so pages an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from core import paths
 from core.errors import UserError
 from core.models import GENERAL
+from core.records import DatasetSummary
 from core.templates.recipe import OptimizerSpec, flip_setting
 
 # options.compile "auto" (the default): after this many steps the run estimates its remaining training time, and
@@ -30,7 +32,7 @@ class Plan:
     kind: str
     template: str
     params: dict
-    dataset: dict
+    dataset: DatasetSummary
     concepts: list[str]
     train_records: list[dict]
     eval_records: list[dict]
@@ -39,7 +41,7 @@ class Plan:
     name: str | None
     run: str
     options: dict
-    base_model: dict | None
+    base_model: Mapping[str, Any] | None  # a ModelRow, or the general embedder's {"id": GENERAL, ...}
     loss: str  # "bce" | "ce" | "arcface" | "detector" (a template's "logreg" resolved by its logreg parameter)
     optimizer: OptimizerSpec
     flips: tuple[float, str]  # training flips: (probability, "horizontal" | "vertical")
@@ -136,7 +138,7 @@ def make_plan(config: dict, run_dir: Path) -> Plan:
     return plan
 
 
-def _resolve_base_model(owner: str, ref: Any, kind: str, params: dict) -> dict:
+def _resolve_base_model(owner: str, ref: Any, kind: str, params: dict) -> Mapping[str, Any]:
     """A trained embedder (or the general one) as the frozen base of a transfer classifier."""
     from core.store import models as mstore
 
