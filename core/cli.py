@@ -49,8 +49,7 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
     return out
 
 
-# ---------------------------------------------------------------- templates (issue: foundation)
-# COMMANDS:templates
+# ---------------------------------------------------------------- templates
 def cmd_templates(args: argparse.Namespace) -> int:
     """List the template catalog (``--kind`` to filter); ``--json`` prints every parameter spec."""
     from core.templates import list_templates
@@ -77,7 +76,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- datasets
-# COMMANDS:datasets
 def _print_import_report(report: dict) -> None:
     print(f"Dataset {report['dataset']!r} version {report['version']}: {report['items']:,} images, "
           f"{len(report['concepts'])} concepts, splits " + ", ".join(f"{k} {v:,}" for k, v in report["splits"].items()))
@@ -188,7 +186,6 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- training
-# COMMANDS:training
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a template on a dataset: ``--foreground`` in this process with a progress bar."""
     import os
@@ -232,7 +229,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- jobs
-# COMMANDS:jobs
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one queued job in this process (started by the queue; not meant to be typed)."""
     from core.jobs.worker import run
@@ -321,7 +317,6 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- models, evaluation, prediction, export
-# COMMANDS:models
 def _model_line(m: ModelRow) -> str:
     metrics = ", ".join(f"{k} {v:.3f}" for k, v in (m.get("metrics") or {}).items()
                         if isinstance(v, float) and k in ("top1", "top5", "recall_at_1", "map", "val_loss"))
@@ -373,7 +368,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- visual search
-# COMMANDS:search
 def _index_line(f: IndexFacts) -> str:
     stale = "  (dataset changed: run `index sync`)" if f.get("stale") else ""
     params = ",".join(f"{k}={v}" for k, v in (f.get("index_params") or {}).items() if k in ("nlist", "nprobe"))
@@ -469,8 +463,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- doctor (issue: nothing lost)
-# COMMANDS:doctor
+# ---------------------------------------------------------------- doctor
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Check the store, its files, disk, jobs and settings; exit 1 when the store is damaged, 0 otherwise."""
     from core import doctor
@@ -481,7 +474,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- the HTTP API and its keys
-# COMMANDS:api
 def _key_line(k: dict) -> str:
     import time as _time
 
@@ -520,8 +512,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- store (issue: the store on PostgreSQL)
-# COMMANDS:store
+# ---------------------------------------------------------------- store
 def cmd_store_copy(args: argparse.Namespace) -> int:
     """Copy the store's rows into an empty PostgreSQL database, checked by counts (files stay where they are)."""
     from core.database import copy_store
@@ -543,7 +534,6 @@ def cmd_store_copy(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- sharing and settings
-# COMMANDS:sharing
 def cmd_share(args: argparse.Namespace) -> int:
     """Share a dataset, model, index or job with the team (read-only for others), or make it private again."""
     visibility = "private" if args.private else "team"
@@ -589,7 +579,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="act as this user (default: the setting `user`, DEEPTRAIN_USER, else local); paths "
                         "given on the command line are the operator's")
     sub = parser.add_subparsers(dest="command", required=True)
-    # PARSERS:templates
     p = sub.add_parser("templates", help="list the template catalog")
     p.add_argument("--kind", choices=["classifier", "embedder", "detector"], help="only templates of this kind")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -599,7 +588,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="template name (see `templates`)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a hyperparameter (repeatable)")
     p.set_defaults(func=cmd_validate)
-    # PARSERS:datasets
     p_ds = sub.add_parser("dataset", help="import, list, show, export and delete datasets")
     ds_sub = p_ds.add_subparsers(dest="dataset_command", required=True)
     p = ds_sub.add_parser("import", help="import a folder, zip, CSV/JSON manifest, COCO file or video")
@@ -642,7 +630,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the new split counts as JSON")
     p.set_defaults(func=cmd_dataset_split)
-    # PARSERS:training
     p = sub.add_parser("train", help="train a template on a dataset")
     p.add_argument("--dataset", required=True, help="dataset name")
     p.add_argument("--template", required=True, help="template name (see: templates --json)")
@@ -660,7 +647,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="queue a background job and follow it with a progress bar")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_train)
-    # PARSERS:jobs
     p = sub.add_parser("worker")  # started by the queue: python -m core worker JOB_ID
     p.add_argument("job_id", type=int)
     p.set_defaults(func=cmd_worker)
@@ -682,7 +668,6 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--epochs", type=int, required=True, help="how many more epochs")
         if name == "logs":
             q.add_argument("--tail", type=int, default=200, help="lines (default 200)")
-    # PARSERS:models
     p = sub.add_parser("models", help="list trained models")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
@@ -705,7 +690,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="file to write")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(func=cmd_export)
-    # PARSERS:search
     p_ix = sub.add_parser("index", help="visual-search indexes: build, list, show, sync, delete, duplicates, "
                           "export")
     ix_sub = p_ix.add_subparsers(dest="index_command", required=True)
@@ -744,14 +728,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default=None, help="keep only results labelled with this concept")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_search)
-    # PARSERS:doctor
     p = sub.add_parser("doctor", help="check the store, its images, disk, caches, jobs and settings (exit 1: damaged)")
     p.add_argument("--json", action="store_true", help="print the whole report as JSON")
     p.add_argument("--fast", action="store_true", help="check each image's size instead of hashing its content")
     p.add_argument("--collect", action="store_true", help="then remove orphans: files no row refers to, abandoned "
                    "imports, temporary files, expired exports and uploads")
     p.set_defaults(func=cmd_doctor)
-    # PARSERS:api
     p = sub.add_parser("serve", help="run the HTTP API (FastAPI on uvicorn) beside the app, on the same store")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -769,7 +751,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("name")
     q.add_argument("--json", action="store_true")
     p_keys.set_defaults(func=cmd_keys)
-    # PARSERS:store
     p = sub.add_parser("store", help="the store's database: copy it to PostgreSQL")
     store_sub = p.add_subparsers(dest="store_command", required=True)
     q = store_sub.add_parser("copy", help="copy every row into an empty PostgreSQL database, checked by counts "
@@ -777,7 +758,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--to", required=True, metavar="URL", help="postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_store_copy)
-    # PARSERS:sharing
     p = sub.add_parser("share", help="share a dataset, model, index or job with the team (others: read-only)")
     p.add_argument("what", choices=["dataset", "model", "index", "job"])
     p.add_argument("name", help="its name or id (a job: its id)")

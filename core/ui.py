@@ -19,6 +19,14 @@ from core.users import User
 
 KIND_LABELS = {"classifier": "Visual Classifier", "embedder": "Visual Embedder", "detector": "Visual Detector"}
 
+# Session-state keys that one page sets and another reads (or this module and a page): one name each, here.
+USER_KEY = "_studio_user"  # the session's signed-in user, re-read every IDENTITY_REFRESH_S
+NEXT_JOB_KEY = "jobs_select_next"  # a job just started (Train, Jobs' Extend): the Jobs page selects it
+NEXT_SEARCH_ITEM_KEY = "vs_next_item"  # "Find similar" (Datasets, a search result): Visual Search queries it
+# the Train page's widgets that prefill_train (a model's "train again") fills in
+TRAIN_KIND_KEY, TRAIN_TEMPLATE_KEY = "train_kind_select", "train_template_select"
+TRAIN_DATASET_KEY, TRAIN_PATIENCE_KEY, TRAIN_COMPILE_KEY = "train_dataset", "train_patience", "train_compile"
+
 
 @st.cache_resource(show_spinner=False)
 def device_info() -> _device.DeviceInfo:
@@ -136,7 +144,7 @@ def current_user() -> User:
         st.navigation([st.Page(_sign_in_screen if mode == "oidc" else _no_proxy_identity, title="Sign in",
                                default=True)], position="hidden").run()
         st.stop()
-    cached = st.session_state.get("_studio_user")
+    cached = st.session_state.get(USER_KEY)
     if cached and cached[0] == (mode, name) and time.monotonic() - cached[2] < IDENTITY_REFRESH_S:
         user = cached[1]
     else:
@@ -145,7 +153,7 @@ def current_user() -> User:
         except UserError as exc:
             st.error(md(exc))
             st.stop()
-        st.session_state["_studio_user"] = ((mode, name), user, time.monotonic())
+        st.session_state[USER_KEY] = ((mode, name), user, time.monotonic())
     return user
 
 
@@ -224,8 +232,8 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
     """
     from core.templates import get_template
 
-    st.session_state["train_kind_select"] = kind
-    st.session_state["train_template_select"] = template
+    st.session_state[TRAIN_KIND_KEY] = kind
+    st.session_state[TRAIN_TEMPLATE_KEY] = template
     for spec in get_template(kind, template).params:
         if spec.name not in params:
             continue
@@ -238,12 +246,12 @@ def prefill_train(kind: str, template: str, params: dict, dataset: str | None = 
             value = float(value)
         st.session_state["train_p_" + spec.name] = value
     if dataset:
-        st.session_state["train_dataset"] = dataset
+        st.session_state[TRAIN_DATASET_KEY] = dataset
     from core.training.plan import training_options
 
     opts = training_options(options)  # the stored form, normalised as the engine reads it ("false" -> False, ...)
-    st.session_state["train_patience"] = opts["early_stopping_patience"] or 0
-    st.session_state["train_compile"] = opts["compile"]
+    st.session_state[TRAIN_PATIENCE_KEY] = opts["early_stopping_patience"] or 0
+    st.session_state[TRAIN_COMPILE_KEY] = opts["compile"]
 
 
 def check_upload(uploaded) -> None:

@@ -202,7 +202,7 @@ with tab_browse:
             extra = st.text_input("Add a new concept", key=f"ds_new_label_{item_id}", disabled=not mine)
             b1, b2, b3 = st.columns(3)
             if b3.button("Find similar", key="ds_find_similar", help="Open Visual Search with this image as the query"):
-                st.session_state["vs_next_item"] = item_id
+                st.session_state[ui.NEXT_SEARCH_ITEM_KEY] = item_id
                 ui.go_to_page("pages/5_Visual_Search.py", "Visual Search")
             if b1.button("Save labels", key="ds_save_labels", disabled=not mine):
                 try:

@@ -13,7 +13,8 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import ui
+from core import jobs, ui
+from core.data import service as datasets
 from core.errors import UserError
 from core.templates import KIND_LABELS, KINDS, ParamSpec, get_template, list_templates, validate
 from core.templates.schedule import base_lrate, lr_curve, steps_per_epoch
@@ -30,7 +31,7 @@ def _reset_params() -> None:
 
 def _on_kind_change() -> None:
     _reset_params()
-    st.session_state.pop("train_template_select", None)
+    st.session_state.pop(ui.TRAIN_TEMPLATE_KEY, None)
 
 
 def _label(spec: ParamSpec) -> str:
@@ -73,8 +74,8 @@ ui.require_page_role(user, "member", "Training")
 st.caption("Pick a template type and a template, then set its hyperparameters within the specification's bounds.")
 
 kind = st.radio("Template type", KINDS, format_func=lambda k: KIND_LABELS[k], horizontal=True,
-                key="train_kind_select", on_change=_on_kind_change)
-name = st.selectbox("Template", [t.name for t in list_templates(kind)], key="train_template_select",
+                key=ui.TRAIN_KIND_KEY, on_change=_on_kind_change)
+name = st.selectbox("Template", [t.name for t in list_templates(kind)], key=ui.TRAIN_TEMPLATE_KEY,
                     on_change=_reset_params)
 template = get_template(kind, name)
 
@@ -136,30 +137,26 @@ if params is not None:
     st.subheader("Configuration")
     st.json({"kind": kind, "template": name, "params": params})
 
-# --- launch (jobs) ---
-# The dataset picker and the "Start training" button go here (jobs/training helpers). Available: st.session_state
-# ["train_params"] (validated params, None while invalid), ["train_kind"], ["train_template"]. Keep this section
-# free of function definitions.
+# ------------------------------------------------------------------------------------------------ start training
+# The dataset picker and the "Start training" button. They read st.session_state["train_params"] (validated
+# params, None while invalid), ["train_kind"] and ["train_template"], set above.
 st.subheader("Start training")
-from core import jobs as launch_jobs  # noqa: E402  (the launch section is appended to the page as a unit)
-from core.data import service as launch_datasets  # noqa: E402
-
 launch_owner = user
-launch_names = launch_datasets.dataset_names(launch_owner)  # own ones, then the team's as owner/name
+launch_names = datasets.dataset_names(launch_owner)  # own ones, then the team's as owner/name
 if not launch_names:
     st.info("No dataset yet: import one on the Datasets page, then come back to start training.")
     ui.link_page("pages/1_Datasets.py", "Go to Datasets", ":material/photo_library:")
 else:
-    launch_dataset = st.selectbox("Dataset", launch_names, key="train_dataset")
+    launch_dataset = st.selectbox("Dataset", launch_names, key=ui.TRAIN_DATASET_KEY)
     launch_model_name = st.text_input("Model name (optional)", key="train_model_name",
                                       help="Unique among your models; left empty, one is made from the template.")
     with st.expander("Training options"):
         launch_patience = st.number_input(
-            "Early stopping patience (epochs)", min_value=0, max_value=1000, value=0, step=1, key="train_patience",
+            "Early stopping patience (epochs)", min_value=0, max_value=1000, value=0, step=1, key=ui.TRAIN_PATIENCE_KEY,
             help="Stop when the validation metric has not improved for this many epochs and keep the best epoch's "
                  "weights; 0: off, every epoch runs.")
         launch_compile = st.radio(
-            "Compile the network (torch.compile)", list(COMPILE_LABELS), key="train_compile", horizontal=True,
+            "Compile the network (torch.compile)", list(COMPILE_LABELS), key=ui.TRAIN_COMPILE_KEY, horizontal=True,
             format_func=COMPILE_LABELS.get,
             help="Compiling the training forward pass takes ~80 s on a 2-core CPU, then each step runs faster "
                  "(1.1-1.2x for resnet50, bench/README.md). Auto measures the first steps, compiles when more than "
@@ -172,13 +169,13 @@ else:
                  icon=":material/rocket_launch:",
                  help="Validates the configuration and queues a background job; you can close the tab."):
         try:
-            launch_job = launch_jobs.submit(launch_owner, "train", {
+            launch_job = jobs.submit(launch_owner, "train", {
                 "dataset": launch_dataset, "kind": st.session_state["train_kind"],
                 "template": st.session_state["train_template"], "params": st.session_state["train_params"],
                 "name": launch_model_name.strip() or None, **({"options": launch_options} if launch_options else {}),
             })
             st.session_state["train_last_job"] = launch_job
-            st.session_state["jobs_select_next"] = launch_job
+            st.session_state[ui.NEXT_JOB_KEY] = launch_job
         except UserError as exc:
             ui.show_error(exc)
     if st.session_state.get("train_last_job"):

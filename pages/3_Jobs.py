@@ -45,8 +45,8 @@ st.dataframe(
 )
 
 ids = [r["id"] for r in rows]
-if st.session_state.get("jobs_select_next") in ids:  # a job just started here or on the Train page
-    st.session_state["jobs_selected"] = st.session_state.pop("jobs_select_next")
+if st.session_state.get(ui.NEXT_JOB_KEY) in ids:  # a job just started here or on the Train page
+    st.session_state["jobs_selected"] = st.session_state.pop(ui.NEXT_JOB_KEY)
 if st.session_state.get("jobs_selected") not in ids:
     st.session_state["jobs_selected"] = ids[0]
 by_id = {r["id"]: r for r in rows}
@@ -142,7 +142,7 @@ if acts[2].button("Extend", key="jobs_extend", icon=":material/add_circle:",
                   disabled=not is_train or job_live or not mine,
                   help="A new job that continues this one's checkpoint for more epochs"):
     try:
-        st.session_state["jobs_select_next"] = jobs.extend(user, job_id, int(extra))
+        st.session_state[ui.NEXT_JOB_KEY] = jobs.extend(user, job_id, int(extra))
         st.rerun()
     except UserError as exc:
         ui.show_error(exc)

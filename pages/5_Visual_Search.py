@@ -1,6 +1,6 @@
 """Visual Search: build an index of a dataset, query it by upload, dataset image or concept, find near-duplicates.
 
-Other pages open it on one image ("find similar") with ``st.session_state["vs_next_item"] = item_id`` and
+Other pages open it on one image ("find similar") with ``st.session_state[ui.NEXT_SEARCH_ITEM_KEY] = item_id`` and
 ``st.switch_page("pages/5_Visual_Search.py")``.
 """
 
@@ -101,16 +101,16 @@ def results_grid(results: list[dict], per_row: int = 5) -> None:
                 st.markdown(f"**{r['score']:.3f}** · {ui.md(', '.join(r['concepts'])) or 'unlabelled'}  \n"
                             f"item {r['item']}")
                 if st.button("Find similar", key=f"vs_similar_{r['item']}"):
-                    st.session_state["vs_next_item"] = r["item"]
+                    st.session_state[ui.NEXT_SEARCH_ITEM_KEY] = r["item"]
                     st.rerun()
 
 
 def query_section(name: str, facts: dict) -> None:
     """Query by upload, dataset image or concept; k and a concept filter; results and the query's nearest concepts."""
     concepts = service.index_concepts(user, name)
-    if "vs_next_item" in st.session_state:  # "Find similar" on a result (or from the Datasets page)
+    if ui.NEXT_SEARCH_ITEM_KEY in st.session_state:  # "Find similar" on a result (or from the Datasets page)
         st.session_state["vs_mode"] = "Dataset image"
-        st.session_state["vs_item"] = int(st.session_state.pop("vs_next_item"))
+        st.session_state["vs_item"] = int(st.session_state.pop(ui.NEXT_SEARCH_ITEM_KEY))
     mode = st.radio("Query by", MODES, horizontal=True, key="vs_mode")
     c1, c2 = st.columns([3, 2])
     k = c2.slider("Results (k)", 1, 50, 10, key="vs_k")
@@ -189,9 +189,9 @@ if not indexes:
     st.stop()
 by_name = {f["name"] if f["owner"] == str(user) else f"{f['owner']}/{f['name']}": f for f in indexes}
 names = list(by_name)
-if "vs_next_item" in st.session_state:  # "Find similar" from the Datasets page: an index of the item's dataset
+if ui.NEXT_SEARCH_ITEM_KEY in st.session_state:  # "Find similar" from the Datasets page: an index of the item's dataset
     try:
-        item_ds = datasets_service.get_item(user, int(st.session_state["vs_next_item"]))["dataset_id"]
+        item_ds = datasets_service.get_item(user, int(st.session_state[ui.NEXT_SEARCH_ITEM_KEY]))["dataset_id"]
         current = by_name.get(st.session_state.get("vs_index"))
         if current is None or current["dataset_id"] != item_ds:
             match = [n for n, f in by_name.items() if f["dataset_id"] == item_ds]
@@ -200,7 +200,7 @@ if "vs_next_item" in st.session_state:  # "Find similar" from the Datasets page:
             else:
                 st.warning("No index of that image's dataset yet: build one above.")
     except UserError as exc:
-        st.session_state.pop("vs_next_item")
+        st.session_state.pop(ui.NEXT_SEARCH_ITEM_KEY)
         ui.show_error(exc)
 if st.session_state.get("vs_index") not in names:
     st.session_state["vs_index"] = names[0]

@@ -38,7 +38,7 @@ role = c2.selectbox("Role", ROLES, index=ROLES.index(current), key="users_role",
 if c3.button("Save", key="users_save", type="primary", disabled=not who):
     try:
         accounts.set_role(user, who, role)
-        st.session_state.pop("_studio_user", None)  # an admin who changed their own role sees it at once
+        st.session_state.pop(ui.USER_KEY, None)  # an admin who changed their own role sees it at once
         st.success(f"{ui.md(who)} is now {role}.")
         st.rerun()
     except UserError as exc:
