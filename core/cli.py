@@ -89,14 +89,16 @@ def _print_import_report(report: dict) -> None:
         print(f"Warning: {w}")
 
 
+def _stderr_progress(fraction: float, message: str) -> None:
+    """A ``core.progress.Progress`` for a terminal: one line on stderr, redrawn."""
+    sys.stderr.write(f"\r{fraction * 100:5.1f}% {message:<60}")
+    sys.stderr.flush()
+
+
 def cmd_dataset_import(args: argparse.Namespace) -> int:
     from core.data.importer import import_dataset
 
-    def show(fraction: float, message: str) -> None:
-        sys.stderr.write(f"\r{fraction * 100:5.1f}% {message:<60}")
-        sys.stderr.flush()
-
-    progress = show if not args.json and sys.stderr.isatty() else None
+    progress = _stderr_progress if not args.json and sys.stderr.isatty() else None
     report = import_dataset(args.user, args.source, args.name, fmt=args.format, val_fraction=args.val_fraction,
                             seed=args.seed, progress=progress, video_fps=args.fps)
     if progress:
@@ -383,20 +385,13 @@ def cmd_index(args: argparse.Namespace) -> int:
     if action == "build":
         config = {"dataset": args.dataset, "model": args.model, "name": args.name}
         if args.foreground:
-            from tqdm import tqdm
-
             from core.device import keep_freed_memory
 
             keep_freed_memory()
-            bar = tqdm(total=0, desc="embedding", file=sys.stderr, unit="img", disable=args.json)
-
-            def show(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            res = service.build_index_now(args.user, args.dataset, args.model, args.name, progress=show)
-            bar.close()
+            progress = _stderr_progress if not args.json and sys.stderr.isatty() else None
+            res = service.build_index_now(args.user, args.dataset, args.model, args.name, progress=progress)
+            if progress:
+                sys.stderr.write("\n")
             _print_json(res) if args.json else print(f"index {res['name']} built: {res['count']} images")
             return 0
         from core import jobs

@@ -51,8 +51,8 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
                                "The index appears here when it finishes.")
                 else:
                     bar = st.progress(0.0, text="Embedding images...")
-                    res = service.build_index_now(user, dataset, model, config["name"], progress=lambda d, t:
-                                                  bar.progress(d / max(t, 1), text=f"Embedded {d:,} of {t:,} images"))
+                    res = service.build_index_now(user, dataset, model, config["name"],
+                                                  progress=lambda f, text: bar.progress(f, text=text))
                     bar.progress(1.0, text="Done")
                     st.session_state["vs_index"] = res["name"]
                     st.success(f"Index {ui.md(repr(res['name']))} built: {res['count']:,} images.")

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import numpy as np
 from core import paths
 from core.errors import UserError
 from core.fsutil import atomic_path, open_write
+from core.progress import Progress, report_count
 from core.records import DatasetRow, IndexFacts, IndexRow, IndexSync, ModelRow
 from core.search import embed as embedding
 from core.search import index as vindex
@@ -193,14 +194,14 @@ def _params(index: vindex.VectorIndex, key: str, **facts: Any) -> dict:
 
 
 def build_index_now(user: User | str, dataset: str, model: str = embedding.GENERAL, name: str | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> dict:
-    """Build in this process (no job queue): for the CLI ``--wait`` fallback, the page without jobs, and tests."""
+                    progress: Progress | None = None) -> dict:
+    """Build in this process (no job queue): for the CLI ``--wait`` fallback, the page without jobs, and tests.
+    ``progress(fraction, "Embedded done/total images")`` while embedding."""
     require_role(user, "member", "building an index")
     class _Progress:
         def on_start(self, info): pass
         def on_step(self, p):
-            if progress is not None:
-                progress(int(p["done"]), int(p["total"]))
+            report_count(progress, int(p["done"]), int(p["total"]), "Embedded images")
         def on_epoch(self, epoch, metrics): pass
         def should_stop(self): return False
         def log(self, line): pass
@@ -266,7 +267,7 @@ def _load_index(row: IndexRow, folder: Path) -> OpenIndex:
 # ------------------------------------------------------------------------------------------------ sync
 
 def sync_index(user: User | str, index: str | int,
-               progress: Callable[[int, int], None] | None = None) -> IndexSync:
+               progress: Progress | None = None) -> IndexSync:
     """Bring an index up to date with its dataset: embed new items, remove deleted ones; returns counts.
 
     Switches to the backend the new size calls for (and re-trains an IVF index that grew REBUILD_GROWTH-fold).
@@ -290,8 +291,10 @@ def sync_index(user: User | str, index: str | int,
     if len(added):
         model = embedding.load_embedder(key)
         by_id = {r["item_id"]: r["path"] for r in records}
-        cb = (lambda done, total, _ips: progress(done, total)) if progress else None
-        new_vecs = embedding.embed_paths(model, [by_id[int(i)] for i in added], progress=cb)
+        def cb(done: int, total: int, _ips: float) -> None:
+            report_count(progress, done, total, "Embedded new images")
+
+        new_vecs = embedding.embed_paths(model, [by_id[int(i)] for i in added], progress=cb if progress else None)
         if new_vecs.shape[1] != row["dim"]:
             raise UserError(f"index {row['name']!r} holds {row['dim']}-d embeddings but its model now gives "
                             f"{new_vecs.shape[1]}-d ones (the model changed); build a new index")
