@@ -51,11 +51,12 @@ def md(text: Any) -> str:
     return _AUTOLINK.sub(lambda m: m.group(0) + "\u2060", escaped)
 
 
-def show_error(exc: BaseException) -> None:
-    """A clear message for a user error; anything else a short sentence with an error id, the traceback (server
-    paths, SQL) going to the server's log under that id, never to the page."""
+def show_error(exc: BaseException, prefix: str = "") -> None:
+    """The one way pages show an error: a user error's message (after ``prefix``, text the page wrote, e.g. "Import
+    refused, nothing was stored: "); anything else a short sentence with an error id, the traceback (server paths,
+    SQL) going to the server's log under that id, never to the page."""
     if isinstance(exc, UserError):
-        st.error(md(exc))
+        st.error(prefix + md(exc))
         return
     import uuid
 

@@ -67,7 +67,7 @@ def run_import(action) -> None:
         report = action(lambda fraction, message: bar.progress(min(1.0, max(0.0, fraction)), text=message))
     except UserError as exc:
         bar.empty()
-        st.error(f"Import refused, nothing was stored: {ui.md(exc)}")
+        ui.show_error(exc, "Import refused, nothing was stored: ")
         return
     st.session_state["ds_last_report"] = report
     st.session_state["ds_selected"] = report["dataset"]
@@ -100,7 +100,7 @@ def import_tab() -> None:
             try:
                 path = ui.save_upload(upload, upload_key)  # its bytes leave the server's memory
             except UserError as exc:
-                st.error(f"Import refused, nothing was stored: {ui.md(exc)}")
+                ui.show_error(exc, "Import refused, nothing was stored: ")
                 return
             st.session_state["ds_upload_round"] = upload_round + 1
             try:
