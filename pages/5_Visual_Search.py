@@ -12,6 +12,7 @@ from core import jobs, ui
 from core.data import service as datasets_service
 from core.errors import UserError
 from core.evaluation import service as models_service
+from core.models import GENERAL
 from core.search import service
 from core.text import human_bytes
 from core.users import can_change, has_role
@@ -30,8 +31,8 @@ def build_section(datasets: list[dict], expanded: bool) -> None:
             st.info("No dataset yet: import one on the Datasets page first.")
             return
         models = [m for m in models_service.list_models(user) if m["kind"] in ("embedder", "classifier")]
-        choices = ["general"] + [str(m["id"]) for m in models]
-        labels = {"general": "General embedder (EfficientNet-Lite0, ImageNet, 1,280-d)"}
+        choices = [GENERAL] + [str(m["id"]) for m in models]
+        labels = {GENERAL: "General embedder (EfficientNet-Lite0, ImageNet, 1,280-d)"}
         labels.update({str(m["id"]): f"{m['name']} ({m['kind']}, {m['template']})"
                        + ("" if m["owner"] == str(user) else f", shared by {m['owner']}") for m in models})
         c1, c2, c3 = st.columns([2, 3, 2])

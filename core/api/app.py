@@ -38,6 +38,7 @@ from starlette.exceptions import HTTPException
 from core import keys, settings
 from core.errors import UserError, ValidationError
 from core.keys import Caller
+from core.models import GENERAL
 from core.users import NotAllowed, NotFound
 
 log = logging.getLogger("deeptrain.api")
@@ -287,7 +288,7 @@ class JobRequest(BaseModel):
     seed: int = 0
     options: dict[str, Any] | None = Field(None, description="train: early_stopping_patience, compile")
     base_model: str | int | None = Field(None, description="train: a trained embedder or 'general' as frozen base")
-    model: str | int = Field("general", description="index: 'general' or a model's name or id")
+    model: str | int = Field(GENERAL, description=f"index: {GENERAL!r} or a model's name or id")
 
 
 def _body_doc(fields: dict[str, Any], files: bool) -> dict:
@@ -385,7 +386,7 @@ def create_app() -> FastAPI:
         return await run_in_threadpool(run, caller.user, model, images, top_k=top_k, threshold=threshold)
 
     @app.post("/v1/embed", summary="Embed images with a model or the general embedder (the vectors its indexes hold)",
-              openapi_extra=_body_doc({"images": _B64_LIST, "model": {"type": "string", "default": "general"}},
+              openapi_extra=_body_doc({"images": _B64_LIST, "model": {"type": "string", "default": GENERAL}},
                                       files=True))
     async def embed(request: Request, caller: Caller = Depends(_caller("predict", "search"))) -> Any:
         from core.search import service
@@ -393,7 +394,7 @@ def create_app() -> FastAPI:
         fields, files = await _read(request)
         _unknown(fields, {"images", "model"})
         images = _images(fields, files)
-        model = fields.get("model", "general")
+        model = fields.get("model", GENERAL)
         if not isinstance(model, (str, int)) or isinstance(model, bool):
             raise ApiError(422, "model: expected 'general' or a model's name or id", "model")
         return await run_in_threadpool(service.embed, caller.user, model, images)

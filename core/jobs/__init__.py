@@ -19,6 +19,7 @@ from collections.abc import Callable
 from core import paths, settings
 from core.errors import UserError, ValidationError
 from core.jobs import local, runners
+from core.models import GENERAL
 from core.records import JobCurves, JobListing, JobProgress, JobRow, JobStatus, JobSummary, QueueSummary
 from core.store import jobs as store
 from core.store.jobs import ACTIVE, RESUMABLE, STATES, TERMINAL
@@ -56,7 +57,7 @@ def describe(job: JobRow) -> str:
         text = f"{cfg.get('kind', '?')} {cfg.get('template', '?')} on {cfg.get('dataset', '?')}"
         return text + (f" -> {cfg['name']}" if cfg.get("name") else "")
     if job.get("type") == "index":
-        return f"index of {cfg.get('dataset', '?')} with {cfg.get('model', 'general')} model"
+        return f"index of {cfg.get('dataset', '?')} with {cfg.get('model', GENERAL)} model"
     return str(job.get("type"))
 
 
