@@ -228,7 +228,7 @@ def test_bad_input_gets_a_clear_message(tmp_path, deeptrain_home):
         wait_idle(page)
         assert str(missing) in error.inner_text()
         assert_clean(page)
-        shot(page, tmp_path, "bad_path")
+        page.screenshot(path=str(tmp_path / "bad_path.png"))  # not in the README
 
         open_page(page, "Train", "Hyperparameters")
         choose(page, "Template", "Studio_EfficientNetLite0_Transfer")
