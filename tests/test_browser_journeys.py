@@ -280,3 +280,42 @@ def test_upload_a_zip_then_a_bad_one(tmp_path, deeptrain_home):
     from core.data import service
 
     assert [d["name"] for d in service.list_datasets("local")] == ["uploaded"]  # the bad upload stored nothing
+
+
+def test_watch_the_curves_advance_then_cancel_the_job(tmp_path, deeptrain_home):
+    """A second, longer job: its curves gain points while the person watches the Jobs page (a fragment redraws
+    them), then Cancel stops it and the page says so, keeping its checkpoint for Resume."""
+    from core import jobs
+    from core.data.importer import import_dataset
+    from tests.jobs_support import train_config
+
+    import_dataset("local", caltech_slice(tmp_path / "caltech3"), "caltech3", workers=1)
+    config = train_config(epochs=200, items=1000, dataset="caltech3")  # about 2 s an epoch here: minutes in all
+    config["params"]["image_size"] = 96
+    job_id = jobs.submit("local", "train", config)
+    with (streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page,
+          saved_on_failure(page, tmp_path, deeptrain_home)):
+        start_at(page, url, "Jobs", "Show the team's jobs too")
+        page.get_by_text(f"Job {job_id}: classifier").wait_for()
+        loss = page.get_by_test_id("stPlotlyChart").filter(has_text="Loss")
+        points = loss.locator("path.point")  # the per-epoch markers
+
+        def drawn() -> int:
+            return points.count()
+
+        loss.wait_for(timeout=120_000)
+        page.wait_for_function("() => document.querySelectorAll('[data-testid=stPlotlyChart] path.point').length > 0",
+                               timeout=120_000)
+        before = drawn()
+        for _ in range(40):  # the curves redraw every CURVES_S (10 s) while the job runs
+            page.wait_for_timeout(1000)
+            if drawn() > before:
+                break
+        assert drawn() > before, f"the curves did not advance ({before} points)"
+        assert_clean(page)
+
+        page.get_by_role("button", name="Cancel", exact=True).click()
+        page.get_by_text(re.compile(r"Cancel")).first.wait_for()
+        expect(page.get_by_role("button", name="Resume", exact=True)).to_be_enabled(timeout=60_000)
+        assert_clean(page)
+    assert jobs.status("local", job_id)["state"] == "cancelled"
