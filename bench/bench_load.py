@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_jobs_polling import _position, _slice  # noqa: E402
+from bench_jobs_polling import _position, _slice, _window  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 READY_JS = """() => !document.querySelector('[data-testid="stStatusWidget"]')
@@ -172,15 +172,6 @@ def setup(home: Path, classes: int, per_class: int) -> None:
     search.build_index_now(admin, "bench", "general", "bench")
 
 
-def job_rate(job_id: int, seconds: float) -> float:
-    a = _position(job_id)
-    time.sleep(seconds)
-    b = _position(job_id)
-    if a is None or b is None or b[1] <= a[1]:
-        raise RuntimeError(f"job {job_id} is not running")
-    return (b[0] - a[0]) / (b[1] - a[1])
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", default="1,5,10")
@@ -196,7 +187,7 @@ def main() -> int:
     os.environ["DEEPTRAIN_HOME"] = str(home)
     from core import jobs
     from core.users import User
-    from tests.browser import streamlit_server
+    from tests.browser import server_pid, streamlit_server
 
     setup(home, args.classes, args.per_class)
     admin = User("local", "admin")
@@ -204,12 +195,10 @@ def main() -> int:
     with streamlit_server(home) as url:
         import urllib.request
 
-        port = int(url.rsplit(":", 1)[1])
-        server_pid = next(pid for pid in descendants(os.getpid(), exclude=-1)
-                          if f"--server.port\x00{port}" in open(f"/proc/{pid}/cmdline").read())
+        pid = server_pid(url)
         with urllib.request.urlopen(url):  # the first page run imports torch, plotly, ...
             pass
-        asyncio.run(phase(url, server_pid, 1, 1, 1.0))  # warm-up: every page's first run, the index loaded
+        asyncio.run(phase(url, pid, 1, 1, 1.0))  # warm-up: every page's first run, the index loaded
         for with_job in ([False] if args.no_job else [False, True]):
             job_id = None
             if with_job:
@@ -225,9 +214,9 @@ def main() -> int:
                     time.sleep(0.5)
             try:
                 for n in (int(u) for u in args.users.split(",")):
-                    alone = job_rate(job_id, 15) if job_id else None
+                    alone = _window(job_id, 15) if job_id else None
                     a = _position(job_id) if job_id else None
-                    r = asyncio.run(phase(url, server_pid, n, args.rounds, args.watch))
+                    r = asyncio.run(phase(url, pid, n, args.rounds, args.watch))
                     b = _position(job_id) if job_id else None
                     r["job"] = with_job
                     r["rate_alone"] = alone

@@ -18,19 +18,17 @@ import os
 import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, free_port  # noqa: E402
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, VIEWPORT, server_pid, streamlit_server  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "datasets" / "caltech101" / "101_ObjectCategories"
 
@@ -78,24 +76,6 @@ class Sampler(threading.Thread):
             time.sleep(self.interval)
 
 
-def start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ, DEEPTRAIN_HOME=str(home), DEEPTRAIN_MAX_UPLOAD_BYTES=str(4 * 1024**3))
-    log = open(home.parent / f"streamlit-{port}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--server.maxUploadSize", "4096"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(180):
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
-    raise RuntimeError(f"streamlit did not start; see {log.name}")
-
-
 async def one_user(browser, url: str, zip_path: Path, name: str, photos: int, ready: asyncio.Barrier) -> float:
     """Open the Datasets page, upload the zip (all users at once), import it; return the seconds from upload to
     'Imported'."""
@@ -133,36 +113,32 @@ async def run(users: int, size_mb: int, zip_path: Path, photos: int) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench_upload_"))
     home = work / "home"
     home.mkdir()
-    proc, url = start_server(home)
     try:
-        sampler = Sampler(proc.pid)
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            # warm the server (first page run imports torch, plotly, ...) before the idle figure
-            page = await browser.new_page()
-            await page.goto(url)
-            await page.get_by_text("At a glance").wait_for()
-            await page.get_by_test_id("stSidebarNav").get_by_role("link", name="Datasets", exact=True).click()
-            await page.get_by_text("Dataset name").first.wait_for()
-            await page.wait_for_timeout(2000)
-            await page.close()
-            idle = sampler.rss()
-            sampler.start()
-            ready = asyncio.Barrier(users)
-            times = await asyncio.gather(*(one_user(browser, url, zip_path, f"up{i}", photos, ready)
-                                           for i in range(users)))
-            await asyncio.sleep(2)
-            after = sampler.rss()
-            sampler.stop.set()
-            await browser.close()
-        return {"users": users, "mb": size_mb, "idle": idle, "peak": sampler.peak, "after": after,
-                "per_upload": (sampler.peak - idle) / (users * size_mb), "seconds": max(times)}
+        limit = {"DEEPTRAIN_MAX_UPLOAD_BYTES": str(4 * 1024**3)}  # above the default: the benchmark's sizes
+        with streamlit_server(home, limit, ("--server.maxUploadSize", "4096")) as url:
+            sampler = Sampler(server_pid(url))
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                # warm the server (first page run imports torch, plotly, ...) before the idle figure
+                page = await browser.new_page()
+                await page.goto(url)
+                await page.get_by_text("At a glance").wait_for()
+                await page.get_by_test_id("stSidebarNav").get_by_role("link", name="Datasets", exact=True).click()
+                await page.get_by_text("Dataset name").first.wait_for()
+                await page.wait_for_timeout(2000)
+                await page.close()
+                idle = sampler.rss()
+                sampler.start()
+                ready = asyncio.Barrier(users)
+                times = await asyncio.gather(*(one_user(browser, url, zip_path, f"up{i}", photos, ready)
+                                               for i in range(users)))
+                await asyncio.sleep(2)
+                after = sampler.rss()
+                sampler.stop.set()
+                await browser.close()
+            return {"users": users, "mb": size_mb, "idle": idle, "peak": sampler.peak, "after": after,
+                    "per_upload": (sampler.peak - idle) / (users * size_mb), "seconds": max(times)}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 

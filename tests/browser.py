@@ -29,6 +29,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_pid(url: str) -> int:
+    """The process id of the ``streamlit_server`` answering ``url`` (benchmarks read its CPU and memory)."""
+    port = url.rsplit(":", 1)[1]
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and f"--server.port\x00{port}\x00" in Path(f"/proc/{entry}/cmdline").read_text():
+                return int(entry)
+        except OSError:
+            continue
+    raise LookupError(f"no streamlit server on port {port}")
+
+
 @contextmanager
 def streamlit_server(home: Path, extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (),
                      port: int | None = None) -> Iterator[str]:

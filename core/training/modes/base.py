@@ -119,6 +119,20 @@ class PixelCache:
             prefetch.close()
 
 
+class OnPixels(Mode):
+    """A mode that trains on cached pixels (images, detector): its data is a ``PixelCache``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.pixels = PixelCache(self.plan, self.preprocess, self.cb)
+
+    def prepare(self) -> None:
+        self.pixels.prepare()
+
+    def batches(self, order: np.ndarray, start: int) -> Generator[Batch, None, None]:
+        return self.pixels.batches(order, self.batch_size, start, pin=self.rt.cuda)
+
+
 class Classifying(Mode):
     """Validation of classifiers and embedders: loss, top-1/top-5 on labelled items, and for embedders recall@1 and
     mAP of the validation items against (up to MAX_GALLERY) training items. Subclasses give the outputs."""

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
-
 import numpy as np
 import torch
 from torch import nn
 
-from core.training.modes.base import Batch, Mode, PixelCache
+from core.training.modes.base import Batch, OnPixels
 
 LABEL_OFFSET = 1  # torchvision detectors reserve label 0 for the background: concept i is label i + 1
 
 
-class DetectorMode(Mode):
+class DetectorMode(OnPixels):
     name = "detector"
     detector = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pixels = PixelCache(self.plan, self.preprocess, self.cb)
-
-    def prepare(self) -> None:
-        self.pixels.prepare()
-
-    def batches(self, order: np.ndarray, start: int) -> Generator[Batch, None, None]:
-        return self.pixels.batches(order, self.batch_size, start, pin=self.rt.cuda)
 
     def step(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         assert batch.pixels is not None  # a pixel mode's batches carry pixels

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core.training import data as tdata
-from core.training.modes.base import EVAL_BATCH, Batch, Classifying, PixelCache
+from core.training.modes.base import EVAL_BATCH, Batch, Classifying, OnPixels
 
 CROP_SCALE = (0.35, 1.0)  # random resized crops on the fly (area range), as core.models.preprocess's training transform
 
 
-class ImagesMode(Classifying):
+class ImagesMode(OnPixels, Classifying):
     name = "images"
     compiles = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.pixels = PixelCache(self.plan, self.preprocess, self.cb)
-
-    def prepare(self) -> None:
-        self.pixels.prepare()
-
-    def batches(self, order: np.ndarray, start: int) -> Generator[Batch, None, None]:
-        return self.pixels.batches(order, self.batch_size, start, pin=self.rt.cuda)
 
     def step(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         assert batch.pixels is not None  # a pixel mode's batches carry pixels
