@@ -26,6 +26,7 @@ from core.errors import UserError
 from core.store import engine
 from core.store.schema import blobs, items
 from tests.conftest import ROOT, caltech_slice
+from tests.durability_support import OVERTIME_S
 
 
 def stored_files() -> list[tuple[int, Path, str]]:
@@ -133,7 +134,8 @@ def test_an_import_that_rolls_back_leaves_the_files_another_import_uses(small_fo
 
 def _run_roles(tmp_path: Path, roles: list[tuple[str, int, object]], seconds: float,
                env: dict | None = None) -> list[dict]:
-    """Start every role as its own process at once, let them work for ``seconds``, return their reports."""
+    """Start every role as its own process at once, let them work for ``seconds`` (longer where one is short of its
+    share, ``durability_support.SHARE``), return their reports."""
     deadline = time.time() + seconds
     procs = []
     for n, (role, k, arg) in enumerate(roles):
@@ -143,7 +145,7 @@ def _run_roles(tmp_path: Path, roles: list[tuple[str, int, object]], seconds: fl
             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}), out))
     reports = []
     for proc, out in procs:
-        assert proc.wait(timeout=seconds + 180) == 0
+        assert proc.wait(timeout=seconds + OVERTIME_S + 180) == 0
         reports.append(json.loads(out.read_text()))
     return reports
 
