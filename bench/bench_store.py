@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib
 import os
 import random
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,31 +124,23 @@ def main() -> int:
 
     import sqlalchemy as sa
 
-    store_engine = importlib.import_module("core.store.engine")
+    from tests.pg import fresh_database
+
     server = sa.make_url(args.pg_url)
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-    name = f"bench_store_{uuid.uuid4().hex[:12]}"
     measured: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-store-") as home:
         os.environ["DEEPTRAIN_HOME"] = str(Path(home) / "sqlite")
         os.environ.pop("DEEPTRAIN_DB_URL", None)
         measured["SQLite"] = _measure(args.items, args.datasets, args.repeats, args.jobs)
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-            settings = {k: conn.exec_driver_sql(f"SHOW {k}").scalar() for k in ("server_version", "fsync",
-                                                                               "synchronous_commit")}
-        url = server.set(database=name).render_as_string(hide_password=False)
-        try:
+        with fresh_database(server, prefix="bench_store_") as url:
+            probe = sa.create_engine(url)
+            with probe.connect() as conn:
+                settings = {k: conn.exec_driver_sql(f"SHOW {k}").scalar()
+                            for k in ("server_version", "fsync", "synchronous_commit")}
+            probe.dispose()
             os.environ["DEEPTRAIN_HOME"] = str(Path(home) / "postgres")
             os.environ["DEEPTRAIN_DB_URL"] = url
             measured["PostgreSQL"] = _measure(args.items, args.datasets, args.repeats, args.jobs)
-        finally:
-            cached = store_engine._engines.pop(url, None)
-            if cached is not None:
-                cached.dispose()
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.dispose()
 
     import sqlite3
 

@@ -54,19 +54,17 @@ def server_url() -> sa.URL:
     return url
 
 
-def _admin() -> sa.Engine:
-    return sa.create_engine(server_url(), poolclass=NullPool, isolation_level="AUTOCOMMIT")
-
-
 @contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new, empty database on the test server; yields its URL (password included, for engines), then drops it
-    with every connection still open to it (the studio's cached engine for it is disposed first)."""
-    admin = _admin()
-    name = f"dt_test_{uuid.uuid4().hex[:16]}"
+def fresh_database(server: sa.URL | None = None, prefix: str = "dt_test_") -> Iterator[str]:
+    """A new, empty database on ``server`` (default: the test server); yields its URL (password included, for
+    engines), then drops it with every connection still open to it (the studio's cached engine for it is disposed
+    first). The benchmarks use it with a server of their own."""
+    server = server or server_url()
+    admin = sa.create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}{uuid.uuid4().hex[:16]}"
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = server_url().set(database=name).render_as_string(hide_password=False)
+    url = server.set(database=name).render_as_string(hide_password=False)
     try:
         yield url
     finally:
