@@ -42,37 +42,45 @@ def server_pid(url: str) -> int:
 
 
 @contextmanager
+def served(cmd: list[str], env: dict[str, str], log_path: Path, ready_url: str,
+           start_s: float = 90.0) -> Iterator[None]:
+    """Run ``cmd`` (a server) in a session of its own with its output in ``log_path``; return once ``ready_url``
+    answers 200, and stop it when the block ends. Fails with the log's tail when it exits or does not answer."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + start_s
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(cmd[2:4])} did not start ({log_path}): {log_path.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@contextmanager
 def streamlit_server(home: Path, extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (),
                      port: int | None = None) -> Iterator[str]:
     """Start ``streamlit run streamlit_app.py`` on loopback with its own data directory; yield its URL."""
     port = port or free_port()
     env = dict(os.environ, DEEPTRAIN_HOME=str(home), **(extra_env or {}))
-    log = open(home.parent / f"streamlit-{port}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", *extra_args],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError(f"streamlit did not start; see {log.name}")
+    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+           "--server.address", "127.0.0.1", "--server.headless", "true", *extra_args]
+    with served(cmd, env, home.parent / f"streamlit-{port}.log", url + "/_stcore/health"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 SCREENSHOTS_ENV = "DEEPTRAIN_SCREENSHOTS"  # a folder: the journeys write the README's screenshots there (docs/)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser import free_port
+from tests.browser import free_port, served
 from tests.conftest import ROOT, caltech_slice
 
 MODEL, INDEX = "my-classifier", "my-index"
@@ -53,30 +53,11 @@ def world(tmp_path_factory) -> Iterator[dict]:
         env = {**os.environ, "DEEPTRAIN_HOME": str(home), "DEEPTRAIN_MAX_UPLOAD_BYTES": str(MAX_UPLOAD),
                "DEEPTRAIN_IMPORT_MAX_PIXELS": str(MAX_PIXELS)}
         env.pop("DEEPTRAIN_API_RATE_PER_MINUTE", None)
-        log = open(home / "serve.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 90
-            while True:
-                try:
-                    if httpx.get(url + "/openapi.json", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.time() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"the API did not start: {(home / 'serve.log').read_text()[-2000:]}")
-                time.sleep(0.3)
+        with served([sys.executable, "-m", "core", "serve", "--port", str(port)], env, home / "serve.log",
+                    url + "/openapi.json"):
             yield {"home": home, "url": url, "env": env, "model_id": res.model_id, "items": items,
                    "photo": items[0]["path"], "src": src}
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
     finally:
         mp.undo()
 
