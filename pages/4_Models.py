@@ -352,7 +352,7 @@ if tuned:
     with st.expander(tuned["text"]):
         st.dataframe([{"lrate": c["lrate"], "held-out loss": round(c["val_loss"], 4),
                        "held-out top-1": round(c["val_top1"], 4), "chosen": c["lrate"] == tuned["chosen"]}
-                      for c in tuned["candidates"]], hide_index=True, key="models_tuning")
+                      for c in tuned["candidates"]], hide_index=True)
 
 tab_eval, tab_predict, tab_share, tab_compare, tab_import = st.tabs(
     ["Evaluation", "Predict", "Report, export, delete", "Compare", "Import"])

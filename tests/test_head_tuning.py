@@ -86,8 +86,9 @@ def test_the_tuner_picks_a_rate_from_its_grid_and_logs_every_candidate(slice_, t
     assert text.startswith(f"Head tuned: lrate {tuned['chosen']:g} of {{0.003, 0.01, 0.03, 0.1}}")
     at = AppTest.from_file(str(ROOT / "pages" / "4_Models.py"), default_timeout=120).run()
     assert not at.exception, at.exception
-    assert [e.label for e in at.expander if e.label.startswith("Head tuned")] == [text]
-    shown = at.dataframe(key="models_tuning").value
+    [details] = [e for e in at.expander if e.label.startswith("Head tuned")]
+    assert details.label == text
+    shown = details.dataframe[0].value
     assert shown["lrate"].tolist() == tuned["grid"] and shown["chosen"].sum() == 1
 
 
