@@ -175,6 +175,22 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
                                          lambda u, r, w: _m("core.data.service.delete_dataset")(u, r)),
     "core.data.service.share_dataset": ("dataset", "change",
                                         lambda u, r, w: _m("core.data.service.share_dataset")(u, r, "private")),
+    "core.data.service.relabel_items": ("dataset", "change", lambda u, r, w: _m("core.data.service.relabel_items")(
+        u, r, {w.refs["item"]: ["x"]})),
+    "core.data.quality.find_issues_now": ("dataset", "read",
+                                          lambda u, r, w: _m("core.data.quality.find_issues_now")(u, r)),
+    "core.data.quality.dataset_issues": ("dataset", "read",
+                                         lambda u, r, w: _m("core.data.quality.dataset_issues")(u, r)),
+    "core.data.quality.quality_job_config": ("dataset", "read",
+                                             lambda u, r, w: _m("core.data.quality.quality_job_config")(u, r)),
+    "core.data.quality.checked_items": ("dataset", "read",
+                                        lambda u, r, w: _m("core.data.quality.checked_items")(u, r)),
+    "core.data.quality.item_neighbours": ("dataset", "read", lambda u, r, w: _m("core.data.quality.item_neighbours")(
+        u, r, w.refs["item"])),
+    "core.data.quality.mark_checked": ("dataset", "change", lambda u, r, w: _m("core.data.quality.mark_checked")(
+        u, r, [w.refs["item"]])),
+    "core.data.quality.accept_suggestions": ("dataset", "change", lambda u, r, w: _m(
+        "core.data.quality.accept_suggestions")(u, r, [w.refs["item"]])),
     "core.data.export.export_dataset": ("dataset", "read", lambda u, r, w: _m("core.data.export.export_dataset")(
         u, r, "csv", w.tmp / "out.zip")),
     "core.data.importer.resplit": ("dataset", "change", lambda u, r, w: _m("core.data.importer.resplit")(u, r, 0.5)),
