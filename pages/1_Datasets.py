@@ -8,13 +8,15 @@ import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import ui
-from core.data import samples
+from core import jobs, ui
+from core.data import quality, samples
 from core.data import service as datasets
 from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, import_roots_help, resplit
 from core.data.sources import FORMATS
 from core.errors import UserError
+from core.evaluation import service as models_service
+from core.models import GENERAL
 from core.search.service import dataset_near_duplicates as near_duplicates
 from core.users import can_change, has_role
 
@@ -141,15 +143,16 @@ def import_tab() -> None:
 
 member = has_role(user, "member")  # a viewer browses and exports: no import, labelling or editing
 if member:
-    tab_import, tab_browse, tab_health, tab_manage = st.tabs(["Import", "Browse", "Health report", "Manage & export"])
+    tab_import, tab_browse, tab_health, tab_quality, tab_manage = st.tabs(
+        ["Import", "Browse", "Health report", "Quality", "Manage & export"])
     with tab_import:
         import_tab()
 else:
-    tab_browse, tab_health, tab_manage = st.tabs(["Browse", "Health report", "Export"])
+    tab_browse, tab_health, tab_quality, tab_manage = st.tabs(["Browse", "Health report", "Quality", "Export"])
 
 names = datasets.dataset_names(user)
 if not names:
-    for tab in (tab_browse, tab_health, tab_manage):
+    for tab in (tab_browse, tab_health, tab_quality, tab_manage):
         tab.info("No dataset yet: import one first.")
     st.stop()
 if st.session_state.get("ds_selected") not in names:
@@ -303,3 +306,155 @@ with tab_manage:
         st.session_state.pop("ds_selected", None)
         st.session_state.pop("ds_last_report", None)
         st.rerun()
+
+# ------------------------------------------------------------------------------------------------ quality
+QUALITY_POLL_S = 2.0  # the progress of a running quality job is redrawn this often
+KIND_NAMES = {"label": "label mistake", "outlier": "outlier", "near_duplicate": "near-duplicate"}
+
+
+def shown_labels(value) -> str:
+    """A row's given or suggested labels as text: a name, names joined, or a dash."""
+    return "-" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def as_list(value) -> list[str]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+@st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_q_job") else None)
+def quality_progress() -> None:
+    """The running quality job's progress; the whole page redraws once it has ended."""
+    job_id = st.session_state.get("ds_q_job")
+    if not job_id:
+        return
+    try:
+        status = jobs.status(user, job_id)
+    except UserError:
+        st.session_state.pop("ds_q_job", None)
+        return
+    if status["state"] in jobs.TERMINAL:
+        st.session_state.pop("ds_q_job", None)
+        if status["state"] != "succeeded":
+            st.session_state["ds_q_failed"] = status.get("error") or status["state"]
+        st.rerun()
+    p = status["progress"]
+    st.progress(float(p.get("fraction") or 0.0),
+                text=f"Quality job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+
+
+def quality_change(action, done: str) -> None:
+    """Run a change of the dataset from the quality list; say what it made, or why it was refused."""
+    try:
+        result = action()
+    except UserError as exc:
+        ui.show_error(exc)
+        return
+    st.session_state["ds_q_done"] = done.format(result=result)
+    for key in ("ds_q_open", "ds_q_selected"):  # rows fixed or removed leave the list
+        st.session_state.pop(key, None)
+    st.rerun()
+
+
+def quality_tab() -> None:
+    """Run the check, the ranked list, one row beside its neighbours, and the fixes (single and bulk)."""
+    st.caption("Label mistakes (held-out logistic regression on the images' embeddings, ranked by cleanlab), "
+               "outliers (far from every other image) and near-duplicates, most certain first. Every fix makes a new "
+               "dataset version; a row marked checked stays out of later runs.")
+    embedders = [m["name"] for m in models_service.list_models(user) if m["kind"] in ("embedder", "classifier")]
+    c1, c2 = st.columns([3, 1])
+    model = c1.selectbox("Embeddings of", [GENERAL, *embedders], key="ds_q_model",
+                         help="general: an ImageNet EfficientNet-Lite0; or a model trained here (often better on "
+                         "your concepts)")
+    if c2.button("Find issues", key="ds_q_run", type="primary", disabled=not member,
+                 help="A background job: embeds new images (cached per version), then ranks the issues"):
+        try:
+            st.session_state["ds_q_job"] = jobs.submit(user, "quality",
+                                                       quality.quality_job_config(user, ds["id"], model))
+        except UserError as exc:
+            ui.show_error(exc)
+    quality_progress()
+    if st.session_state.get("ds_q_failed"):
+        st.error(f"The quality check failed: {ui.md(st.session_state.pop('ds_q_failed'))}")
+    if st.session_state.get("ds_q_done"):
+        st.success(st.session_state.pop("ds_q_done"))
+    report = quality.dataset_issues(user, ds["id"], model)
+    if report is None:
+        st.info("No quality check of this dataset with these embeddings yet: press Find issues.")
+        return
+    counts = {k: sum(r["kind"] == k for r in report["issues"]) for k in quality.ISSUE_KINDS}
+    cols = st.columns(4)
+    cols[0].metric("Label mistakes", counts["label"])
+    cols[1].metric("Outliers", counts["outlier"])
+    cols[2].metric("Near-duplicates", counts["near_duplicate"])
+    cols[3].metric("Checked on version", report["version"])
+    if report["version"] != report["current_version"]:
+        st.caption(f"The dataset is at version {report['current_version']} now: rows fixed, removed or checked since "
+                   "are left out; run the check again for a fresh list.")
+    kinds = st.multiselect("Show", list(quality.ISSUE_KINDS), default=list(quality.ISSUE_KINDS), key="ds_q_kinds",
+                           format_func=KIND_NAMES.get)
+    rows = [r for r in report["issues"] if r["kind"] in kinds]
+    if not rows:
+        st.success("Nothing to show: no issue of these kinds left.")
+        return
+    st.dataframe([{"item": r["item"], "issue": KIND_NAMES[r["kind"]], "given": shown_labels(r["given"]),
+                   "suggested": shown_labels(r["suggested"]), "score": r["score"]} for r in rows[:500]],
+                 key="ds_q_table", hide_index=True, width="stretch",
+                 column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})
+    by_item = {r["item"]: r for r in rows}
+    ids = list(by_item)
+
+    # one row: the image beside its nearest images, and its fixes
+    item_id = st.selectbox("Open", ids, key="ds_q_open", format_func=lambda i: (
+        f"#{i} {KIND_NAMES[by_item[i]['kind']]}: {shown_labels(by_item[i]['given'])}"
+        + (f" -> {shown_labels(by_item[i]['suggested'])}" if by_item[i]["suggested"] is not None else "")))
+    row = by_item[item_id]
+    item = datasets.get_item(user, item_id)
+    left, right = st.columns([1, 3])
+    left.image(item["path"], caption=f"#{item_id} {ui.md(', '.join(item['labels']) or 'unlabelled')}",
+               width="stretch")
+    near = quality.item_neighbours(user, ds["id"], item_id, k=5, model=model)
+    with right:
+        st.markdown("**Nearest images**")
+        for col, n in zip(st.columns(5), near):
+            col.image(n["path"], caption=f"#{n['item']} {ui.md(', '.join(n['labels']))} ({n['score']:.2f})",
+                      width="stretch")
+    a1, a2, a3, a4 = st.columns(4)
+    if a1.button("Accept the suggestion", key="ds_q_accept", disabled=not mine or row["suggested"] is None):
+        quality_change(lambda: quality.accept_suggestions(user, ds["id"], [item_id], model),
+                       f"#{item_id} relabelled as suggested: version {{result}}")
+    other = a2.selectbox("Another label", concepts, key="ds_q_other", disabled=not mine,
+                         label_visibility="collapsed")
+    if a2.button("Set this label", key="ds_q_relabel", disabled=not mine or not other):
+        quality_change(lambda: datasets.relabel_items(user, ds["id"], {item_id: [other]}),
+                       f"#{item_id} relabelled: version {{result}}")
+    if a3.button("Remove the image", key="ds_q_remove", disabled=not mine):
+        quality_change(lambda: datasets.delete_items(user, ds["id"], [item_id]),
+                       f"#{item_id} removed: version {{result}}")
+    if a4.button("Mark checked", key="ds_q_check", disabled=not mine,
+                 help="The label is right: keep this image out of later quality lists"):
+        quality_change(lambda: quality.mark_checked(user, ds["id"], [item_id]), f"#{item_id} marked checked")
+
+    # several rows at once
+    st.markdown("**Fix several rows**")
+    picked = st.multiselect("Rows", ids, key="ds_q_selected", format_func=lambda i: f"#{i} {by_item[i]['kind']}",
+                            disabled=not mine)
+    suggestible = [i for i in picked if by_item[i]["kind"] == "label"]
+    b1, b2, b3, b4 = st.columns(4)
+    if b1.button(f"Accept {len(suggestible)} suggestion(s)", key="ds_q_bulk_accept",
+                 disabled=not mine or not suggestible):
+        quality_change(lambda: quality.accept_suggestions(user, ds["id"], suggestible, model),
+                       f"{len(suggestible)} image(s) relabelled as suggested: version {{result}}")
+    bulk_label = b2.selectbox("Label for the rows", concepts, key="ds_q_bulk_other", disabled=not mine,
+                              label_visibility="collapsed")
+    if b2.button("Set this label on the rows", key="ds_q_bulk_relabel", disabled=not mine or not picked):
+        quality_change(lambda: datasets.relabel_items(user, ds["id"], {i: [bulk_label] for i in picked}),
+                       f"{len(picked)} image(s) relabelled: version {{result}}")
+    if b3.button("Remove the rows' images", key="ds_q_bulk_remove", disabled=not mine or not picked):
+        quality_change(lambda: datasets.delete_items(user, ds["id"], picked),
+                       f"{len(picked)} image(s) removed: version {{result}}")
+    if b4.button("Mark the rows checked", key="ds_q_bulk_check", disabled=not mine or not picked):
+        quality_change(lambda: quality.mark_checked(user, ds["id"], picked), f"{len(picked)} row(s) marked checked")
+
+
+with tab_quality:
+    quality_tab()
