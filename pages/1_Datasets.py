@@ -377,6 +377,18 @@ def quality_tab() -> None:
         st.error(f"The quality check failed: {ui.md(st.session_state.pop('ds_q_failed'))}")
     if st.session_state.get("ds_q_done"):
         st.success(st.session_state.pop("ds_q_done"))
+    last = quality.last_training_config(user, ds["id"]) if mine else None
+    if last and st.button(f"Retrain on the fixed version: {last.get('kind', '')} {last.get('template', '')} on "
+                          f"version {ds['version']}", key="ds_q_retrain",
+                          help="Queues a training job with your last job's configuration on this dataset as it is "
+                          "now; compare the two models on the Models page"):
+        try:
+            job_id = quality.retrain(user, ds["id"])
+        except UserError as exc:
+            ui.show_error(exc)
+        else:
+            st.session_state[ui.NEXT_JOB_KEY] = job_id
+            st.success(f"Training job {job_id} queued on version {ds['version']}: follow it on the Jobs page.")
     report = quality.dataset_issues(user, ds["id"], model)
     if report is None:
         st.info("No quality check of this dataset with these embeddings yet: press Find issues.")

@@ -191,6 +191,9 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
         u, r, [w.refs["item"]])),
     "core.data.quality.accept_suggestions": ("dataset", "change", lambda u, r, w: _m(
         "core.data.quality.accept_suggestions")(u, r, [w.refs["item"]])),
+    "core.data.quality.last_training_config": ("dataset", "read", lambda u, r, w: _m(
+        "core.data.quality.last_training_config")(u, r)),
+    "core.data.quality.retrain": ("dataset", "change", lambda u, r, w: _m("core.data.quality.retrain")(u, r)),
     "core.data.export.export_dataset": ("dataset", "read", lambda u, r, w: _m("core.data.export.export_dataset")(
         u, r, "csv", w.tmp / "out.zip")),
     "core.data.importer.resplit": ("dataset", "change", lambda u, r, w: _m("core.data.importer.resplit")(u, r, 0.5)),

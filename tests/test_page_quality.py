@@ -109,3 +109,28 @@ def test_find_issues_queues_a_quality_job(tmp_path):
         assert not at.exception and at.metric  # the list's counts now show
     finally:
         cleanup()
+
+
+def test_retrain_click_queues_the_last_configuration_on_the_new_version(checked_dataset):
+    from core import jobs
+    from core.store import jobs as job_store
+    from tests.jobs_support import cleanup, train_config
+
+    at = AppTest.from_file(PAGE, default_timeout=60).run()
+    assert not any(b.key == "ds_q_retrain" for b in at.button)  # nothing trained on it yet: no button
+    old = job_store.insert_job("local", "train", {**train_config(epochs=1, dataset="q", name="q-clf"),
+                                                  "owner": "local", "run": "7"})
+    assert job_store.finish(old, "failed", error="stopped by the test", from_states=("queued",))
+    try:
+        at.run()
+        at.button(key="ds_q_retrain").click().run()
+        assert not at.exception
+        version = _version()
+        new = [j for j in jobs.list_jobs("local") if j["id"] != old]
+        assert len(new) == 1 and new[0]["type"] == "train"
+        config = jobs.status("local", new[0]["id"])["config"]
+        assert config["dataset"] == "q" and config["template"] == train_config()["template"]
+        assert config["params"]["image_size"] == 32 and config["name"] == f"q-clf-v{version}"
+        assert any(f"queued on version {version}" in s.value for s in at.success)
+    finally:
+        cleanup()

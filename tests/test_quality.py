@@ -156,3 +156,10 @@ def test_another_users_dataset_answers_as_missing(tmp_path):
         with pytest.raises(NotFound) as missing:
             call(999_999)
         assert str(hidden.value).replace(str(ds["id"]), "#") == str(missing.value).replace("999999", "#")
+
+
+def test_retrain_needs_an_earlier_training_job(tmp_path):
+    _import(tmp_path, per_class=2)
+    assert quality.last_training_config("local", "q") is None
+    with pytest.raises(UserError, match="Nothing was trained on dataset 'q'"):
+        quality.retrain("local", "q")

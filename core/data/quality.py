@@ -493,3 +493,40 @@ def accept_suggestions(user: User | str, dataset: str | int, item_ids: Sequence[
 
     return relabel_items(user, ds["id"], {i: [s] if isinstance(s, str) else list(s)
                                           for i, s in ((i, suggested[i]) for i in wanted)})
+
+
+# ------------------------------------------------------------------------------------------------ retrain
+
+def last_training_config(user: User | str, dataset: str | int) -> dict | None:
+    """The configuration of the user's newest training job on this dataset (None: there is none)."""
+    from core.store import jobs as job_store
+
+    ds = ds_store.get_dataset(user, dataset)
+    name = as_user(user).name
+    ref = ds["name"] if ds["owner"] == name else f"{ds['owner']}/{ds['name']}"
+    for job in job_store.list_jobs(name):
+        cfg = job.get("config") or {}
+        if job["type"] == "train" and cfg.get("dataset") in (ref, ds["id"], str(ds["id"])):
+            return dict(cfg)
+    return None
+
+
+def retrain(user: User | str, dataset: str | int) -> int:
+    """Queue a training job with the configuration of the user's newest one on this dataset (template, parameters,
+    options, seed), on the dataset as it is now: "retrain on the fixed version". The model is named after the old one
+    with the version (``birds-clf-v7``). Returns the new job's id; UserError when nothing was trained on it yet."""
+    import copy
+
+    from core import jobs
+    from core.store.models import unique_name
+
+    ds = ds_store.get_dataset(user, dataset)
+    require_owner(user, ds, f"Dataset {ds['name']!r}")
+    last = last_training_config(user, ds["id"])
+    if last is None:
+        raise UserError(f"Nothing was trained on dataset {ds['name']!r} yet: train a model on it first (Train page)")
+    config = {k: copy.deepcopy(v) for k, v in last.items() if k not in ("owner", "run")}
+    if config.get("name"):
+        base = re.sub(r"-v\d+$", "", str(config["name"]))
+        config["name"] = unique_name(as_user(user).name, f"{base}-v{ds['version']}")
+    return jobs.submit(user, "train", config)
