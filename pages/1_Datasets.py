@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from core import jobs, ui
-from core.data import quality, samples
+from core.data import atlas, quality, samples
 from core.data import service as datasets
 from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, import_roots_help, resplit
@@ -143,16 +144,17 @@ def import_tab() -> None:
 
 member = has_role(user, "member")  # a viewer browses and exports: no import, labelling or editing
 if member:
-    tab_import, tab_browse, tab_health, tab_quality, tab_manage = st.tabs(
-        ["Import", "Browse", "Health report", "Quality", "Manage & export"])
+    tab_import, tab_browse, tab_health, tab_quality, tab_map, tab_manage = st.tabs(
+        ["Import", "Browse", "Health report", "Quality", "Map", "Manage & export"])
     with tab_import:
         import_tab()
 else:
-    tab_browse, tab_health, tab_quality, tab_manage = st.tabs(["Browse", "Health report", "Quality", "Export"])
+    tab_browse, tab_health, tab_quality, tab_map, tab_manage = st.tabs(
+        ["Browse", "Health report", "Quality", "Map", "Export"])
 
 names = datasets.dataset_names(user)
 if not names:
-    for tab in (tab_browse, tab_health, tab_quality, tab_manage):
+    for tab in (tab_browse, tab_health, tab_quality, tab_map, tab_manage):
         tab.info("No dataset yet: import one first.")
     st.stop()
 if st.session_state.get("ds_selected") not in names:
@@ -470,3 +472,118 @@ def quality_tab() -> None:
 
 with tab_quality:
     quality_tab()
+
+
+# ------------------------------------------------------------------------------------------------ map
+MAP_LAYOUTS = {"pca": "PCA (at once)", "umap": "UMAP (computed as a job)"}
+MAP_COLOURS = ("concept", "issue kind", "split")
+
+
+@st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_map_job") else None)
+def map_progress() -> None:
+    """The running map job's progress; the whole page redraws once it has ended."""
+    job_id = st.session_state.get("ds_map_job")
+    if not job_id:
+        return
+    try:
+        status = jobs.status(user, job_id)
+    except UserError:
+        st.session_state.pop("ds_map_job", None)
+        return
+    if status["state"] in jobs.TERMINAL:
+        st.session_state.pop("ds_map_job", None)
+        if status["state"] != "succeeded":
+            st.session_state["ds_map_failed"] = status.get("error") or status["state"]
+        st.rerun()
+    p = status["progress"]
+    st.progress(float(p.get("fraction") or 0.0),
+                text=f"Map job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+
+
+def held_map(model: str, method: str):
+    """The dataset's map, kept in this session while the dataset version, embedder and layout stay the same."""
+    key = (ds["id"], ds["version"], model, method)
+    held = st.session_state.get("ds_map_held")
+    if held and held[0] == key:
+        return held[1]
+    found = atlas.dataset_map(user, ds["id"], model, method)
+    if found is not None:
+        st.session_state["ds_map_held"] = (key, found)
+    return found
+
+
+def map_tab() -> None:
+    """The map (a sample drawn, a selection over all points), the selected images and their bulk relabelling."""
+    model = st.session_state.get("ds_q_model") or GENERAL
+    st.caption(f"Every image as a point, near its look-alikes (embeddings of {ui.md(model)}, chosen in the Quality "
+               "tab). Draw a box or a lasso to select images; they show below, where they can be relabelled at once.")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    method = c1.radio("Layout", list(MAP_LAYOUTS), format_func=MAP_LAYOUTS.get, horizontal=True, key="ds_map_method")
+    colour = c2.selectbox("Colour by", MAP_COLOURS, key="ds_map_colour")
+    if c3.button("Compute UMAP", key="ds_map_umap", disabled=not member,
+                 help="A background job: embeds new images (cached per version), then lays them out with UMAP"):
+        try:
+            st.session_state["ds_map_job"] = jobs.submit(user, "map", atlas.map_job_config(user, ds["id"], model))
+        except UserError as exc:
+            ui.show_error(exc)
+    map_progress()
+    if st.session_state.get("ds_map_failed"):
+        st.error(f"The map job failed: {ui.md(st.session_state.pop('ds_map_failed'))}")
+    if st.session_state.get("ds_map_done"):
+        st.success(st.session_state.pop("ds_map_done"))
+    found = held_map(model, method)
+    if found is None:
+        st.info("No map yet: the images are not embedded with these embeddings. Press Compute UMAP (or Find issues "
+                "in the Quality tab); the PCA map shows as soon as they are." if method == "pca" else
+                "No UMAP map yet: press Compute UMAP. The PCA layout shows at once.")
+        return
+    ids, xy = found["ids"], found["xy"]
+    report = quality.dataset_issues(user, ds["id"], model)
+    kinds = {r["item"]: r["kind"] for r in (report["issues"] if report else [])}
+    values = {"concept": found["concept"], "split": found["split"],
+              "issue kind": [kinds.get(int(i), "none") for i in ids]}[colour]
+    drawn = atlas.drawn_sample(len(ids))
+    frame = pd.DataFrame({"x": xy[drawn, 0], "y": xy[drawn, 1], "item": ids[drawn],
+                          colour: np.asarray(values, dtype=object)[drawn]})
+    fig = px.scatter(frame, x="x", y="y", color=colour, hover_data=["item"], render_mode="webgl")
+    fig.update_traces(marker={"size": 5})
+    fig.update_layout(height=520, dragmode="lasso", margin=dict(l=10, r=10, t=10, b=10))
+    st.caption(f"{len(ids):,} images, {found['method'].upper()} of version {found['version']}"
+               + (f"; {len(drawn):,} drawn (a sample): a selection takes every image inside it"
+                  if len(drawn) < len(ids) else ""))
+    event = st.plotly_chart(fig, key="ds_map_chart", on_select="rerun", selection_mode=("box", "lasso"))
+    drawn_region = atlas.region_from_selection((event or {}).get("selection"))
+    if drawn_region != st.session_state.get("ds_map_drawn"):  # the chart's selection changed (or was cleared)
+        st.session_state["ds_map_drawn"] = drawn_region
+        st.session_state["ds_map_region"] = drawn_region
+    selected = ids[atlas.select_region(xy, st.session_state.get("ds_map_region"))].tolist()
+    if not selected:
+        st.caption("Nothing selected.")
+        return
+    st.markdown(f"**{len(selected):,} image(s) selected**" + (" (the first 50 shown)" if len(selected) > 50 else ""))
+    for start in range(0, min(len(selected), 50), 10):
+        for col, item_id in zip(st.columns(10), selected[start:start + 10]):
+            item = datasets.get_item(user, item_id)
+            col.image(item["thumb"], caption=f"selected #{item_id}: {ui.md(', '.join(item['labels']))}",
+                      width="stretch")
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    label = c1.selectbox("Label", concepts, key="ds_map_label", disabled=not mine)
+    new_label = c2.text_input("or a new concept", key="ds_map_new_label", disabled=not mine)
+    chosen = new_label.strip() or label
+    if c3.button(f"Relabel {len(selected):,}", key="ds_map_relabel", disabled=not mine or not chosen):
+        try:
+            version = datasets.relabel_items(user, ds["id"], {i: [chosen] for i in selected})
+        except UserError as exc:
+            ui.show_error(exc)
+        else:
+            st.session_state["ds_map_done"] = (f"{len(selected):,} image(s) relabelled {ui.md(repr(chosen))}: "
+                                               f"version {version}")
+            st.session_state.pop("ds_map_region", None)
+            st.rerun()
+    if c4.button("Clear the selection", key="ds_map_clear"):
+        st.session_state.pop("ds_map_region", None)
+        st.rerun()
+
+
+with tab_map:
+    map_tab()

@@ -194,6 +194,9 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
     "core.data.quality.last_training_config": ("dataset", "read", lambda u, r, w: _m(
         "core.data.quality.last_training_config")(u, r)),
     "core.data.quality.retrain": ("dataset", "change", lambda u, r, w: _m("core.data.quality.retrain")(u, r)),
+    "core.data.atlas.dataset_map": ("dataset", "read", lambda u, r, w: _m("core.data.atlas.dataset_map")(u, r)),
+    "core.data.atlas.map_job_config": ("dataset", "read",
+                                       lambda u, r, w: _m("core.data.atlas.map_job_config")(u, r)),
     "core.data.export.export_dataset": ("dataset", "read", lambda u, r, w: _m("core.data.export.export_dataset")(
         u, r, "csv", w.tmp / "out.zip")),
     "core.data.importer.resplit": ("dataset", "change", lambda u, r, w: _m("core.data.importer.resplit")(u, r, 0.5)),

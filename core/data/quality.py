@@ -223,6 +223,22 @@ def _load(folder: Path) -> tuple[np.ndarray, np.ndarray]:
         return z["ids"].astype(np.int64), z["vectors"].astype(np.float32)
 
 
+def newest_cache(ds: DatasetRow, key: str) -> tuple[int, Path] | None:
+    """(version, folder) of the dataset's newest embeddings cache with model ``key``, or None."""
+    found = _cache_folders(ds["id"], key)
+    return found[0] if found else None
+
+
+def version_cache(ds: DatasetRow, key: str) -> Path:
+    """The embeddings cache folder of the dataset's current version with model ``key`` (it may not exist yet)."""
+    return _folder(ds["id"], ds["version"], key)
+
+
+def load_cached(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The item ids and unit embeddings of a cache folder."""
+    return _load(folder)
+
+
 def embeddings(ds: DatasetRow, records: Sequence[Mapping[str, Any]], key: str,
                progress: Callable[[int, int, float], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -133,6 +133,13 @@ def _run_quality(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> d
     return run_quality(config, run_dir, callbacks, resume)
 
 
+def _run_map(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> dict:
+    from core.data.atlas import run_map
+
+    return run_map(config, run_dir, callbacks, resume)
+
+
 register("train", _run_train, _validate_train)
 register("index", _run_index, _validate_index)
 register("quality", _run_quality, _validate_quality)
+register("map", _run_map, _validate_quality)
