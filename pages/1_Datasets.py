@@ -10,7 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import jobs, ui
-from core.data import atlas, quality, samples
+from core.data import atlas, labelling, quality, samples
 from core.data import service as datasets
 from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, import_roots_help, resplit
@@ -470,8 +470,62 @@ def quality_tab() -> None:
         quality_change(lambda: quality.mark_checked(user, ds["id"], picked), f"{len(picked)} row(s) marked checked")
 
 
+def unlabelled_section() -> None:
+    """Suggested labels from a trained classifier, accepted above a confidence; "label these first"."""
+    st.caption("Images without a label: a classifier trained here suggests labels, accepted at once above a "
+               "confidence you choose; \"Label these first\" lists the images the labelled ones say least about "
+               "(the most uncertain, spread over the data).")
+    classifiers = [m["name"] for m in models_service.list_models(user, "classifier")]
+    c1, c2 = st.columns([3, 1])
+    clf = c1.selectbox("Suggest labels with", classifiers, key="ds_u_model", disabled=not classifiers,
+                       help="Train a classifier on the labelled images first (Train page)")
+    if c2.button("Suggest labels", key="ds_u_suggest", disabled=not clf or not mine):
+        with st.spinner("Predicting..."):
+            try:
+                st.session_state["ds_u_suggestions"] = (ds["id"], labelling.suggest_labels(user, ds["id"], clf))
+            except UserError as exc:
+                ui.show_error(exc)
+    held = st.session_state.get("ds_u_suggestions")
+    suggestions = held[1] if held and held[0] == ds["id"] else []
+    if suggestions:
+        floor = st.slider("Accept at or above this confidence", 0.0, 1.0, 0.9, 0.01, key="ds_u_min")
+        above = [s for s in suggestions if s["confidence"] >= floor]
+        st.dataframe([{"item": s["item"], "suggested": ", ".join(s["suggested"]), "confidence": s["confidence"]}
+                      for s in suggestions[:500]], hide_index=True, width="stretch",
+                     column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
+                                                                                  max_value=1.0)})
+        if st.button(f"Accept {len(above):,} suggestion(s)", key="ds_u_accept", disabled=not above or not mine):
+            try:
+                version, done = labelling.accept_suggested(user, ds["id"], suggestions, floor)
+            except UserError as exc:
+                ui.show_error(exc)
+            else:
+                st.session_state.pop("ds_u_suggestions", None)
+                st.session_state["ds_q_done"] = f"{done:,} image(s) labelled as suggested: version {version}"
+                st.rerun()
+    c1, c2 = st.columns([3, 1])
+    n = int(c1.number_input("How many", 1, labelling.MAX_FIRST, 20, key="ds_u_first_n"))
+    if c2.button("Label these first", key="ds_u_first"):
+        with st.spinner("Embedding and ranking..."):
+            try:
+                st.session_state["ds_u_first_list"] = (ds["id"], labelling.label_first(
+                    user, ds["id"], n, st.session_state.get("ds_q_model") or GENERAL))
+            except UserError as exc:
+                ui.show_error(exc)
+    held = st.session_state.get("ds_u_first_list")
+    first = held[1] if held and held[0] == ds["id"] else []
+    if held and held[0] == ds["id"] and not first:
+        st.success("Every image has a label.")
+    for start in range(0, len(first), 10):
+        for col, f in zip(st.columns(10), first[start:start + 10]):
+            col.image(datasets.thumbnail_path(user, f["item"]),
+                      caption=f"first #{f['item']} ({ui.md(f['guess'] or '?')}?)", width="stretch")
+
+
 with tab_quality:
     quality_tab()
+    if st.toggle("Unlabelled images", key="ds_u_show"):
+        unlabelled_section()
 
 
 # ------------------------------------------------------------------------------------------------ map

@@ -197,6 +197,12 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
     "core.data.atlas.dataset_map": ("dataset", "read", lambda u, r, w: _m("core.data.atlas.dataset_map")(u, r)),
     "core.data.atlas.map_job_config": ("dataset", "read",
                                        lambda u, r, w: _m("core.data.atlas.map_job_config")(u, r)),
+    "core.data.labelling.suggest_labels": ("dataset", "read", lambda u, r, w: _m("core.data.labelling.suggest_labels")(
+        u, r, w.refs["model"])),
+    "core.data.labelling.label_first": ("dataset", "read", lambda u, r, w: _m("core.data.labelling.label_first")(u, r)),
+    "core.data.labelling.accept_suggested": ("dataset", "change", lambda u, r, w: _m(
+        "core.data.labelling.accept_suggested")(u, r, [{"item": w.refs["item"], "suggested": ["x"], "confidence": 1}],
+                                                0.5)),
     "core.data.export.export_dataset": ("dataset", "read", lambda u, r, w: _m("core.data.export.export_dataset")(
         u, r, "csv", w.tmp / "out.zip")),
     "core.data.importer.resplit": ("dataset", "change", lambda u, r, w: _m("core.data.importer.resplit")(u, r, 0.5)),
