@@ -9,6 +9,7 @@ the top N label suspects, N = the number flipped (goal >= 0.8), and how many of 
 
     .venv/bin/python bench/bench_quality.py               # all of Caltech-101 (9,145 images, 305 flips)
     .venv/bin/python bench/bench_quality.py --classes 10  # a quick run on the first 10 concepts
+    .venv/bin/python bench/bench_quality.py --map 100000  # the map's page-side costs at 100,000 points only
 """
 
 from __future__ import annotations
@@ -71,12 +72,54 @@ def reference(ids: np.ndarray, vectors: np.ndarray, labels: list[list[str]], see
     return [int(ids[r]) for r in ranked], {int(ids[r]): names[int(np.argmax(probs[r]))] for r in ranked}
 
 
+def map_costs(n: int) -> None:
+    """What the Map tab does per rerun at ``n`` points, on a synthetic 2-D layout: draw a sample, build the WebGL
+    scatter (and its JSON, what the browser receives), and select among all points with a box and a 64-point lasso."""
+    import pandas as pd
+    import plotly.express as px
+
+    from core.data import atlas
+
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(n, 2)).astype(np.float32)
+    ids = np.arange(n, dtype=np.int64)
+    concept = rng.integers(0, 100, n).astype(str).astype(object)
+    t = {}
+    t0 = time.perf_counter()
+    drawn = atlas.drawn_sample(n)
+    frame = pd.DataFrame({"x": xy[drawn, 0], "y": xy[drawn, 1], "item": ids[drawn], "concept": concept[drawn]})
+    fig = px.scatter(frame, x="x", y="y", color="concept", hover_data=["item"], render_mode="webgl")
+    t["figure"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    payload = fig.to_json()
+    t["json"] = time.perf_counter() - t0
+    angles = np.linspace(0, 2 * np.pi, 64, endpoint=False)
+    lasso = [[float(np.cos(a)), float(np.sin(a))] for a in angles]
+    t0 = time.perf_counter()
+    box = atlas.select_region(xy, {"boxes": [[-0.5, 0.5, -0.5, 0.5]], "lassos": []})
+    t["box"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    inside = atlas.select_region(xy, {"boxes": [], "lassos": [lasso]})
+    t["lasso"] = time.perf_counter() - t0
+    print(f"| {n:,} | {len(drawn):,} | {t['figure'] * 1000:.0f} | {t['json'] * 1000:.0f} | "
+          f"{len(payload) / 2**20:.1f} | {t['box'] * 1000:.1f} ({int(box.sum()):,}) | "
+          f"{t['lasso'] * 1000:.1f} ({int(inside.sum()):,}) |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--classes", type=int, default=0, help="only the first N concepts (0: all 101 + background)")
     ap.add_argument("--fraction", type=float, default=0.05, help="share of training labels flipped")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--map", type=int, default=0, help="only measure the map's page-side costs at N points")
     args = ap.parse_args()
+    if args.map:
+        print("| points | drawn | figure ms | JSON ms | JSON MiB | box select ms (selected) | "
+              "lasso select ms (selected) |")
+        print("|---|---|---|---|---|---|---|")
+        for n in (10_000, args.map):
+            map_costs(n)
+        return 0
     source = ROOT.parent / "shared" / "datasets" / "caltech101"
     work = Path(tempfile.mkdtemp(prefix="bench-quality-"))
     os.environ["DEEPTRAIN_HOME"] = str(work / "home")
