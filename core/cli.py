@@ -194,6 +194,8 @@ def cmd_dataset_issues(args: argparse.Namespace) -> int:
     from core import jobs
     from core.data import quality
 
+    if args.limit < 0:
+        raise UserError(f"--limit must be 0 (every row) or more, got {args.limit}")
     job_id = jobs.submit(args.user, "quality", quality.quality_job_config(args.user, args.name, args.model))
     bar = tqdm(total=100, desc=f"quality job {job_id}", file=sys.stderr, unit="%", leave=False,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")

@@ -374,6 +374,8 @@ def quality_tab() -> None:
                                                        quality.quality_job_config(user, ds["id"], model))
         except UserError as exc:
             ui.show_error(exc)
+        else:
+            st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
     quality_progress()
     if st.session_state.get("ds_q_failed"):
         st.error(f"The quality check failed: {ui.md(st.session_state.pop('ds_q_failed'))}")
@@ -580,6 +582,8 @@ def map_tab() -> None:
             st.session_state["ds_map_job"] = jobs.submit(user, "map", atlas.map_job_config(user, ds["id"], model))
         except UserError as exc:
             ui.show_error(exc)
+        else:
+            st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
     map_progress()
     if st.session_state.get("ds_map_failed"):
         st.error(f"The map job failed: {ui.md(st.session_state.pop('ds_map_failed'))}")

@@ -144,6 +144,9 @@ def test_cli_issues_json_runs_a_job_and_prints_the_ranked_rows(tmp_path, capsys)
 
     assert main(["dataset", "issues", "nope", "--json"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert main(["dataset", "issues", "q", "--limit", "-1"]) == 2
+    assert "--limit must be 0" in capsys.readouterr().err
+    assert [j["type"] for j in list_jobs("local")] == ["quality"]  # refused before anything was queued
 
 
 def test_another_users_dataset_answers_as_missing(tmp_path):
