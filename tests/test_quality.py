@@ -107,15 +107,18 @@ def test_fashion_mnist_images_in_caltech_rank_first_as_outliers(tmp_path):
 
 
 def test_near_duplicates_and_multi_label_lists(tmp_path):
-    """A resized copy is listed as a near-duplicate; on a multi-label dataset given and suggested are lists."""
-    src = caltech_slice(tmp_path / "src", CLASSES[:3], 6)
+    """A resized copy is listed as a near-duplicate; on a multi-label dataset given and suggested are lists, and a
+    photo whose only label is another concept's is found."""
+    src = caltech_slice(tmp_path / "src", CLASSES[:3], 8)
     photo = sorted((src / "accordion").iterdir())[0]
     with Image.open(photo) as im:
         im.resize((im.width * 3 // 4, im.height * 3 // 4)).save(src / "accordion" / "copy.jpg", quality=90)
     import_dataset("local", src, "m", workers=1)
     recs = datasets.dataset_records("local", "m")
-    datasets.relabel_items("local", "m", {recs[0]["item_id"]: [*recs[0]["labels"], "instrument"],
-                                          recs[1]["item_id"]: [*recs[1]["labels"], "instrument"]})
+    by = {c: [r for r in recs if r["labels"] == [c]] for c in CLASSES[:3]}
+    wrong = by["airplanes"][3]["item_id"]
+    datasets.relabel_items("local", "m", {**{r["item_id"]: [r["labels"][0], "machine"] for r in by["airplanes"][:3]},
+                                          wrong: ["dalmatian"]})
     report = quality.find_issues_now("local", "m")
     assert report["multi_label"]
     dups = [r for r in report["issues"] if r["kind"] == "near_duplicate"]
@@ -124,7 +127,10 @@ def test_near_duplicates_and_multi_label_lists(tmp_path):
     assert len(pair) == 2 and len(dups) == 1, report["issues"]
     assert dups[0]["item"] == max(pair) and dups[0]["score"] >= 0.9, dups
     assert all(isinstance(r["given"], list) for r in report["issues"])
-    assert all(isinstance(r["suggested"], list) for r in report["issues"] if r["kind"] == "label")
+    labels = [r for r in report["issues"] if r["kind"] == "label"]
+    found = [r for r in labels if r["item"] == wrong]
+    assert found and found[0]["given"] == ["dalmatian"] and "airplanes" in found[0]["suggested"], labels
+    assert all(isinstance(r["suggested"], list) and 0 <= r["score"] <= 1 for r in labels)
 
 
 def test_cli_issues_json_runs_a_job_and_prints_the_ranked_rows(tmp_path, capsys):

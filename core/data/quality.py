@@ -6,7 +6,8 @@ embedder or a trained model the user sees, then:
 - label issues: out-of-sample predicted probabilities from k-fold logistic regression on the embeddings
   (scikit-learn ``cross_val_predict``), given to cleanlab (``cleanlab.filter.find_label_issues``, ranked by
   self-confidence); the suggested label is the most probable concept (every concept at or above one half on a
-  multi-label dataset). Score: 1 - the probability the held-out model gives the given label.
+  multi-label dataset). Score: 1 - the probability the held-out model gives the given label (multi-label: 1 -
+  cleanlab's label quality score, its per-concept self-confidences pooled).
 - outliers: each image's uniqueness is its mean cosine distance to its ``OUTLIER_NEIGHBOURS`` nearest images (FAISS,
   exact); an image above the upper Tukey fence (Q3 + 1.5 IQR) of the dataset's uniqueness is an outlier. Score: the
   share of the dataset's images less unique than it.
@@ -113,6 +114,9 @@ def label_issues(labels: Sequence[Sequence[str]], vectors: np.ndarray, seed: int
             probs = cross_val_predict(OneVsRestClassifier(_standardised_logreg(seed)), x, y, cv=cv,
                                       method="predict_proba")
             ranked = find_label_issues(given, probs, multi_label=True, return_indices_ranked_by="self_confidence")
+            from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+            quality_of = get_label_quality_scores(given, probs)  # per class self-confidence, pooled
         else:
             y1 = np.array([col[labels[i][0]] for i in rows], np.int64)
             cv = StratifiedKFold(_folds(np.bincount(y1).tolist()), shuffle=True, random_state=seed)
@@ -123,8 +127,7 @@ def label_issues(labels: Sequence[Sequence[str]], vectors: np.ndarray, seed: int
         p = probs[r]
         if multi:
             picked = [names[c] for c in np.flatnonzero(p >= 0.5)] or [names[int(np.argmax(p))]]
-            # 1 - the probability of the given set (independent concepts), as cleanlab's self-confidence per class
-            given_p = float(np.prod([p[c] if c in given[r] else 1.0 - p[c] for c in range(len(names))]))
+            given_p = float(quality_of[r])
         else:
             picked = [names[int(np.argmax(p))]]
             given_p = float(p[y1[r]])
