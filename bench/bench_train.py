@@ -13,6 +13,15 @@ in at most 1.2x its time.
     python bench/bench_train.py --classes 5 --per-class 12 --image-size 96   # smoke run
     python bench/bench_train.py --fashion            # also InceptionV2 / AngularMargin from scratch on Fashion-MNIST
     python bench/bench_train.py --fashion-only       # only those
+    python bench/bench_train.py --sizes              # issue 26: the defaults against a tuned probe at every size
+
+``--sizes``: at 5, 10 and 20 training images per concept and the whole train list of Caltech-101 (test: 10 per
+concept of the test list for the subsets, the whole list for the full run), and Fashion-MNIST at 10 and 100 per
+class (100 test per class), each in a fresh data directory: the template with its defaults (``tune_head`` on) against
+a logistic-regression probe on the same Lite0 ImageNet features (L2-normalised; ``LogisticRegressionCV``, its C
+chosen by cross-validation on the training split). Both timed from the images on disk to test predictions; the
+template's test accuracy is the stored model's. Goal: at least the probe's accuracy at every size in at most 1.2x its
+time.
 """
 
 from __future__ import annotations
@@ -137,6 +146,106 @@ def template_run(manifest: Path, root: Path, test: list, classes: list[str], ima
             "note": f"import {t_import:.0f} s apart; loop top1 {result.metrics.get('top1', float('nan')):.4f}"}
 
 
+def probe(train: list[tuple[str, str]], test: list[tuple[str, str]], image_size: int) -> dict:
+    """The plain reference of --sizes: fixed Lite0 ImageNet features of (path, concept) pairs, L2-normalised, and
+    scikit-learn's LogisticRegressionCV (C from 1e-2 to 1e3 by k-fold cross-validation on the training split)."""
+    import torch
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegressionCV
+
+    from core.models.preprocess import make_transform, preprocess_config
+    from core.models.weights import lite0_imagenet_state_dict
+
+    t0 = time.perf_counter()
+    import timm
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    net.load_state_dict({k: v for k, v in lite0_imagenet_state_dict().items() if not k.startswith("classifier.")})
+    net = net.eval().to(memory_format=torch.channels_last)  # as fast as the engine's pass: only the fit differs
+    tf = make_transform(preprocess_config(*TEMPLATE, {"image_size": image_size}), train=False)
+
+    def load(path: str):
+        with Image.open(path) as im:
+            return tf(im.convert("RGB"))
+
+    def features(items: list[tuple[str, str]]) -> np.ndarray:
+        out = []
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool, torch.inference_mode():
+            for i in range(0, len(items), 64):
+                x = torch.stack(list(pool.map(load, [p for p, _ in items[i:i + 64]])))
+                out.append(net(x.contiguous(memory_format=torch.channels_last)).numpy())
+        f = np.concatenate(out)
+        return f / np.linalg.norm(f, axis=1, keepdims=True).clip(1e-12)
+
+    concepts = sorted({c for _, c in train})
+    index = {c: i for i, c in enumerate(concepts)}
+    xtr, ytr = features(train), np.array([index[c] for _, c in train])
+    xte, yte = features(test), np.array([index[c] for _, c in test])
+    folds = int(min(5, np.bincount(ytr).min()))
+    clf = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=folds, max_iter=2000).fit(xtr, ytr)
+    pred = clf.predict(xte)
+    return {"seconds": time.perf_counter() - t0, "top1": float(np.mean(pred == yte)), "C": float(clf.C_[0]),
+            "folds": folds}
+
+
+def defaults_on(dataset: str, test: list[tuple[str, str]]) -> dict:
+    """The template with its defaults on an imported dataset (train() to the stored model, timed), and the stored
+    model's top-1 on the test (path, concept) pairs."""
+    from PIL import Image
+
+    from core.models.io import load_model_dir
+    from core.training import ConsoleCallbacks, train
+
+    t0 = time.perf_counter()
+    result = train({"dataset": dataset, "kind": TEMPLATE[0], "template": TEMPLATE[1], "params": {}, "seed": 0},
+                   Path(os.environ["DEEPTRAIN_HOME"]) / "runs" / dataset, ConsoleCallbacks(quiet=True))
+    seconds = time.perf_counter() - t0
+    model = load_model_dir(result.model_path)
+    probs = []
+    for i in range(0, len(test), 64):
+        ims = [Image.open(p).convert("RGB") for p, _ in test[i:i + 64]]
+        probs.append(model.predict(ims))
+    pred = np.concatenate(probs).argmax(1)
+    index = {c: i for i, c in enumerate(model.concepts)}
+    yte = np.array([index[c] for _, c in test])
+    return {"seconds": seconds, "top1": float(np.mean(pred == yte)), "tuned": result.metrics.get("tuned_lrate")}
+
+
+def sizes(root: Path) -> None:
+    """The --sizes table (see the module docstring)."""
+    from core.data import samples
+    from core.data.importer import import_dataset
+    from core.store import datasets as ds
+
+    classes = sorted({ln.split("/", 1)[0] for ln in (root / "train.txt").read_text().split()})
+    cases: list[tuple[str, object]] = [(f"Caltech-101, {n}/concept", n) for n in (5, 10, 20)]
+    cases.append(("Caltech-101, whole train list", None))
+    cases += [(f"Fashion-MNIST, {n}/class", ("fashion", n)) for n in (10, 100)]
+    print("| dataset | train | test | probe top-1 (C) | probe s | defaults top-1 (tuned lrate) | defaults s "
+          "| x probe |\n|---|---|---|---|---|---|---|---|", flush=True)
+    for label, case in cases:
+        work = Path(tempfile.mkdtemp(prefix="bench_train_sizes_"))
+        os.environ["DEEPTRAIN_HOME"] = str(work / "home")
+        if isinstance(case, tuple):
+            samples.import_fashion_mnist("local", "data", per_class=case[1], test_per_class=100, val_fraction=0)
+            meta = ds.get_dataset("local", "data")
+            recs = ds.dataset_records(meta["id"])
+            train = [(r["path"], r["labels"][0]) for r in recs if r["split"] == "train"]
+            test = [(r["path"], r["labels"][0]) for r in recs if r["split"] == "test"]
+        else:
+            tr = read_list(root, "train.txt", classes, case)
+            te = read_list(root, "test.txt", classes, None if case is None else 10)
+            import_dataset("local", make_manifest(root, work / "src", tr, te), "data", fmt="csv")
+            src = work / "src"
+            train, test = [(str(src / p), c) for p, c in tr], [(str(src / p), c) for p, c in te]
+        ref = probe(train, test, 224)
+        mine = defaults_on("data", test)
+        print(f"| {label} | {len(train)} | {len(test)} | {ref['top1']:.4f} (C={ref['C']:g}, {ref['folds']}-fold) | "
+              f"{ref['seconds']:.0f} | {mine['top1']:.4f} ({mine['tuned']}) | {mine['seconds']:.0f} | "
+              f"{mine['seconds'] / ref['seconds']:.2f} |", flush=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def fashion(epochs: int, per_class: int, image_size: int, only: str = "") -> list[tuple[str, dict]]:
     """InceptionV2 (test top-1) and AngularMargin (recall@1 of test queries vs train) from scratch on Fashion-MNIST.
 
@@ -180,6 +289,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=0, help="at most N images per class per list (0: all)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--set", action="append", default=[], help="template parameter key=value (default: defaults)")
+    ap.add_argument("--sizes", action="store_true", help="the defaults against a tuned probe at several dataset sizes")
     ap.add_argument("--fashion", action="store_true", help="also the from-scratch Fashion-MNIST runs")
     ap.add_argument("--fashion-only", action="store_true", help="only the Fashion-MNIST runs (no Caltech-101)")
     ap.add_argument("--fashion-per-class", type=int, default=1000)
@@ -189,6 +299,9 @@ def main() -> None:
 
     from core import paths
 
+    if args.sizes:
+        sizes(paths.caltech101_dir())
+        return
     if args.fashion_only:
         work = Path(tempfile.mkdtemp(prefix="bench_train_"))
         os.environ["DEEPTRAIN_HOME"] = str(work / "home")

@@ -16,3 +16,15 @@ def report_count(progress: Progress | None, done: int, total: int, what: str) ->
     """``progress(done / total, f"{what} {done}/{total}")``; nothing when ``progress`` is None."""
     if progress is not None:
         progress(min(1.0, done / max(total, 1)), f"{what} {done}/{total}")
+
+
+def part(progress: Progress | None, start: float, end: float) -> Progress | None:
+    """A callback that maps its 0..1 onto ``start``..``end`` of ``progress`` (one stage of several); None for None."""
+    if progress is None:
+        return None
+    outer = progress
+
+    def inner(fraction: float, message: str) -> None:
+        outer(start + (end - start) * min(1.0, max(0.0, fraction)), message)
+
+    return inner

@@ -204,6 +204,28 @@ class TrainTime(TrainTimes):
     text: str  # a sentence for the model's details
 
 
+class TuningCandidate(TypedDict):
+    """One learning rate the head tried (``core.training.tuning``): its loss and top-1 on the held-out fold."""
+
+    lrate: float
+    val_loss: float
+    val_top1: float
+
+
+class HeadTuning(TypedDict, total=False):
+    """``core.training.tuning.tune_head``'s record, saved in the model's config as ``head_tuning``; ``text`` is added
+    by ``core.evaluation.service.head_tuning`` for people."""
+
+    param: str
+    chosen: float
+    grid: list[float]
+    candidates: list[TuningCandidate]
+    fit_items: int
+    val_items: int
+    seconds: float
+    text: str
+
+
 class ModelRow(TypedDict):
     """A row of the ``models`` table (``core.store.models``)."""
 
@@ -355,6 +377,17 @@ class EmbedderFigures(TypedDict):
     map_at_r: float | None
 
 
+class EmbedderBaseline(TypedDict):
+    """The general embedder's retrieval figures on an embedder's evaluation split (``Evaluation["baseline"]``)."""
+
+    model: str  # core.models.GENERAL
+    label: str
+    recall_at_1: float | None
+    recall_at_5: float | None
+    recall_at_k: dict[str, float | None]
+    map_at_r: float | None
+
+
 class DetectorFigures(TypedDict):
     """``core.evaluation.metrics.detector_metrics``: COCO-style mAP@[.5:.95], AP50, AP75 and per-concept AP."""
 
@@ -401,6 +434,7 @@ class Evaluation(TypedDict, total=False):
     recall_at_k: dict[str, float | None]
     map_at_r: float | None
     map_method: str
+    baseline: EmbedderBaseline  # the general embedder on the same queries and gallery
     # one key, two meanings: a detector's mAP@[.5:.95], an embedder's 2-D map (points with x, y, item_id, path,
     # concept, labels, split)
     map: float | list[dict[str, Any]] | None

@@ -116,14 +116,20 @@ def misclassified_view(row: dict, result: dict) -> None:
 
 
 def embedder_view(row: dict, result: dict) -> None:
+    base = result.get("baseline") or {}
     c = st.columns(4)
-    c[0].metric("recall@1", f"{result['recall_at_1']:.3f}")
-    c[1].metric("recall@5", f"{result['recall_at_5']:.3f}")
-    c[2].metric("mAP@R", "n/a" if result["map_at_r"] is None else f"{result['map_at_r']:.3f}")
+    for col, (label, key) in zip(c, (("recall@1", "recall_at_1"), ("recall@5", "recall_at_5"), ("mAP@R", "map_at_r"))):
+        value, before = result.get(key), base.get(key)
+        delta = None if value is None or before is None else f"{value - before:+.3f} vs general ({before:.3f})"
+        col.metric(label, "n/a" if value is None else f"{value:.3f}", delta=delta)
     c[3].metric("Queries / gallery", f"{result['queries']} / {result['gallery']}")
     st.caption(f"The {result['split']} split's images are the queries, every other image the gallery; a result is "
-               "relevant when it shares a concept with the query.")
-    st.plotly_chart(charts.recall_at_k([(row["name"], result["recall_at_k"])]), key="models_rk_chart")
+               "relevant when it shares a concept with the query. The differences are against the untrained general "
+               "embedder on the same queries and gallery: what training bought.")
+    curves = [(row["name"], result["recall_at_k"])]
+    if base.get("recall_at_k"):
+        curves.append((base["label"], base["recall_at_k"]))
+    st.plotly_chart(charts.recall_at_k(curves), key="models_rk_chart")
     st.subheader("Embedding map")
     st.caption("Hover a point for its concept; select points (click or lasso) to see their images. The downloadable "
                "report shows each image on hover.")
@@ -341,6 +347,12 @@ model_id = st.selectbox("Open model", ids, key="models_selected",
                                               f"{by_id[i]['template']} · {by_id[i]['dataset']}")
 row = service.get(user, model_id)
 st.caption(service.train_time(user, model_id)["text"])
+tuned = service.head_tuning(user, model_id)
+if tuned:
+    with st.expander(tuned["text"]):
+        st.dataframe([{"lrate": c["lrate"], "held-out loss": round(c["val_loss"], 4),
+                       "held-out top-1": round(c["val_top1"], 4), "chosen": c["lrate"] == tuned["chosen"]}
+                      for c in tuned["candidates"]], hide_index=True, key="models_tuning")
 
 tab_eval, tab_predict, tab_share, tab_compare, tab_import = st.tabs(
     ["Evaluation", "Predict", "Report, export, delete", "Compare", "Import"])

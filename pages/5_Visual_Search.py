@@ -205,7 +205,10 @@ if ui.NEXT_SEARCH_ITEM_KEY in st.session_state:  # "Find similar" from the Datas
         ui.show_error(exc)
 if st.session_state.get("vs_index") not in names:
     st.session_state["vs_index"] = names[0]
-name = st.selectbox("Index", names, key="vs_index")
+name = st.selectbox("Index", names, key="vs_index",
+                    format_func=lambda n: f"{n} · embedder: {by_name[n]['model_label']}",
+                    help="Each index searches with the embedder it was built with; a trained one ranks by your "
+                    "concepts, the general one by ImageNet's.")
 facts = by_name[name]
 facts_section(name, facts)
 ui.share_toggle(user, facts, lambda visibility: service.share_index(user, name, visibility), key="vs_share",

@@ -154,6 +154,16 @@ def test_embedder_figures_match_direct_computation(home):
     assert len(result["map"]) == len(records) and result["map_method"] in {"pca", "umap"}
     assert set(m.embedder_metrics(emb[q], [records[i]["labels"] for i in q], emb[g],
                                   [records[i]["labels"] for i in g])) <= set(result)
+    # beside it, what the untrained general embedder scores on the same queries and gallery
+    from core.models.general import general_embedder
+
+    gen = general_embedder().embed(service.open_images([r["path"] for r in records]))
+    direct = m.embedder_metrics(gen[q], [records[i]["labels"] for i in q], gen[g], [records[i]["labels"] for i in g])
+    base = result["baseline"]
+    assert base["model"] == "general" and base["label"].startswith("general")
+    for key in ("recall_at_1", "recall_at_5", "map_at_r"):
+        assert base[key] == pytest.approx(direct[key], abs=1e-6), key
+    assert service.evaluate("local", "embedder", refresh=True)["baseline"] == base  # cached per dataset version
 
 
 def test_compare_models_same_dataset(home):

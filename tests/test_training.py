@@ -473,8 +473,9 @@ def test_transfer_classifier_on_a_trained_embedder_base(tmp_path, tiny):
     from core.models.io import load_model_dir
 
     name = LITE0[1]
-    params = tiny_params(get_template("embedder", name))
-    emb = train(_config("embedder", name, params, name="my-embedder"), tmp_path / "emb")
+    emb = train(_config("embedder", name, tiny_params(get_template("embedder", name)), name="my-embedder"),
+                tmp_path / "emb")
+    params = tiny_params(get_template("classifier", name))
     clf = train(_config("classifier", name, params, base_model="my-embedder", name="on-base"), tmp_path / "clf")
     row = mstore.get_model_by_id(clf.model_id)
     assert row["base_model_id"] == emb.model_id

@@ -279,7 +279,7 @@ def embedding_map(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, st
     try:
         import umap  # optional
 
-        coords = umap.UMAP(n_components=2, random_state=seed).fit_transform(embeddings)
+        coords = umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(embeddings)
         return np.asarray(coords, dtype=np.float32), "umap"
     except ImportError:
         from sklearn.decomposition import PCA

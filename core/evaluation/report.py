@@ -130,7 +130,20 @@ def _classifier_sections(row: ModelRow, result: Evaluation, threshold: float) ->
     ]
 
 
+def _baseline_table(result: Evaluation) -> list[str]:
+    """This model's recall@1, recall@5 and mAP@R beside the untrained general embedder's on the same split."""
+    base = result.get("baseline")
+    if not base:
+        return []
+    names = (("recall@1", "recall_at_1"), ("recall@5", "recall_at_5"), ("mAP@R", "map_at_r"))
+    rows = [{"model": "this model", **{label: result.get(k) for label, k in names}},
+            {"model": base["label"], **{label: base.get(k) for label, k in names}}]
+    return ["<p>What training bought: the untrained general embedder on the same queries and gallery.</p>",
+            _table(rows, ["model", *(label for label, _ in names)])]
+
+
 def _embedder_sections(result: Evaluation) -> list[str]:
+    base = result.get("baseline")
     points = charts.map_points(result)
     thumbs = [thumbnail_b64(p["path"], 96) if i < MAP_THUMBS else "" for i, p in enumerate(points)]
     hover_js = (
@@ -143,7 +156,9 @@ def _embedder_sections(result: Evaluation) -> list[str]:
         "<h2>Retrieval</h2>",
         f"<p>{result['queries']} queries from the {html.escape(result['split'])} split against a gallery of "
         f"{result['gallery']} other images; relevant = shares a concept.</p>",
-        _fig(charts.recall_at_k([("model", result["recall_at_k"])]), "rk"),
+        *_baseline_table(result),
+        _fig(charts.recall_at_k([("model", result["recall_at_k"])]
+                                + ([(base["label"], base["recall_at_k"])] if base else [])), "rk"),
         "<h2>Embedding map</h2><p class=muted>hover a point to see its image</p>",
         _fig(charts.embedding_map(result, thumbs), "embmap"), hover_js,
     ]

@@ -8,6 +8,7 @@ module's ``EVAL_VERSION`` are unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -19,11 +20,21 @@ import numpy as np
 
 from core.errors import UserError
 from core.evaluation import metrics as m
-from core.progress import Progress
-from core.records import ConceptFigures, DatasetRow, DatasetSummary, Evaluation, ModelRow, TrainTime, TrainTimes
+from core.progress import Progress, part
+from core.records import (
+    ConceptFigures,
+    DatasetRow,
+    DatasetSummary,
+    EmbedderBaseline,
+    Evaluation,
+    HeadTuning,
+    ModelRow,
+    TrainTime,
+    TrainTimes,
+)
 from core.users import User, as_user, can_see, check_visibility, require_owner
 
-EVAL_VERSION = 1  # bump when the figures' definitions change, so old caches are recomputed
+EVAL_VERSION = 2  # bump when the figures' definitions change, so old caches are recomputed
 BATCH = 32  # images per forward pass during evaluation
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -257,21 +268,52 @@ def _evaluate_embedder(row: ModelRow, dataset: DatasetRow, loaded,
     if not queries or not gallery:
         raise UserError(f"model {row['name']!r}: dataset {dataset['name']!r} needs labelled images both in the "
                         f"{split} split (queries) and outside it (gallery) to evaluate retrieval")
-    emb = np.concatenate(_batched(loaded, [r["path"] for r in records], "embed", progress, "embedding"))
+    paths = [r["path"] for r in records]
+    emb = np.concatenate(_batched(loaded, paths, "embed", part(progress, 0.0, 0.5), "embedding"))
     labels = [r["labels"] for r in records]
     figures = m.embedder_metrics(emb[queries], [labels[i] for i in queries], emb[gallery], [labels[i] for i in gallery])
+    baseline = _general_baseline(dataset, records, queries, gallery, part(progress, 0.5, 1.0))
     rng = np.random.default_rng(0)
     shown = np.arange(len(records))
     if len(shown) > m.MAP_POINTS:
         shown = np.sort(rng.choice(shown, m.MAP_POINTS, replace=False))
     coords, method = m.embedding_map(emb[shown])
     result: Evaluation = {
-        **figures, "kind": "embedder", "split": split, "map_method": method,
+        **figures, "kind": "embedder", "split": split, "map_method": method, "baseline": baseline,
         "map": [{"x": float(x), "y": float(y), "item_id": records[i]["item_id"], "path": records[i]["path"],
                  "concept": records[i]["labels"][0], "labels": records[i]["labels"], "split": records[i]["split"]}
                 for (x, y), i in zip(coords.tolist(), shown.tolist())],
     }
     return result, {"embeddings": emb.astype(np.float32), "item_ids": np.array([r["item_id"] for r in records])}
+
+
+def _general_baseline(dataset: DatasetRow, records: list[dict], queries: list[int], gallery: list[int],
+                      progress: Progress | None) -> EmbedderBaseline:
+    """The general embedder's retrieval figures on the same queries and gallery: what training bought. Cached per
+    dataset version and split (every embedder of the dataset shares it) under the data directory's cache."""
+    from core import paths as data_paths
+    from core.fsutil import atomic_write_bytes
+    from core.models import GENERAL
+    from core.models.general import general_config, general_embedder
+    from core.search.embed import model_label
+
+    labels = [r["labels"] for r in records]
+    ident = {"eval_version": EVAL_VERSION, "general": general_config(), "version": dataset["version"],
+             "queries": [records[i]["item_id"] for i in queries], "gallery": [records[i]["item_id"] for i in gallery]}
+    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    cache = data_paths.subdir("cache") / f"baseline-ds{int(dataset['id'])}-{digest}.json"
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        pass
+    emb = np.concatenate(_batched(general_embedder(), [r["path"] for r in records], "embed", progress,
+                                  "embedding with the general embedder (baseline)"))
+    figures = m.embedder_metrics(emb[queries], [labels[i] for i in queries], emb[gallery], [labels[i] for i in gallery])
+    baseline: EmbedderBaseline = {"model": GENERAL, "label": model_label(GENERAL),
+                                  "recall_at_1": figures["recall_at_1"], "recall_at_5": figures["recall_at_5"],
+                                  "recall_at_k": figures["recall_at_k"], "map_at_r": figures["map_at_r"]}
+    atomic_write_bytes(cache, json.dumps(baseline).encode())
+    return baseline
 
 
 def box_arrays(boxes: Sequence[dict], concepts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -418,6 +460,24 @@ def train_time(user: User | str, model: str | int) -> TrainTime:
     return {**t, "text": f"Trained in {_duration(t['wall_seconds'])} (its job's wall time): {inside}, and "
                          f"{_duration(t['before_seconds'])} for start-up, decoding images or computing backbone "
                          "features, evaluation and saving."}
+
+
+def head_tuning(user: User | str, model: str | int) -> HeadTuning | None:
+    """How a model ``user`` sees chose its head's learning rate (``tune_head``): the choice, the grid, each candidate's
+    held-out loss and top-1, and ``text``, a sentence for its details; None when it did not tune."""
+    from core.models.io import read_config
+    from core.training.tuning import describe
+
+    row = get(user, model)
+    try:
+        tuned = read_config(row["path"]).get("head_tuning")
+    except UserError:
+        return None
+    if not tuned:
+        return None
+    return {**tuned, "text": f"{describe(tuned)[0].upper()}{describe(tuned)[1:]}, the lowest loss on "
+                             f"{tuned['val_items']} training images held out (trained on {tuned['fit_items']}), "
+                             "then trained on the whole training split with it."}
 
 
 def registry_rows(user: User | str) -> list[dict]:

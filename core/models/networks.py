@@ -23,6 +23,9 @@ TRANSFER_EMBED_DIM = 1024  # Clarifai_InceptionTransferEmbedNorm's embedding wid
 # The general embedder's network: EfficientNet-Lite0 as the Lite0 transfer template builds it, with its ImageNet
 # classifier. Its preprocessing is that template's (``general_preprocess``).
 GENERAL_TEMPLATE = "Studio_EfficientNetLite0_Transfer"
+# Templates whose head changed: a model saved before has no "embeddings_size" among its parameters and a linear
+# classifier straight on the pooled features (the Lite0 embedder learned no projection before 2026-12).
+LINEAR_BEFORE = {("embedder", "Studio_EfficientNetLite0_Transfer")}
 # What a transfer classifier on the general embedder records as its base (``build_on_base``, ``base_of``).
 GENERAL_BASE = {"kind": "embedder", "template": GENERAL}
 
@@ -141,7 +144,7 @@ def build_network(kind: str, name: str, params: dict, num_classes: int) -> nn.Mo
 
         return build_detector(kind, name, spec, params, num_classes, pretrained)
     backbone, nf = build_backbone(spec, pretrained)
-    if spec.head == "linear":
+    if spec.head == "linear" or ((kind, name) in LINEAR_BEFORE and "embeddings_size" not in params):
         return StudioNet(kind, name, backbone, nf, nn.Identity(), nf, nn.Linear(nf, num_classes), num_classes)
     if spec.head == "embed_norm":
         dim = TRANSFER_EMBED_DIM

@@ -26,7 +26,7 @@ from core.errors import UserError
 from core.training.build import Run, build_run
 from core.training.callbacks import Callbacks
 from core.training.checkpoint import load_checkpoint, read_state
-from core.training.loop import run_epochs
+from core.training.loop import cpu_threads, run_epochs
 from core.training.plan import Plan, make_plan
 from core.training.register import register
 from core.training.state import StopRequested, TrainResult, TrainState
@@ -82,6 +82,7 @@ def train(config: dict, run_dir: Path | str, callbacks: Callbacks | None = None,
                  "batch_size": run.batch_size})
     try:
         run.mode.prepare()  # all cores: decoding, or the backbone's forward passes
+        _tune(run, state, cb)
         stopped = run_epochs(run, state)
     except StopRequested:
         stopped = True
@@ -98,6 +99,22 @@ def train(config: dict, run_dir: Path | str, callbacks: Callbacks | None = None,
         return TrainResult(None, state.history[-1] if state.history else {}, True, state.epoch_done,
                            history=state.history, train_seconds=state.train_seconds)
     return register(run, state)
+
+
+def _tune(run: Run, state: TrainState, cb: Callbacks) -> None:
+    """The head's rate tuned on a held-out fold before the first step (``tune_head``), or the tuned rate again on a
+    resume; a run without ``tune_head`` is untouched."""
+    from core.training import tuning
+
+    if state.tuned is None and state.global_step == 0:
+        why_not = tuning.tuning_applies(run)
+        if why_not is None:
+            with cpu_threads(run.mode.train_threads()):
+                state.tuned = tuning.tune_head(run)
+        elif why_not != "off":
+            cb.log(f"head tuning skipped: {why_not}")
+    if state.tuned is not None:
+        tuning.apply_tuning(run, state.tuned)
 
 
 def _fresh(run: Run) -> TrainState:

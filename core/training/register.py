@@ -29,6 +29,8 @@ def register(run: Run, state: TrainState) -> TrainResult:
     metrics = dict(next((h for h in state.history if h["epoch"] == final_epoch), {}))
     metrics.pop("epoch", None)
     metrics.update(epoch=final_epoch, epochs=state.epoch_done)
+    if state.tuned:
+        metrics[f"tuned_{state.tuned['param']}"] = state.tuned["chosen"]
     name = plan.name or mstore.unique_name(plan.owner, f"{plan.template}-{plan.dataset['name']}")
     if mstore.name_taken(plan.owner, name):
         name = mstore.unique_name(plan.owner, name)
@@ -40,6 +42,7 @@ def register(run: Run, state: TrainState) -> TrainResult:
         "preprocess": run.preprocess, "dataset_id": plan.dataset["id"], "dataset_version": plan.dataset["version"],
         "dataset": plan.dataset["name"], "metrics": metrics, "seed": plan.seed, "owner": plan.owner, "name": name,
         "base_model": _base_meta(plan), "train_seconds": state.train_seconds, "run": plan.run,
+        "head_tuning": state.tuned,
     }
     if run.base_desc is not None:
         meta["base"] = run.base_desc

@@ -37,6 +37,7 @@ class TrainState:
     identity: dict = field(default_factory=dict)  # Plan.config_identity()
     num_epochs: int = 0
     model_name: str | None = None
+    tuned: dict | None = None  # core.training.tuning.tune_head's choice: a resume trains with the same rate
 
     @classmethod
     def from_checkpoint(cls, doc: dict) -> TrainState:
