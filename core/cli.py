@@ -187,6 +187,47 @@ def cmd_dataset_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dataset_issues(args: argparse.Namespace) -> int:
+    """Rank a dataset's label mistakes, outliers and near-duplicates: a background job followed on stderr."""
+    from tqdm import tqdm
+
+    from core import jobs
+    from core.data import quality
+
+    if args.limit < 0:
+        raise UserError(f"--limit must be 0 (every row) or more, got {args.limit}")
+    job_id = jobs.submit(args.user, "quality", quality.quality_job_config(args.user, args.name, args.model))
+    bar = tqdm(total=100, desc=f"quality job {job_id}", file=sys.stderr, unit="%", leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+
+    def show(st: JobStatus) -> None:
+        bar.n = round(100 * (st["progress"].get("fraction") or 0))
+        bar.set_postfix_str(f"{st['state']} {st['progress'].get('phase') or ''}".strip())
+
+    st = jobs.wait(args.user, job_id, poll=0.5, on_progress=show)
+    bar.close()
+    if st["state"] != "succeeded":
+        print(f"error: quality job {job_id} {st['state']}: {st.get('error') or 'see jobs logs'}", file=sys.stderr)
+        return 1
+    report = quality.dataset_issues(args.user, args.name, args.model)
+    rows = report["issues"] if report else []
+    if args.limit:
+        rows = rows[:args.limit]
+    if args.json:
+        _print_json(rows)
+        return 0
+
+    def shown(value: Any) -> str:
+        return "-" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
+
+    for r in rows:
+        print(f"{r['score']:.4f}  {r['kind']:<14} item {r['item']:<8} {shown(r['given'])}"
+              + (f" -> {shown(r['suggested'])}" if r["suggested"] is not None else ""))
+    counts = report["counts"] if report else {}
+    print(f"{len(rows)} issue(s): " + ", ".join(f"{k} {n}" for k, n in counts.items()))
+    return 0
+
+
 # ---------------------------------------------------------------- training
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a template on a dataset: ``--foreground`` in this process with a progress bar."""
@@ -625,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the new split counts as JSON")
     p.set_defaults(func=cmd_dataset_split)
+    p = ds_sub.add_parser("issues", help="rank label mistakes, outliers and near-duplicates (a background job)")
+    p.add_argument("name")
+    p.add_argument("--model", default=GENERAL, help=f"embedder: '{GENERAL}' or a trained model's name or id")
+    p.add_argument("--limit", type=int, default=0, help="print only the first N rows (0: all)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_dataset_issues)
     p = sub.add_parser("train", help="train a template on a dataset")
     p.add_argument("--dataset", required=True, help="dataset name")
     p.add_argument("--template", required=True, help="template name (see: templates --json)")

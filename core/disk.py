@@ -28,8 +28,9 @@ from core.fsutil import TMP_MARK
 
 IN_USE_S = 600.0  # a cache opened this recently is in use: never evicted
 TEMP_MIN_AGE_S = 3600.0  # a temporary file is this old before its writer's death is believed (pid namespaces differ)
-CACHE_KINDS = {"images": "decoded pixels", "features": "backbone features", "index": "index build"}
-_DATASET_RE = re.compile(r"^(?:images|features|baseline)-ds(\d+)-")
+CACHE_KINDS = {"images": "decoded pixels", "features": "backbone features", "index": "index build",
+               "embeddings": "dataset embeddings (quality, evaluation baselines)"}
+_DATASET_RE = re.compile(r"^(?:images|features|embeddings)-ds(\d+)-")
 _TMP_PID_RE = re.compile(re.escape(TMP_MARK) + r"(\d+)(?:-|$)")
 # Folders whose temporary files the start-up check looks for, and how deep (blobs and thumbs only ever receive
 # renamed files, and are too large to walk at every start).

@@ -445,3 +445,44 @@ class Evaluation(TypedDict, total=False):
     per_concept_ap: dict[str, float | None]
     per_concept_ap50: dict[str, float | None]
     samples: list[dict[str, Any]]  # item_id, path, truth and predicted boxes
+
+
+# ------------------------------------------------------------------------------------------------ data quality
+
+class IssueRow(TypedDict):
+    """One row of a dataset's quality list (``core.data.quality``), ranked by ``score`` (0-1, higher: surer).
+
+    kind: "label" (the given label looks wrong), "outlier" (far from every other image) or "near_duplicate"
+    (nearly the same image as another one). given/suggested: a concept name, or sorted lists of names on a multi-label
+    dataset; None where they do not apply (an outlier or near-duplicate suggests no label).
+    """
+
+    item: int
+    kind: str
+    given: str | list[str] | None
+    suggested: str | list[str] | None
+    score: float
+
+
+class IssueReport(TypedDict):
+    """The last quality run of a dataset with one embedder, as it stands now (``core.data.quality.dataset_issues``):
+    fixed, removed and checked items are left out of ``issues``."""
+
+    dataset: str
+    model: str
+    version: int  # the dataset version the run looked at
+    current_version: int
+    multi_label: bool
+    created_at: float
+    seconds: float
+    counts: dict[str, int]  # issues per kind in the run
+    issues: list[IssueRow]
+
+
+class Neighbour(TypedDict):
+    """A nearby image of a dataset item in embedding space (cosine similarity)."""
+
+    item: int
+    score: float
+    labels: list[str]
+    path: str

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
 
-from core import ui
-from core.data import samples
+from core import jobs, ui
+from core.data import atlas, labelling, quality, samples
 from core.data import service as datasets
 from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, import_roots_help, resplit
 from core.data.sources import FORMATS
 from core.errors import UserError
+from core.evaluation import service as models_service
+from core.models import GENERAL
 from core.search.service import dataset_near_duplicates as near_duplicates
 from core.users import can_change, has_role
 
@@ -141,15 +144,17 @@ def import_tab() -> None:
 
 member = has_role(user, "member")  # a viewer browses and exports: no import, labelling or editing
 if member:
-    tab_import, tab_browse, tab_health, tab_manage = st.tabs(["Import", "Browse", "Health report", "Manage & export"])
+    tab_import, tab_browse, tab_health, tab_quality, tab_map, tab_manage = st.tabs(
+        ["Import", "Browse", "Health report", "Quality", "Map", "Manage & export"])
     with tab_import:
         import_tab()
 else:
-    tab_browse, tab_health, tab_manage = st.tabs(["Browse", "Health report", "Export"])
+    tab_browse, tab_health, tab_quality, tab_map, tab_manage = st.tabs(
+        ["Browse", "Health report", "Quality", "Map", "Export"])
 
 names = datasets.dataset_names(user)
 if not names:
-    for tab in (tab_browse, tab_health, tab_manage):
+    for tab in (tab_browse, tab_health, tab_quality, tab_map, tab_manage):
         tab.info("No dataset yet: import one first.")
     st.stop()
 if st.session_state.get("ds_selected") not in names:
@@ -303,3 +308,340 @@ with tab_manage:
         st.session_state.pop("ds_selected", None)
         st.session_state.pop("ds_last_report", None)
         st.rerun()
+
+# ------------------------------------------------------------------------------------------------ quality
+QUALITY_POLL_S = 2.0  # the progress of a running quality job is redrawn this often
+KIND_NAMES = {"label": "label mistake", "outlier": "outlier", "near_duplicate": "near-duplicate"}
+
+
+def shown_labels(value) -> str:
+    """A row's given or suggested labels as text: a name, names joined, or a dash."""
+    return "-" if value is None else ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def as_list(value) -> list[str]:
+    return [] if value is None else list(value) if isinstance(value, list) else [value]
+
+
+@st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_q_job") else None)
+def quality_progress() -> None:
+    """The running quality job's progress; the whole page redraws once it has ended."""
+    job_id = st.session_state.get("ds_q_job")
+    if not job_id:
+        return
+    try:
+        status = jobs.status(user, job_id)
+    except UserError:
+        st.session_state.pop("ds_q_job", None)
+        return
+    if status["state"] in jobs.TERMINAL:
+        st.session_state.pop("ds_q_job", None)
+        if status["state"] != "succeeded":
+            st.session_state["ds_q_failed"] = status.get("error") or status["state"]
+        st.rerun()
+    p = status["progress"]
+    st.progress(float(p.get("fraction") or 0.0),
+                text=f"Quality job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+
+
+def quality_change(action, done: str) -> None:
+    """Run a change of the dataset from the quality list; say what it made, or why it was refused."""
+    try:
+        result = action()
+    except UserError as exc:
+        ui.show_error(exc)
+        return
+    st.session_state["ds_q_done"] = done.format(result=result)
+    for key in ("ds_q_open", "ds_q_selected"):  # rows fixed or removed leave the list
+        st.session_state.pop(key, None)
+    st.rerun()
+
+
+def quality_tab() -> None:
+    """Run the check, the ranked list, one row beside its neighbours, and the fixes (single and bulk)."""
+    st.caption("Label mistakes (held-out logistic regression on the images' embeddings, ranked by cleanlab), "
+               "outliers (far from every other image) and near-duplicates, most certain first. Every fix makes a new "
+               "dataset version; a row marked checked stays out of later runs.")
+    embedders = [m["name"] for m in models_service.list_models(user) if m["kind"] in ("embedder", "classifier")]
+    c1, c2 = st.columns([3, 1])
+    model = c1.selectbox("Embeddings of", [GENERAL, *embedders], key="ds_q_model",
+                         help="general: an ImageNet EfficientNet-Lite0; or a model trained here (often better on "
+                         "your concepts)")
+    if c2.button("Find issues", key="ds_q_run", type="primary", disabled=not member,
+                 help="A background job: embeds new images (cached per version), then ranks the issues"):
+        try:
+            st.session_state["ds_q_job"] = jobs.submit(user, "quality",
+                                                       quality.quality_job_config(user, ds["id"], model))
+        except UserError as exc:
+            ui.show_error(exc)
+        else:
+            st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
+    quality_progress()
+    if st.session_state.get("ds_q_failed"):
+        st.error(f"The quality check failed: {ui.md(st.session_state.pop('ds_q_failed'))}")
+    if st.session_state.get("ds_q_done"):
+        st.success(st.session_state.pop("ds_q_done"))
+    last = quality.last_training_config(user, ds["id"]) if mine else None
+    if last and st.button(f"Retrain on the fixed version: {last.get('kind', '')} {last.get('template', '')} on "
+                          f"version {ds['version']}", key="ds_q_retrain",
+                          help="Queues a training job with your last job's configuration on this dataset as it is "
+                          "now; compare the two models on the Models page"):
+        try:
+            job_id = quality.retrain(user, ds["id"])
+        except UserError as exc:
+            ui.show_error(exc)
+        else:
+            st.session_state[ui.NEXT_JOB_KEY] = job_id
+            st.success(f"Training job {job_id} queued on version {ds['version']}: follow it on the Jobs page.")
+    report = quality.dataset_issues(user, ds["id"], model)
+    if report is None:
+        st.info("No quality check of this dataset with these embeddings yet: press Find issues.")
+        return
+    counts = {k: sum(r["kind"] == k for r in report["issues"]) for k in quality.ISSUE_KINDS}
+    cols = st.columns(4)
+    cols[0].metric("Label mistakes", counts["label"])
+    cols[1].metric("Outliers", counts["outlier"])
+    cols[2].metric("Near-duplicates", counts["near_duplicate"])
+    cols[3].metric("Checked on version", report["version"])
+    if report["version"] != report["current_version"]:
+        st.caption(f"The dataset is at version {report['current_version']} now: rows fixed, removed or checked since "
+                   "are left out; run the check again for a fresh list.")
+    kinds = st.multiselect("Show", list(quality.ISSUE_KINDS), default=list(quality.ISSUE_KINDS), key="ds_q_kinds",
+                           format_func=KIND_NAMES.get)
+    rows = [r for r in report["issues"] if r["kind"] in kinds]
+    if not rows:
+        st.success("Nothing to show: no issue of these kinds left.")
+        return
+    st.dataframe([{"item": r["item"], "issue": KIND_NAMES[r["kind"]], "given": shown_labels(r["given"]),
+                   "suggested": shown_labels(r["suggested"]), "score": r["score"]} for r in rows[:500]],
+                 key="ds_q_table", hide_index=True, width="stretch",
+                 column_config={"score": st.column_config.ProgressColumn("score", min_value=0.0, max_value=1.0)})
+    by_item = {r["item"]: r for r in rows}
+    ids = list(by_item)
+
+    # one row: the image beside its nearest images, and its fixes
+    item_id = st.selectbox("Open", ids, key="ds_q_open", format_func=lambda i: (
+        f"#{i} {KIND_NAMES[by_item[i]['kind']]}: {shown_labels(by_item[i]['given'])}"
+        + (f" -> {shown_labels(by_item[i]['suggested'])}" if by_item[i]["suggested"] is not None else "")))
+    row = by_item[item_id]
+    item = datasets.get_item(user, item_id)
+    left, right = st.columns([1, 3])
+    left.image(item["path"], caption=f"#{item_id} {ui.md(', '.join(item['labels']) or 'unlabelled')}",
+               width="stretch")
+    near = quality.item_neighbours(user, ds["id"], item_id, k=5, model=model)
+    with right:
+        st.markdown("**Nearest images**")
+        for col, n in zip(st.columns(5), near):
+            col.image(n["path"], caption=f"#{n['item']} {ui.md(', '.join(n['labels']))} ({n['score']:.2f})",
+                      width="stretch")
+    a1, a2, a3, a4 = st.columns(4)
+    if a1.button("Accept the suggestion", key="ds_q_accept", disabled=not mine or row["suggested"] is None):
+        quality_change(lambda: quality.accept_suggestions(user, ds["id"], [item_id], model),
+                       f"#{item_id} relabelled as suggested: version {{result}}")
+    other = a2.selectbox("Another label", concepts, key="ds_q_other", disabled=not mine,
+                         label_visibility="collapsed")
+    if a2.button("Set this label", key="ds_q_relabel", disabled=not mine or not other):
+        quality_change(lambda: datasets.relabel_items(user, ds["id"], {item_id: [other]}),
+                       f"#{item_id} relabelled: version {{result}}")
+    if a3.button("Remove the image", key="ds_q_remove", disabled=not mine):
+        quality_change(lambda: datasets.delete_items(user, ds["id"], [item_id]),
+                       f"#{item_id} removed: version {{result}}")
+    if a4.button("Mark checked", key="ds_q_check", disabled=not mine,
+                 help="The label is right: keep this image out of later quality lists"):
+        quality_change(lambda: quality.mark_checked(user, ds["id"], [item_id]), f"#{item_id} marked checked")
+
+    # several rows at once
+    st.markdown("**Fix several rows**")
+    picked = st.multiselect("Rows", ids, key="ds_q_selected", format_func=lambda i: f"#{i} {by_item[i]['kind']}",
+                            disabled=not mine)
+    suggestible = [i for i in picked if by_item[i]["kind"] == "label"]
+    b1, b2, b3, b4 = st.columns(4)
+    if b1.button(f"Accept {len(suggestible)} suggestion(s)", key="ds_q_bulk_accept",
+                 disabled=not mine or not suggestible):
+        quality_change(lambda: quality.accept_suggestions(user, ds["id"], suggestible, model),
+                       f"{len(suggestible)} image(s) relabelled as suggested: version {{result}}")
+    bulk_label = b2.selectbox("Label for the rows", concepts, key="ds_q_bulk_other", disabled=not mine,
+                              label_visibility="collapsed")
+    if b2.button("Set this label on the rows", key="ds_q_bulk_relabel", disabled=not mine or not picked):
+        quality_change(lambda: datasets.relabel_items(user, ds["id"], {i: [bulk_label] for i in picked}),
+                       f"{len(picked)} image(s) relabelled: version {{result}}")
+    if b3.button("Remove the rows' images", key="ds_q_bulk_remove", disabled=not mine or not picked):
+        quality_change(lambda: datasets.delete_items(user, ds["id"], picked),
+                       f"{len(picked)} image(s) removed: version {{result}}")
+    if b4.button("Mark the rows checked", key="ds_q_bulk_check", disabled=not mine or not picked):
+        quality_change(lambda: quality.mark_checked(user, ds["id"], picked), f"{len(picked)} row(s) marked checked")
+
+
+def unlabelled_section() -> None:
+    """Suggested labels from a trained classifier, accepted above a confidence; "label these first"."""
+    st.caption("Images without a label: a classifier trained here suggests labels, accepted at once above a "
+               "confidence you choose; \"Label these first\" lists the images the labelled ones say least about "
+               "(the most uncertain, spread over the data).")
+    classifiers = [m["name"] for m in models_service.list_models(user, "classifier")]
+    c1, c2 = st.columns([3, 1])
+    clf = c1.selectbox("Suggest labels with", classifiers, key="ds_u_model", disabled=not classifiers,
+                       help="Train a classifier on the labelled images first (Train page)")
+    if c2.button("Suggest labels", key="ds_u_suggest", disabled=not clf or not mine):
+        with st.spinner("Predicting..."):
+            try:
+                st.session_state["ds_u_suggestions"] = (ds["id"], labelling.suggest_labels(user, ds["id"], clf))
+            except UserError as exc:
+                ui.show_error(exc)
+    held = st.session_state.get("ds_u_suggestions")
+    suggestions = held[1] if held and held[0] == ds["id"] else []
+    if suggestions:
+        floor = st.slider("Accept at or above this confidence", 0.0, 1.0, 0.9, 0.01, key="ds_u_min")
+        above = [s for s in suggestions if s["confidence"] >= floor]
+        st.dataframe([{"item": s["item"], "suggested": ", ".join(s["suggested"]), "confidence": s["confidence"]}
+                      for s in suggestions[:500]], hide_index=True, width="stretch",
+                     column_config={"confidence": st.column_config.ProgressColumn("confidence", min_value=0.0,
+                                                                                  max_value=1.0)})
+        if st.button(f"Accept {len(above):,} suggestion(s)", key="ds_u_accept", disabled=not above or not mine):
+            try:
+                version, done = labelling.accept_suggested(user, ds["id"], suggestions, floor)
+            except UserError as exc:
+                ui.show_error(exc)
+            else:
+                st.session_state.pop("ds_u_suggestions", None)
+                st.session_state["ds_q_done"] = f"{done:,} image(s) labelled as suggested: version {version}"
+                st.rerun()
+    c1, c2 = st.columns([3, 1])
+    n = int(c1.number_input("How many", 1, labelling.MAX_FIRST, 20, key="ds_u_first_n"))
+    if c2.button("Label these first", key="ds_u_first"):
+        with st.spinner("Embedding and ranking..."):
+            try:
+                st.session_state["ds_u_first_list"] = (ds["id"], labelling.label_first(
+                    user, ds["id"], n, st.session_state.get("ds_q_model") or GENERAL))
+            except UserError as exc:
+                ui.show_error(exc)
+    held = st.session_state.get("ds_u_first_list")
+    first = held[1] if held and held[0] == ds["id"] else []
+    if held and held[0] == ds["id"] and not first:
+        st.success("Every image has a label.")
+    for start in range(0, len(first), 10):
+        for col, f in zip(st.columns(10), first[start:start + 10]):
+            col.image(datasets.thumbnail_path(user, f["item"]),
+                      caption=f"first #{f['item']} ({ui.md(f['guess'] or '?')}?)", width="stretch")
+
+
+with tab_quality:
+    quality_tab()
+    if st.toggle("Unlabelled images", key="ds_u_show"):
+        unlabelled_section()
+
+
+# ------------------------------------------------------------------------------------------------ map
+MAP_LAYOUTS = {"pca": "PCA (at once)", "umap": "UMAP (computed as a job)"}
+MAP_COLOURS = ("concept", "issue kind", "split")
+
+
+@st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_map_job") else None)
+def map_progress() -> None:
+    """The running map job's progress; the whole page redraws once it has ended."""
+    job_id = st.session_state.get("ds_map_job")
+    if not job_id:
+        return
+    try:
+        status = jobs.status(user, job_id)
+    except UserError:
+        st.session_state.pop("ds_map_job", None)
+        return
+    if status["state"] in jobs.TERMINAL:
+        st.session_state.pop("ds_map_job", None)
+        if status["state"] != "succeeded":
+            st.session_state["ds_map_failed"] = status.get("error") or status["state"]
+        st.rerun()
+    p = status["progress"]
+    st.progress(float(p.get("fraction") or 0.0),
+                text=f"Map job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+
+
+def held_map(model: str, method: str):
+    """The dataset's map, kept in this session while the dataset version, embedder and layout stay the same."""
+    key = (ds["id"], ds["version"], model, method)
+    held = st.session_state.get("ds_map_held")
+    if held and held[0] == key:
+        return held[1]
+    found = atlas.dataset_map(user, ds["id"], model, method)
+    if found is not None:
+        st.session_state["ds_map_held"] = (key, found)
+    return found
+
+
+def map_tab() -> None:
+    """The map (a sample drawn, a selection over all points), the selected images and their bulk relabelling."""
+    model = st.session_state.get("ds_q_model") or GENERAL
+    st.caption(f"Every image as a point, near its look-alikes (embeddings of {ui.md(model)}, chosen in the Quality "
+               "tab). Draw a box or a lasso to select images; they show below, where they can be relabelled at once.")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    method = c1.radio("Layout", list(MAP_LAYOUTS), format_func=MAP_LAYOUTS.get, horizontal=True, key="ds_map_method")
+    colour = c2.selectbox("Colour by", MAP_COLOURS, key="ds_map_colour")
+    if c3.button("Compute UMAP", key="ds_map_umap", disabled=not member,
+                 help="A background job: embeds new images (cached per version), then lays them out with UMAP"):
+        try:
+            st.session_state["ds_map_job"] = jobs.submit(user, "map", atlas.map_job_config(user, ds["id"], model))
+        except UserError as exc:
+            ui.show_error(exc)
+        else:
+            st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
+    map_progress()
+    if st.session_state.get("ds_map_failed"):
+        st.error(f"The map job failed: {ui.md(st.session_state.pop('ds_map_failed'))}")
+    if st.session_state.get("ds_map_done"):
+        st.success(st.session_state.pop("ds_map_done"))
+    found = held_map(model, method)
+    if found is None:
+        st.info("No map yet: the images are not embedded with these embeddings. Press Compute UMAP (or Find issues "
+                "in the Quality tab); the PCA map shows as soon as they are." if method == "pca" else
+                "No UMAP map yet: press Compute UMAP. The PCA layout shows at once.")
+        return
+    ids, xy = found["ids"], found["xy"]
+    report = quality.dataset_issues(user, ds["id"], model)
+    kinds = {r["item"]: r["kind"] for r in (report["issues"] if report else [])}
+    values = {"concept": found["concept"], "split": found["split"],
+              "issue kind": [kinds.get(int(i), "none") for i in ids]}[colour]
+    drawn = atlas.drawn_sample(len(ids))
+    frame = pd.DataFrame({"x": xy[drawn, 0], "y": xy[drawn, 1], "item": ids[drawn],
+                          colour: np.asarray(values, dtype=object)[drawn]})
+    fig = px.scatter(frame, x="x", y="y", color=colour, hover_data=["item"], render_mode="webgl")
+    fig.update_traces(marker={"size": 5})
+    fig.update_layout(height=520, dragmode="lasso", margin=dict(l=10, r=10, t=10, b=10))
+    st.caption(f"{len(ids):,} images, {found['method'].upper()} of version {found['version']}"
+               + (f"; {len(drawn):,} drawn (a sample): a selection takes every image inside it"
+                  if len(drawn) < len(ids) else ""))
+    event = st.plotly_chart(fig, key="ds_map_chart", on_select="rerun", selection_mode=("box", "lasso"))
+    drawn_region = atlas.region_from_selection((event or {}).get("selection"))
+    if drawn_region != st.session_state.get("ds_map_drawn"):  # the chart's selection changed (or was cleared)
+        st.session_state["ds_map_drawn"] = drawn_region
+        st.session_state["ds_map_region"] = drawn_region
+    selected = ids[atlas.select_region(xy, st.session_state.get("ds_map_region"))].tolist()
+    if not selected:
+        st.caption("Nothing selected.")
+        return
+    st.markdown(f"**{len(selected):,} image(s) selected**" + (" (the first 50 shown)" if len(selected) > 50 else ""))
+    for start in range(0, min(len(selected), 50), 10):
+        for col, item_id in zip(st.columns(10), selected[start:start + 10]):
+            item = datasets.get_item(user, item_id)
+            col.image(item["thumb"], caption=f"selected #{item_id}: {ui.md(', '.join(item['labels']))}",
+                      width="stretch")
+    c1, c2, c3, c4 = st.columns([2, 2, 1, 1])
+    label = c1.selectbox("Label", concepts, key="ds_map_label", disabled=not mine)
+    new_label = c2.text_input("or a new concept", key="ds_map_new_label", disabled=not mine)
+    chosen = new_label.strip() or label
+    if c3.button(f"Relabel {len(selected):,}", key="ds_map_relabel", disabled=not mine or not chosen):
+        try:
+            version = datasets.relabel_items(user, ds["id"], {i: [chosen] for i in selected})
+        except UserError as exc:
+            ui.show_error(exc)
+        else:
+            st.session_state["ds_map_done"] = (f"{len(selected):,} image(s) relabelled {ui.md(repr(chosen))}: "
+                                               f"version {version}")
+            st.session_state.pop("ds_map_region", None)
+            st.rerun()
+    if c4.button("Clear the selection", key="ds_map_clear"):
+        st.session_state.pop("ds_map_region", None)
+        st.rerun()
+
+
+with tab_map:
+    map_tab()

@@ -191,7 +191,7 @@ def test_malformed_csv(tmp_path, existing, text, match):
 @pytest.mark.parametrize("text, match", [
     ('[{"path": "x.jpg", "labels": ["a"]', "malformed JSON at line 1"),
     ('{"path": "x.jpg"}', "expected a JSON list"),
-    ('[{"path": "{f0}", "labels": "a"}]', "labels must be a non-empty list"),
+    ('[{"path": "{f0}", "labels": "a"}]', "labels must be a list of names"),
     ('[{"path": "{f0}", "labels": ["a"], "colour": 1}]', "entry 0: 1 unknown key\\(s\\); allowed: path, labels, split"),
 ])
 def test_malformed_json(tmp_path, existing, text, match):

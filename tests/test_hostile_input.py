@@ -466,7 +466,7 @@ def test_hidden_folders_and_special_files_inside_concept_folders_are_named(tmp_p
 @pytest.mark.parametrize("layout", ["splits", "wrapper"])
 def test_files_beside_the_concept_folders_are_named(tmp_path, layout):
     """Found by the fuzzer: beside split folders, or above a folder that wraps the concept folders, a file was left
-    out without a word; it is skipped with its reason like one beside plain concept folders."""
+    out without a word; it is imported without a label like one beside plain concept folders (issue 22)."""
     root = tmp_path / "src"
     inner = root / ("train" if layout == "splits" else "wrap")
     for i, concept in enumerate(("cat", "dog")):
@@ -474,8 +474,11 @@ def test_files_beside_the_concept_folders_are_named(tmp_path, layout):
         (inner / concept / f"{i}.png").write_bytes(_png(i))
     (root / "readme.png").write_bytes(_png(9))
     report = import_dataset("local", root, "strays")
-    assert report["items"] == 2
-    assert report["skipped"] == [{"path": "readme.png", "reason": "not inside a concept folder (no label)"}]
+    assert report["items"] == 3 and report["skipped"] == [] and report["unlabeled"] == 1
+    from core.store import datasets as ds_store
+
+    recs = ds_store.dataset_records(report["dataset_id"])
+    assert [r["labels"] for r in recs if r["source_path"] == "readme.png"] == [[]]
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from core.errors import UserError
 from core.records import DatasetRow, DatasetSummary
 from core.store import datasets as store
 from core.users import NotFound, User, as_user, can_see, check_visibility, require_owner
@@ -110,6 +111,22 @@ def set_item_labels(user: User | str, item_id: int, labels: list[str]) -> int:
     ds = _item_dataset(user, item_id)
     require_owner(user, ds, _label(ds))
     return store.set_item_labels(int(item_id), labels)
+
+
+def relabel_items(user: User | str, dataset: str | int, assignment: Mapping[int, Sequence[str]]) -> int:
+    """Replace the labels of several items of the user's dataset at once ({item_id: [concept names]}): one new
+    version, returned. Items of another dataset are refused (UserError naming them); nothing changes then."""
+    ds = _owned(user, dataset)
+    try:
+        cleaned = {int(i): [str(n) for n in names] for i, names in assignment.items()
+                   if not isinstance(names, (str, bytes))}
+    except (TypeError, ValueError):
+        cleaned = {}
+    if len(cleaned) != len(assignment):
+        raise UserError("relabel: give item ids (whole numbers), each with a list of concept names")
+    if not cleaned:
+        return ds["version"]
+    return store.set_labels_of_items(ds["id"], cleaned)
 
 
 def rename_concept(user: User | str, dataset: str | int, old: str, new: str) -> int:

@@ -276,10 +276,10 @@ def read_folder(source: Path, scratch: Path, limits: ImportLimits, video_fps: fl
         raise UserError(f"{source.name}: mixes split folders (train/val/test) with concept folders "
                         f"({', '.join(others[:5])}); put every concept folder under a split folder, or use none")
     strays = [p for folder in above + ([base] if split_dirs else []) for p in folder.iterdir()]
-    for path in sorted(strays):  # files beside the folders read: named, not silently left out
+    for path in sorted(strays):  # files beside the folders read: imported unlabelled, never silently left out
         if not path.is_dir() and not _hidden(path.name) and path.name not in SPLIT_LISTS:
             rel = (path.relative_to(base) if path.parent == base else path.relative_to(top)).as_posix()
-            plan.skipped.append({"path": rel, "reason": "not inside a concept folder (no label)"})
+            _add_unlabelled(plan, path, rel, top, None)
     roots = [(p, p.name.lower()) for p in split_dirs] if split_dirs else [(base, None)]
     for root, split in roots:
         for path in sorted(root.iterdir()):
@@ -289,7 +289,7 @@ def read_folder(source: Path, scratch: Path, limits: ImportLimits, video_fps: fl
             if path.is_symlink():
                 _check_link(path, top, rel)
             if path.is_file():
-                plan.skipped.append({"path": rel, "reason": "not inside a concept folder (no label)"})
+                _add_unlabelled(plan, path, rel, top, split)
                 continue
             if not path.is_dir():
                 continue
@@ -305,6 +305,19 @@ def read_folder(source: Path, scratch: Path, limits: ImportLimits, video_fps: fl
     if lists:
         _apply_split_lists(plan, lists)
     return plan
+
+
+def _add_unlabelled(plan: Plan, path: Path, rel: str, top: Path, split: str | None) -> None:
+    """A file outside every concept folder: an image without a label (to label later); a video is skipped (its
+    frames would need a concept), and so is anything but a regular file."""
+    if path.is_symlink():
+        _check_link(path, top, rel)
+    if not path.is_file():
+        plan.skipped.append({"path": rel, "reason": "not a regular file"})
+    elif path.suffix.lower() in VIDEO_EXTS:
+        plan.skipped.append({"path": rel, "reason": "video outside a concept folder (its frames need a concept)"})
+    else:
+        plan.entries.append(Entry(path=path, rel=rel, labels=[], split=split))
 
 
 def _is_wrapper(folder: Path) -> bool:
@@ -512,7 +525,8 @@ def _finish_manifest(manifest: Path, rows: list[tuple[str, Any, list[str], str |
 
 
 def read_csv_manifest(manifest: Path) -> Plan:
-    """CSV with a header ``path,labels[,split]``: labels separated by ``;``, split one of train/val/test.
+    """CSV with a header ``path,labels[,split]``: labels separated by ``;`` (a blank cell: not labelled yet), split
+    one of train/val/test.
 
     A cell that starts with quotes followed by ``=``, ``+``, ``-``, ``@``, a tab or a carriage return loses one quote
     (the studio's exports add it so that spreadsheets do not run labels as formulas: ``core.csvsafe``); every other
@@ -542,7 +556,8 @@ def read_csv_manifest(manifest: Path) -> Plan:
             if len(row) != len(header):
                 raise UserError(f"{where}: {len(row)} fields, the header has {len(header)}")
             rec = dict(zip(header, map(csvsafe.unquote, row)))  # '=x as the studio's exports write =x
-            labs = [clean_label(x, where) for x in rec["labels"].split(";")]
+            # a blank cell: an image without a label yet; a blank name among names is a mistake
+            labs = [clean_label(x, where) for x in rec["labels"].split(";")] if rec["labels"].strip() else []
             split = rec.get("split", "").strip().lower() or None
             rows.append((where, rec["path"], labs, split))
     except csv.Error as exc:
@@ -562,7 +577,8 @@ def _load_json(path: Path) -> Any:
 
 
 def read_json_manifest(manifest: Path) -> Plan:
-    """JSON: a list of ``{"path", "labels": [...], "split"}`` (split optional)."""
+    """JSON: a list of ``{"path", "labels": [...], "split"}`` (split optional; labels empty or left out: not labelled
+    yet)."""
     data = _load_json(manifest)
     if not isinstance(data, list):
         raise UserError(f"{manifest.name}: expected a JSON list of {{\"path\", \"labels\", \"split\"}} objects")
@@ -574,9 +590,9 @@ def read_json_manifest(manifest: Path) -> Plan:
         unknown = set(obj) - {"path", "labels", "split"}
         if unknown:
             raise UserError(f"{where}: {len(unknown)} unknown key(s); allowed: path, labels, split")
-        labs = obj.get("labels")
-        if not isinstance(labs, list) or not labs:
-            raise UserError(f"{where}: labels must be a non-empty list of names")
+        labs = obj.get("labels", [])
+        if not isinstance(labs, list):
+            raise UserError(f"{where}: labels must be a list of names (empty or left out: not labelled yet)")
         split = obj.get("split")
         if split is not None and not isinstance(split, str):
             raise UserError(f"{where}: split must be one of {', '.join(SPLITS)}")

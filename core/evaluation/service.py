@@ -8,7 +8,6 @@ module's ``EVAL_VERSION`` are unchanged.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -20,7 +19,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.evaluation import metrics as m
-from core.progress import Progress, part
+from core.progress import Progress, part, report_count
 from core.records import (
     ConceptFigures,
     DatasetRow,
@@ -289,31 +288,24 @@ def _evaluate_embedder(row: ModelRow, dataset: DatasetRow, loaded,
 
 def _general_baseline(dataset: DatasetRow, records: list[dict], queries: list[int], gallery: list[int],
                       progress: Progress | None) -> EmbedderBaseline:
-    """The general embedder's retrieval figures on the same queries and gallery: what training bought. Cached per
-    dataset version and split (every embedder of the dataset shares it) under the data directory's cache."""
-    from core import paths as data_paths
-    from core.fsutil import atomic_write_bytes
+    """The general embedder's retrieval figures on the same queries and gallery: what training bought. Its vectors
+    come from the dataset's embeddings cache (``core.data.quality.embeddings``: per dataset version and embedder, so
+    every embedder of the dataset and the quality check share them)."""
+    from core.data import quality
     from core.models import GENERAL
-    from core.models.general import general_config, general_embedder
     from core.search.embed import model_label
 
+    def report(done: int, total: int, _rate: float) -> None:
+        report_count(progress, done, total, "embedding with the general embedder (baseline)")
+
+    found = quality.embeddings(dataset, records, GENERAL, progress=report)
+    assert found is not None  # nothing asks it to stop
+    emb = found[1]
     labels = [r["labels"] for r in records]
-    ident = {"eval_version": EVAL_VERSION, "general": general_config(), "version": dataset["version"],
-             "queries": [records[i]["item_id"] for i in queries], "gallery": [records[i]["item_id"] for i in gallery]}
-    digest = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    cache = data_paths.subdir("cache") / f"baseline-ds{int(dataset['id'])}-{digest}.json"
-    try:
-        return json.loads(cache.read_text())
-    except (OSError, ValueError):
-        pass
-    emb = np.concatenate(_batched(general_embedder(), [r["path"] for r in records], "embed", progress,
-                                  "embedding with the general embedder (baseline)"))
     figures = m.embedder_metrics(emb[queries], [labels[i] for i in queries], emb[gallery], [labels[i] for i in gallery])
-    baseline: EmbedderBaseline = {"model": GENERAL, "label": model_label(GENERAL),
-                                  "recall_at_1": figures["recall_at_1"], "recall_at_5": figures["recall_at_5"],
-                                  "recall_at_k": figures["recall_at_k"], "map_at_r": figures["map_at_r"]}
-    atomic_write_bytes(cache, json.dumps(baseline).encode())
-    return baseline
+    return {"model": GENERAL, "label": model_label(GENERAL), "recall_at_1": figures["recall_at_1"],
+            "recall_at_5": figures["recall_at_5"], "recall_at_k": figures["recall_at_k"],
+            "map_at_r": figures["map_at_r"]}
 
 
 def box_arrays(boxes: Sequence[dict], concepts: Sequence[str]) -> dict[str, np.ndarray]:

@@ -58,6 +58,10 @@ def describe(job: JobRow) -> str:
         return text + (f" -> {cfg['name']}" if cfg.get("name") else "")
     if job.get("type") == "index":
         return f"index of {cfg.get('dataset', '?')} with {cfg.get('model', GENERAL)} model"
+    if job.get("type") == "map":
+        return f"UMAP map of {cfg.get('dataset', '?')} with {cfg.get('model', GENERAL)} model"
+    if job.get("type") == "quality":
+        return f"quality check of {cfg.get('dataset', '?')} with {cfg.get('model', GENERAL)} model"
     return str(job.get("type"))
 
 

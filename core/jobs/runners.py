@@ -113,5 +113,33 @@ def _run_index(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> dic
     return dict(build_index(config, run_dir, callbacks, resume=resume))
 
 
+# ---------------------------------------------------------------- quality
+
+
+def _validate_quality(owner: str, config: dict) -> dict:
+    from core.search.embed import resolve_model
+
+    _require(config, "dataset")
+    config["dataset"] = _dataset_ref(owner, config["dataset"])
+    config["model"] = str(config.get("model") or GENERAL)
+    resolve_model(owner, config["model"])  # an unknown model or a detector is refused before it is queued
+    config["owner"] = owner
+    return config
+
+
+def _run_quality(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> dict:
+    from core.data.quality import run_quality
+
+    return run_quality(config, run_dir, callbacks, resume)
+
+
+def _run_map(config: dict, run_dir: Path, callbacks: Any, resume: bool) -> dict:
+    from core.data.atlas import run_map
+
+    return run_map(config, run_dir, callbacks, resume)
+
+
 register("train", _run_train, _validate_train)
 register("index", _run_index, _validate_index)
+register("quality", _run_quality, _validate_quality)
+register("map", _run_map, _validate_quality)

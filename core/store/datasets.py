@@ -407,6 +407,27 @@ def set_item_labels(item_id: int, new_labels: list[str]) -> int:
         return _bump(conn, dataset_id)
 
 
+def set_labels_of_items(dataset_id: int, assignment: dict[int, list[str]]) -> int:
+    """Replace the labels of several items of one dataset ({item_id: [names]}) in one transaction (boxes of removed
+    concepts go too); bumps the version once, returns it. UserError naming the items that are not in the dataset."""
+    cleaned = {int(i): sorted({clean_label(n, f"item {i}") for n in names}) for i, names in assignment.items()}
+    with transaction() as conn:
+        for chunk in _chunks(sorted(cleaned)):
+            found = set(conn.execute(sa.select(items.c.id).where(items.c.dataset_id == dataset_id,
+                                                                  items.c.id.in_(chunk))).scalars())
+            if len(found) != len(chunk):
+                raise UserError(f"Items {sorted(set(chunk) - found)[:5]} are not in dataset {dataset_id}")
+        ids = _concept_ids(conn, dataset_id, sorted({n for names in cleaned.values() for n in names}))
+        for item_id, names in cleaned.items():
+            keep = [ids[n] for n in names]
+            conn.execute(labels.delete().where(labels.c.item_id == item_id))
+            if keep:
+                conn.execute(labels.insert(), [{"item_id": item_id, "concept_id": c} for c in keep])
+            conn.execute(boxes.delete().where(boxes.c.item_id == item_id, boxes.c.concept_id.not_in(keep)))
+        _drop_empty_concepts(conn, dataset_id)
+        return _bump(conn, dataset_id)
+
+
 def rename_concept(dataset_id: int, old: str, new: str) -> int:
     """Rename a concept; renaming onto an existing concept merges the two. Bumps the version, returns it."""
     new = clean_label(new, "new concept name")
