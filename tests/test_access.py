@@ -216,6 +216,8 @@ CALLS: dict[str, tuple[str, str, Callable[[str, Any, World], Any]]] = {
     "core.evaluation.service.get": ("model", "read", lambda u, r, w: _m("core.evaluation.service.get")(u, r)),
     "core.evaluation.service.train_time": ("model", "read",
                                            lambda u, r, w: _m("core.evaluation.service.train_time")(u, r)),
+    "core.evaluation.service.head_tuning": ("model", "read",
+                                            lambda u, r, w: _m("core.evaluation.service.head_tuning")(u, r)),
     "core.evaluation.service.evaluate": ("model", "read",
                                          lambda u, r, w: _m("core.evaluation.service.evaluate")(u, r)),
     "core.evaluation.service.delete_model": ("model", "change",
