@@ -171,3 +171,20 @@ def test_detector_snippets_print_boxes(detector, tmp_path):
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(image) and any(f"('{c}'," in out.stdout for c in row["concepts"]), out.stdout
 
+
+
+def test_raising_detection_score_threshold_returns_fewer_boxes_all_above_it(detector):
+    """Boxes score above the threshold, not at it (the glossary's word); a higher threshold gives fewer boxes."""
+    from core.evaluation import service
+    from core.evaluation.predict import above, predict
+
+    image = service.evaluate("local", detector)["samples"][0]["path"]
+    every = predict("local", detector, [image], score_threshold=0.0)[0]["boxes"]
+    assert len(every) >= 2, "the tiny detector finds several boxes at threshold 0"
+    scores = sorted(b["score"] for b in every)
+    middle = scores[len(scores) // 2]
+    fewer = predict("local", detector, [image], score_threshold=middle)[0]["boxes"]
+    assert 0 < len(fewer) < len(every) and all(b["score"] > middle for b in fewer)
+    assert fewer == above(every, middle)  # the page's slider filters the same way
+    with pytest.raises(UserError, match="score_threshold must be a number from 0 to 1"):
+        predict("local", detector, [image], score_threshold=1.5)

@@ -324,6 +324,13 @@ def test_detector_targets_and_flips():
     flipped, ftarget = hflip(image, target)
     assert ftarget["boxes"].tolist() == [[70.0, 5.0, 90.0, 35.0]] and torch.equal(flipped[0, 0, 0], image[0, 0, 99])
     assert target_from_boxes([], ["a"])["boxes"].shape == (0, 4)
+    # the object's pixels move with its box (the detector mode's training flips call this function)
+    marked = torch.zeros(3, 40, 100)
+    marked[:, 5:35, 10:30] = 1.0
+    moved, mtarget = hflip(marked, target)
+    x1, y1, x2, y2 = (int(v) for v in mtarget["boxes"][0].tolist())
+    assert moved[:, y1:y2, x1:x2].min() == 1.0 and moved.sum() == marked.sum()
+    assert hflip(marked, target_from_boxes([], ["a"]))[1]["boxes"].shape == (0, 4)
 
 
 def test_channels_last_gives_the_same_outputs():

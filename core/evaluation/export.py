@@ -128,7 +128,7 @@ def describe(loaded, name: str | None = None, output: str | None = None) -> dict
         out["output_activation"] = "none"
         out["output_rule"] = ("boxes (N, 4): x1, y1, x2, y2 in the input's pixels; labels (N,): concept index + 1 "
                               "(label i is concepts[i - 1]); scores (N,) in 0 to 1, every detection (the studio "
-                              "keeps those at or above detection_score_threshold)")
+                              "keeps those above detection_score_threshold)")
         out["labels"] = "concept index + 1"
         out["detection_score_threshold"] = float(loaded.params.get("detection_score_threshold", 0.0) or 0.0)
     out["embedding_dim"] = dim
@@ -429,7 +429,7 @@ def _detector_onnx_snippet(row: ModelRow) -> str:
         "    boxes, labels, scores = session.run(['boxes', 'labels', 'scores'], {'image': image})\n"
         "    print(path, [(CONCEPTS[label - 1], round(float(score), 3), [round(float(x1)), round(float(y1)),\n"
         "                  round(float(x2 - x1)), round(float(y2 - y1))])\n"
-        "                 for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores) if score >= THRESHOLD])\n"
+        "                 for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores) if score > THRESHOLD])\n"
     )
 
 

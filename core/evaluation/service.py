@@ -294,13 +294,15 @@ def _evaluate_detector(row: ModelRow, dataset: DatasetRow, loaded,
     concepts = list(row["concepts"])
     preds = [p["boxes"] for part in _batched(loaded, [r["path"] for r in records], "predict", progress, "detecting")
              for p in part]  # LoadedModel.predict gives one {"boxes": [...]} per image
-    figures = m.detector_metrics([box_arrays(p, concepts) for p in preds],
-                                 [box_arrays(r["boxes"], concepts) for r in records], concepts)
-    sample = list(range(min(12, len(records))))
+    found = [box_arrays(p, concepts) for p in preds]
+    truth = [box_arrays(r["boxes"], concepts) for r in records]
+    figures = m.detector_metrics(found, truth, concepts)
+    confusion = m.detection_confusion(found, truth, concepts)
     result: Evaluation = {
         **figures, "kind": "detector", "split": split, "concepts": concepts,
-        "samples": [{"item_id": records[i]["item_id"], "path": records[i]["path"], "truth": records[i]["boxes"],
-                     "predicted": preds[i]} for i in sample]}
+        "detection_confusion": confusion["per_concept"],
+        "samples": [{"item_id": r["item_id"], "path": r["path"], "truth": r["boxes"], "predicted": p, **kinds}
+                    for r, p, kinds in zip(records, preds, confusion["images"], strict=True)]}
     return result, {"n": np.array([len(records)])}
 
 

@@ -327,12 +327,12 @@ D_LITE0_EMB = (
 D_RETINANET = (
     "A RetinaNet-style one-stage detector modelled on the service's detector templates: an anchor head with focal "
     "loss for classification and box regression (per class or shared, see use_perclass_regression). Returns "
-    "concepts and bounding boxes; boxes below detection_score_threshold are dropped."
+    "concepts and bounding boxes; boxes scoring at or below detection_score_threshold are dropped."
 )
 D_FASTER_RCNN = (
     "A Faster R-CNN two-stage detector modelled on the service's detector templates: a region proposal network, "
-    "then RoI classification and box regression. Returns concepts and bounding boxes; boxes below "
-    "detection_score_threshold are dropped."
+    "then RoI classification and box regression. Returns concepts and bounding boxes; boxes scoring "
+    "at or below detection_score_threshold are dropped."
 )
 
 W_NONE = "None: random initialisation (the specification's \"randomly initialized weights\")."
