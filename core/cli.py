@@ -114,7 +114,12 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
 def cmd_dataset_samples(args: argparse.Namespace) -> int:
     from core.data import samples
 
-    if args.which == "fashion-mnist":
+    if args.which == "scenes":
+        from core.data import scenes
+
+        report = scenes.import_scenes(args.user, args.name or "scenes", count=args.count, concepts=args.concepts,
+                                      seed=args.seed, val_fraction=args.val_fraction)
+    elif args.which == "fashion-mnist":
         report = samples.import_fashion_mnist(args.user, args.name or "fashion-mnist", per_class=args.per_class,
                                               val_fraction=args.val_fraction, seed=args.seed)
     else:
@@ -594,10 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dataset_import)
-    p = ds_sub.add_parser("samples", help="import sample data: fashion-mnist or digits")
-    p.add_argument("which", choices=["fashion-mnist", "digits"])
+    p = ds_sub.add_parser("samples", help="import sample data: fashion-mnist, digits, or scenes (detection: "
+                          "Caltech-101 objects pasted onto real backgrounds, COCO boxes)")
+    p.add_argument("which", choices=["fashion-mnist", "digits", "scenes"])
     p.add_argument("--name", default=None)
     p.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST training images per class")
+    p.add_argument("--count", type=int, default=200, help="scenes: how many (320 px each)")
+    p.add_argument("--concepts", type=int, default=5, help="scenes: how many Caltech-101 categories (the largest)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
