@@ -349,9 +349,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.evaluation.predict import predict
+    from core.evaluation.predict import draw_predictions, predict
 
-    out = predict(args.user, args.model, args.images, top_k=args.top_k, threshold=args.threshold)
+    out = predict(args.user, args.model, args.images, top_k=args.top_k, threshold=args.threshold,
+                  score_threshold=args.score_threshold)
+    if args.out:
+        for entry, path in zip(out, draw_predictions(args.user, args.model, args.images, out, args.out),
+                               strict=True):
+            entry["drawn"] = str(path)
     if args.json:
         _print_json(out)
     else:
@@ -686,6 +691,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--top-k", type=int, default=5, dest="top_k")
     p.add_argument("--threshold", type=float, default=0.5, help="logreg models: every concept at or above this")
+    p.add_argument("--score-threshold", type=float, default=None, dest="score_threshold",
+                   help="detectors: the boxes scoring above this (default the model's detection_score_threshold)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="detectors: also write each photo with its boxes drawn into DIR (NAME_boxes.png)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="export a model as zip (safetensors), TorchScript or ONNX")
     p.add_argument("model", help="model name or id")

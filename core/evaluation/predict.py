@@ -97,6 +97,32 @@ def check_threshold(threshold: Any, field: str = "threshold") -> float:
     return value
 
 
+def draw_predictions(user: User | str, model: str | int, images: Sequence[ImageSource], predictions: Sequence[dict],
+                     folder: str | Path) -> list[Path]:
+    """Write each image with its predicted boxes drawn (coloured by concept, with a legend) into ``folder`` as
+    ``NAME_boxes.png`` (``NAME_2_boxes.png`` and so on when two images share a name); the paths written."""
+    from core.evaluation.drawing import draw_boxes
+
+    row = service.get(user, model)
+    if row["kind"] != "detector":
+        raise UserError(f"--out draws boxes: model {row['name']!r} is a {row['kind']}, not a detector")
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot make the folder ({exc.strerror or type(exc).__name__})") from None
+    written: list[Path] = []
+    for src, entry in zip(images, predictions, strict=True):
+        stem = Path(_name(src)).stem or "image"
+        path, n = out / f"{stem}_boxes.png", 1
+        while path in written:
+            n += 1
+            path = out / f"{stem}_{n}_boxes.png"
+        draw_boxes(open_image(src), entry["boxes"], row["concepts"]).save(path)
+        written.append(path)
+    return written
+
+
 def above(boxes: Sequence[dict], score_threshold: float) -> list[dict]:
     """The boxes scoring above ``score_threshold`` (a page's slider over boxes predicted once at a lower one)."""
     return [b for b in boxes if float(b["score"]) > score_threshold]

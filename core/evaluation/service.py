@@ -308,6 +308,28 @@ def _evaluate_detector(row: ModelRow, dataset: DatasetRow, loaded,
 
 # ------------------------------------------------------------------------------------------------ views
 
+ANY_ERROR = "any error"
+NO_ERROR = "no error"
+
+
+def detector_samples(result: Evaluation, concept: str | None = None, error: str | None = None) -> list[dict]:
+    """A detector evaluation's images with ``concept`` among their boxes (truth or predicted) and the kind of
+    ``error`` asked for: one of metrics.ERROR_KINDS, ANY_ERROR or NO_ERROR (None: every image)."""
+    allowed = (*m.ERROR_KINDS, ANY_ERROR, NO_ERROR)
+    if error is not None and error not in allowed:
+        raise UserError(f"error must be one of {', '.join(allowed)}, got {error!r}")
+    out = []
+    for s in result["samples"]:
+        kinds = s.get("errors") or []
+        if concept is not None and concept not in s.get("concepts", []):
+            continue
+        wanted = {None: True, ANY_ERROR: bool(kinds), NO_ERROR: not kinds}.get(error, error in kinds)
+        if not wanted:
+            continue
+        out.append(s)
+    return out
+
+
 
 def at_threshold(row: ModelRow, result: Evaluation, threshold: float) -> Evaluation:
     """A cached classifier evaluation with its threshold-dependent figures recomputed at ``threshold``."""
