@@ -327,6 +327,8 @@ def compare_section(rows: list[dict]) -> None:
         ui.show_error(exc)
         return
     st.dataframe(comparison["table"], key="models_compare_table", hide_index=True)
+    if comparison.get("per_concept"):
+        st.dataframe(comparison["per_concept"], key="models_compare_per_concept", hide_index=True)
     figs = charts.compare_curves(comparison)
     cols = st.columns(max(1, len(figs)))
     for i, fig in enumerate(figs):

@@ -268,3 +268,20 @@ def test_models_page_detector_view_and_predict(detector):
 
 def _image_captions(at) -> list[str]:
     return [str(img.caption) for i in at.get("image") for img in i.proto.imgs]
+
+
+def test_two_detectors_compared_side_by_side(detector):
+    """The Lite0 detector (trained from its offline weights) beside the Faster R-CNN: headline figures and AP per
+    concept of each, from each one's own evaluation."""
+    from core.evaluation import charts, service
+
+    comparison = service.compare("local", [detector, "lite0"])
+    assert comparison["kind"] == "detector" and [r["model"] for r in comparison["table"]] == [detector, "lite0"]
+    for row, name in zip(comparison["table"], (detector, "lite0"), strict=True):
+        result = service.evaluate("local", name)
+        assert row["map"] == result["map"] and row["ap50"] == result["ap50"] and "map_small" in row
+        for line in comparison["per_concept"]:
+            assert line[f"{name} AP50"] == result["per_concept_ap50"][line["concept"]]
+    assert [line["concept"] for line in comparison["per_concept"]] == service.get("local", detector)["concepts"]
+    (bars,) = charts.compare_curves(comparison)
+    assert [t.name for t in bars.data] == [detector, "lite0"]

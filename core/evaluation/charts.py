@@ -119,10 +119,16 @@ def recall_at_k(series: Sequence[tuple[str, dict]]) -> go.Figure:
 
 
 def compare_curves(comparison: dict) -> list[go.Figure]:
-    """Overlaid curves of compared models: micro PR and ROC for classifiers, recall@k for embedders."""
+    """Overlaid curves of compared models: micro PR and ROC for classifiers, recall@k for embedders, AP50 per
+    concept (bars side by side) for detectors."""
     curves = comparison["curves"]
     if comparison["kind"] == "embedder":
         return [recall_at_k([(c["model"], c["recall_at_k"]) for c in curves])]
+    if comparison["kind"] == "detector":
+        bars = go.Figure([go.Bar(x=list(c["per_concept_ap50"]), y=list(c["per_concept_ap50"].values()),
+                                 name=c["model"]) for c in curves])
+        bars.update_layout(barmode="group", title="AP50 per concept", yaxis_range=[0, 1.05])
+        return [bars]
     if comparison["kind"] != "classifier":
         return []
     pr, roc = go.Figure(), go.Figure()

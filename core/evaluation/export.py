@@ -724,8 +724,7 @@ def _check_weights(config: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         if base is not None:
             net = build_on_base(base, config["template"], count)
         else:
-            net = build_network(config["kind"], config["template"], dict(config["params"], pretrained_weights="None"),
-                                count)
+            net = build_network(config["kind"], config["template"], dict(config["params"]), count, load_weights=False)
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     if own != shapes:
         missing = sorted(set(own) - set(shapes))

@@ -369,11 +369,14 @@ def summary(result: Evaluation) -> dict[str, Any]:
     if kind == "embedder":
         return {"recall_at_1": result["recall_at_1"], "recall_at_5": result["recall_at_5"],
                 "map_at_r": result["map_at_r"], "queries": result["queries"]}
-    return {"map": result["map"], "ap50": result["ap50"], "ap75": result["ap75"], "images": result["images"]}
+    return {"map": result["map"], "ap50": result["ap50"], "ap75": result["ap75"],
+            **{k: result.get(k) for k in ("map_small", "map_medium", "map_large")}, "images": result["images"]}
 
 
 def compare(user: User | str, models: Sequence[str | int]) -> dict:
-    """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay."""
+    """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay;
+    detectors also their AP per concept side by side (``per_concept``: one row per concept, AP@[.5:.95] and AP50
+    of each model)."""
     rows = [get(user, name) for name in models]
     if len(rows) < 2:
         raise UserError("compare: choose at least two models")
@@ -392,7 +395,17 @@ def compare(user: User | str, models: Sequence[str | int]) -> dict:
             curves.append({"model": r["name"], **res["curves"]["__micro__"]})
         elif res["kind"] == "embedder":
             curves.append({"model": r["name"], "recall_at_k": res["recall_at_k"]})
-    return {"kind": kinds.pop(), "table": table, "curves": curves}
+        elif res["kind"] == "detector":
+            curves.append({"model": r["name"], "per_concept_ap": res["per_concept_ap"],
+                           "per_concept_ap50": res["per_concept_ap50"]})
+    out = {"kind": kinds.pop(), "table": table, "curves": curves}
+    if out["kind"] == "detector":
+        concepts = list(dict.fromkeys(c for r in rows for c in r["concepts"]))
+        out["per_concept"] = [{"concept": c, **{f"{m['model']} {label}": m[key].get(c) for m in curves
+                                                for key, label in (("per_concept_ap", "AP"),
+                                                                   ("per_concept_ap50", "AP50"))}}
+                              for c in concepts]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ registry table

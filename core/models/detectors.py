@@ -142,14 +142,16 @@ class StudioFasterRCNN(_StudioDetector, FasterRCNN):
 
 
 # --------------------------------------------------------------------------------------------- builders
-def _resnet18_body(pretrained: bool) -> nn.Module:
+def _resnet18_body(pretrained: bool, load_weights: bool = True) -> nn.Module:
     """torchvision ResNet-18 (timm ``resnet18`` has the same tensor names); ImageNet weights from timm's
-    ``resnet18.a1_in1k`` with frozen batch norm, else random init with ordinary batch norm."""
+    ``resnet18.a1_in1k`` (unless not ``load_weights``: a saved state replaces them) with frozen batch norm, else
+    random init with ordinary batch norm."""
     from torchvision.models import resnet18
 
     if pretrained:
         body = resnet18(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
-        W.load_timm_pretrained(body, f"{BACKBONE_ARCH}.{BACKBONE_TAG}")
+        if load_weights:
+            W.load_timm_pretrained(body, f"{BACKBONE_ARCH}.{BACKBONE_TAG}")
     else:
         body = resnet18(weights=None)
     return body
@@ -166,15 +168,16 @@ class Lite0Pyramid(nn.Module):
 
     FROZEN_STAGES = 2  # of timm's blocks 0-6, with the stem
 
-    def __init__(self, pretrained: bool, channels: int = LITE0_FPN_CHANNELS) -> None:
+    def __init__(self, pretrained: bool, channels: int = LITE0_FPN_CHANNELS, load_weights: bool = True) -> None:
         import timm
         from timm.layers import freeze_batch_norm_2d
 
         super().__init__()
         body = timm.create_model(W.LITE0_ARCH, pretrained=False, features_only=True, out_indices=(2, 3, 4))
         if pretrained:
-            state = W.lite0_imagenet_state_dict()
-            body.load_state_dict({k: v for k, v in state.items() if k in body.state_dict()}, strict=True)
+            if load_weights:  # else a saved state replaces them
+                state = W.lite0_imagenet_state_dict()
+                body.load_state_dict({k: v for k, v in state.items() if k in body.state_dict()}, strict=True)
             body = freeze_batch_norm_2d(body)
             for part in (body.conv_stem, body.bn1, *[body.blocks[i] for i in range(self.FROZEN_STAGES)]):
                 part.requires_grad_(False)
@@ -188,19 +191,20 @@ class Lite0Pyramid(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
 
 
-def _retinanet_backbone(spec: NetSpec, pretrained: bool) -> nn.Module:
+def _retinanet_backbone(spec: NetSpec, pretrained: bool, load_weights: bool) -> nn.Module:
     """RetinaNet's five-level pyramid (P3-P7) on the template's backbone."""
     if spec.backbone == "efficientnet_lite0_fpn":
-        return Lite0Pyramid(pretrained)
-    return _resnet_fpn_extractor(_resnet18_body(pretrained), 3 if pretrained else 5, returned_layers=[2, 3, 4],
-                                 extra_blocks=LastLevelP6P7(256, 256))
+        return Lite0Pyramid(pretrained, load_weights=load_weights)
+    return _resnet_fpn_extractor(_resnet18_body(pretrained, load_weights), 3 if pretrained else 5,
+                                 returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
 
 
 def build_detector(kind: str, name: str, spec: NetSpec, params: dict, num_concepts: int,
-                   pretrained: bool) -> nn.Module:
+                   pretrained: bool, load_weights: bool = True) -> nn.Module:
     """The detection model the template declares (``spec.detector``: RetinaNet or Faster R-CNN, on
     ``spec.backbone``) for ``num_concepts`` concepts (labels 1..num_concepts); it normalises with the spec's mean
-    and std."""
+    and std. ``pretrained`` decides the layers (frozen batch norms and stages); ``load_weights`` whether the
+    ImageNet weights are fetched into them (not when a saved state will replace them)."""
     retina = spec.detector == "retinanet"
     size = int(params.get("image_size") or 512)
     max_size = int(round(size * MAX_SIDE_RATIO))
@@ -209,7 +213,7 @@ def build_detector(kind: str, name: str, spec: NetSpec, params: dict, num_concep
     num_classes = num_concepts + 1
     norm = {"image_mean": list(spec.mean), "image_std": list(spec.std)}
     if retina:
-        backbone = _retinanet_backbone(spec, pretrained)
+        backbone = _retinanet_backbone(spec, pretrained, load_weights)
         sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
         net = StudioRetinaNet(
@@ -223,7 +227,7 @@ def build_detector(kind: str, name: str, spec: NetSpec, params: dict, num_concep
     else:
         if spec.backbone != "resnet18_fpn":
             raise ValueError(f"{name}: Faster R-CNN is built on resnet18_fpn only, not {spec.backbone!r}")
-        backbone = _resnet_fpn_extractor(_resnet18_body(pretrained), 3 if pretrained else 5)
+        backbone = _resnet_fpn_extractor(_resnet18_body(pretrained, load_weights), 3 if pretrained else 5)
         net = StudioFasterRCNN(
             backbone, num_classes, min_size=size, max_size=max_size, box_score_thresh=min(threshold, 0.05), **norm
         )

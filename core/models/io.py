@@ -121,13 +121,12 @@ def load_model_dir(
             "a pickled checkpoint is refused."
         ) from None
     params = dict(config["params"])
-    build_params = dict(params, pretrained_weights="None")  # the saved weights replace any pretrained ones
     base = base_of(config)
     net: nn.Module
     if base is not None:  # a transfer classifier on another model's embedding
         net = build_on_base(base, template, len(config["concepts"]))
     else:
-        net = build_network(kind, template, build_params, len(config["concepts"]))
+        net = build_network(kind, template, params, len(config["concepts"]), load_weights=False)  # the saved ones
     own = net.state_dict()
     missing, unexpected, wrong = state_mismatch(own, state)
     if missing or unexpected or wrong:
