@@ -35,22 +35,35 @@ RUNS = (  # (template, parameters beside the template's defaults, label)
 )
 
 
+def epoch_lines():
+    """Callbacks that print each epoch's figures (the loop's own validation mAP/AP50 every test_freq epochs)."""
+    from core.training import Callbacks
+
+    class EpochLines(Callbacks):
+        def on_epoch(self, epoch: int, metrics: dict) -> None:
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float)))
+            print(f"    epoch {epoch}: {shown}", flush=True)
+
+    return EpochLines()
+
+
 def budgeted(template: str, params: dict, budget_s: float, home: Path) -> dict:
     """Train one epoch, then resume to as many epochs as ``budget_s`` holds at that pace; the stored model's
     evaluation and the wall time to it."""
     from core.evaluation import service
-    from core.training import ConsoleCallbacks, train
+    from core.training import train
 
     run_dir = home / "runs" / template
     config = {"owner": "local", "dataset": "scenes", "kind": "detector", "template": template, "seed": 0,
               "name": template, "params": {**params, "num_epochs": 1}}
     t0 = time.perf_counter()
-    result = train(config, run_dir, ConsoleCallbacks(quiet=True))
+    result = train(config, run_dir, epoch_lines())
     first = time.perf_counter() - t0
     epochs = max(1, math.floor(budget_s / first))
+    print(f"  {template}: first epoch {first:.0f} s to a stored model; {epochs} epochs fit the budget", flush=True)
     if epochs > 1:
         config["params"] = {**params, "num_epochs": epochs}
-        result = train(config, run_dir, ConsoleCallbacks(quiet=True), resume=True)
+        result = train(config, run_dir, epoch_lines(), resume=True)
     seconds = time.perf_counter() - t0
     ev = service.evaluate("local", result.model_id, refresh=True)
     return {"epochs": epochs, "first_epoch_s": first, "minutes": seconds / 60, "map": ev["map"], "ap50": ev["ap50"],
