@@ -228,7 +228,7 @@ def predict_tab(row: dict) -> None:
     detector = row["kind"] == "detector"
     if detector:
         start = float((row.get("params") or {}).get("detection_score_threshold") or 0.0)
-        score = st.slider("Score threshold", 0.0, 1.0, start, 0.01, key="models_predict_score",
+        score = st.slider("Score threshold", 0.0, 1.0, start, 0.01, key=f"models_predict_score_{row['id']}",
                           help="Boxes scoring above this are shown; it starts at the model's "
                                "detection_score_threshold and filters the boxes already found, without running the "
                                "model again.")

@@ -251,7 +251,8 @@ def test_models_page_detector_view_and_predict(detector):
     assert sum(c.endswith(": ground truth") for c in shown) == min(len(errors), 6) > 0
     assert sum(c.startswith("predicted (") and "missed" in c for c in shown) == min(len(errors), 6)
 
-    slider = at.slider(key="models_predict_score")  # the Predict tab (tabs render every widget)
+    score_key = f"models_predict_score_{get_model('local', detector)['id']}"  # each model starts at its own
+    slider = at.slider(key=score_key)  # the Predict tab (tabs render every widget)
     assert slider.value == pytest.approx(0.0)  # the model's detection_score_threshold
     at.radio(key="models_predict_source").set_value("Dataset").run()
     at.button(key="models_predict_btn").click().run()
@@ -260,7 +261,7 @@ def test_models_page_detector_view_and_predict(detector):
     assert len(found) == 1 and found[0].endswith("above 0.00"), found
     total = int(found[0].split(": ")[-1].split(" of ")[1].split()[0])
     assert total > 0
-    at.slider(key="models_predict_score").set_value(0.5).run()
+    at.slider(key=score_key).set_value(0.5).run()
     after = [c for c in _image_captions(at) if " boxes above " in c]
     kept = int(after[0].split(": ")[-1].split(" of ")[0])
     assert kept < total and after[0].endswith("above 0.50"), after
