@@ -114,7 +114,12 @@ def cmd_dataset_import(args: argparse.Namespace) -> int:
 def cmd_dataset_samples(args: argparse.Namespace) -> int:
     from core.data import samples
 
-    if args.which == "fashion-mnist":
+    if args.which == "scenes":
+        from core.data import scenes
+
+        report = scenes.import_scenes(args.user, args.name or "scenes", count=args.count, concepts=args.concepts,
+                                      seed=args.seed, val_fraction=args.val_fraction)
+    elif args.which == "fashion-mnist":
         report = samples.import_fashion_mnist(args.user, args.name or "fashion-mnist", per_class=args.per_class,
                                               val_fraction=args.val_fraction, seed=args.seed)
     else:
@@ -385,9 +390,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core.evaluation.predict import predict
+    from core.evaluation.predict import draw_predictions, predict
 
-    out = predict(args.user, args.model, args.images, top_k=args.top_k, threshold=args.threshold)
+    out = predict(args.user, args.model, args.images, top_k=args.top_k, threshold=args.threshold,
+                  score_threshold=args.score_threshold)
+    if args.out:
+        for entry, path in zip(out, draw_predictions(args.user, args.model, args.images, out, args.out),
+                               strict=True):
+            entry["drawn"] = str(path)
     if args.json:
         _print_json(out)
     else:
@@ -635,10 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=float, default=1.0, help="frames sampled per second of video")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_dataset_import)
-    p = ds_sub.add_parser("samples", help="import sample data: fashion-mnist or digits")
-    p.add_argument("which", choices=["fashion-mnist", "digits"])
+    p = ds_sub.add_parser("samples", help="import sample data: fashion-mnist, digits, or scenes (detection: "
+                          "Caltech-101 objects pasted onto real backgrounds, COCO boxes)")
+    p.add_argument("which", choices=["fashion-mnist", "digits", "scenes"])
     p.add_argument("--name", default=None)
     p.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST training images per class")
+    p.add_argument("--count", type=int, default=200, help="scenes: how many (320 px each)")
+    p.add_argument("--concepts", type=int, default=5, help="scenes: how many Caltech-101 categories (the largest)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
@@ -725,6 +738,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--top-k", type=int, default=5, dest="top_k")
     p.add_argument("--threshold", type=float, default=0.5, help="logreg models: every concept at or above this")
+    p.add_argument("--score-threshold", type=float, default=None, dest="score_threshold",
+                   help="detectors: the boxes scoring above this (default the model's detection_score_threshold)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="detectors: also write each photo with its boxes drawn into DIR (NAME_boxes.png)")
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("export", help="export a model as zip (safetensors), TorchScript or ONNX")
     p.add_argument("model", help="model name or id")

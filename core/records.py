@@ -389,14 +389,19 @@ class EmbedderBaseline(TypedDict):
 
 
 class DetectorFigures(TypedDict):
-    """``core.evaluation.metrics.detector_metrics``: COCO-style mAP@[.5:.95], AP50, AP75 and per-concept AP."""
+    """``core.evaluation.metrics.detector_metrics``: pycocotools' mAP@[.5:.95], AP50, AP75, mAP by box size, AP per
+    concept and each concept's precision-recall curve at IoU 0.5 ({"recall", "precision", "ap"})."""
 
     images: int
     map: float | None
     ap50: float | None
     ap75: float | None
+    map_small: float | None
+    map_medium: float | None
+    map_large: float | None
     per_concept_ap: dict[str, float | None]
     per_concept_ap50: dict[str, float | None]
+    pr_curves: dict[str, dict[str, Any]]
 
 
 class Evaluation(TypedDict, total=False):
@@ -442,9 +447,14 @@ class Evaluation(TypedDict, total=False):
     images: int
     ap50: float | None
     ap75: float | None
+    map_small: float | None
+    map_medium: float | None
+    map_large: float | None
     per_concept_ap: dict[str, float | None]
     per_concept_ap50: dict[str, float | None]
-    samples: list[dict[str, Any]]  # item_id, path, truth and predicted boxes
+    pr_curves: dict[str, dict[str, Any]]
+    detection_confusion: dict[str, dict[str, Any]]  # per concept: matched, wrong_concept, background, missed
+    samples: list[dict[str, Any]]  # every evaluated image: item_id, path, truth and predicted boxes, errors, concepts
 
 
 # ------------------------------------------------------------------------------------------------ data quality

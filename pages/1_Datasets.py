@@ -10,7 +10,7 @@ import plotly.express as px
 import streamlit as st
 
 from core import jobs, ui
-from core.data import atlas, labelling, quality, samples
+from core.data import atlas, labelling, quality, samples, scenes
 from core.data import service as datasets
 from core.data.export import EXPORT_FORMATS, export_dataset
 from core.data.importer import import_dataset, import_roots_help, resplit
@@ -123,8 +123,21 @@ def import_tab() -> None:
             run_import(lambda p: import_dataset(user, server_path.strip(), name, fmt, val_fraction, seed, p,
                                                 video_fps=fps, server_folder=True))
     else:
-        which = st.selectbox("Sample", ["scikit-learn digits", "Fashion-MNIST"], key="ds_sample")
-        if which == "Fashion-MNIST":
+        which = st.selectbox("Sample", ["scikit-learn digits", "Fashion-MNIST", "Detection scenes (Caltech-101)"],
+                             key="ds_sample")
+        if which == "Detection scenes (Caltech-101)":
+            if scenes.scenes_available():
+                st.caption("Caltech-101 objects pasted at random positions and scales onto real backgrounds, several "
+                           "per scene, some overlapping; COCO boxes for the Visual Detector templates.")
+                count = st.number_input("Scenes", 1, scenes.MAX_COUNT, scenes.DEFAULT_COUNT, 50, key="ds_scenes_count")
+                concepts = st.number_input("Concepts", 1, 20, scenes.DEFAULT_CONCEPTS, 1, key="ds_scenes_concepts",
+                                           help="The Caltech-101 categories with the most photos.")
+                if st.button("Import scenes", key="ds_import_scenes", type="primary"):
+                    run_import(lambda p: scenes.import_scenes(user, name or "scenes", int(count), int(concepts),
+                                                              seed, val_fraction, p))
+            else:
+                st.info(f"Caltech-101 is not installed on this server: expected {scenes.caltech_root()}.")
+        elif which == "Fashion-MNIST":
             if samples.fashion_mnist_available():
                 per_class = st.slider("Training images per class", 10, 6000, 500, 10, key="ds_fashion_per_class",
                                       help="Test images per class: a sixth of this, as in the 60,000/10,000 split.")

@@ -30,8 +30,10 @@ def _reset_params() -> None:
 
 
 def _on_kind_change() -> None:
+    """The new kind's first template, set (not just forgotten): a browser otherwise keeps showing the old kind's
+    template in the box while the page describes the new one."""
     _reset_params()
-    st.session_state.pop(ui.TRAIN_TEMPLATE_KEY, None)
+    st.session_state[ui.TRAIN_TEMPLATE_KEY] = list_templates(st.session_state[ui.TRAIN_KIND_KEY])[0].name
 
 
 def _label(spec: ParamSpec) -> str:

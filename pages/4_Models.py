@@ -7,14 +7,15 @@ import streamlit as st
 from core import ui
 from core.data import service as datasets
 from core.errors import UserError
-from core.evaluation import charts, export, report, service
-from core.evaluation.predict import predict
+from core.evaluation import charts, drawing, export, report, service
+from core.evaluation.predict import above, predict
 from core.users import can_change, has_role
 
 st.set_page_config(page_title="Models", layout="wide")
 st.title("Models")
 user = ui.current_user()
 GALLERY_PAGE = 12  # misclassified images per page (each carries a fix-labels form)
+DETECTOR_PAGE = 6  # detector validation images per page, each drawn twice (ground truth, predictions)
 
 
 def gallery(items: list[dict], caption, columns: int = 6) -> None:
@@ -143,15 +144,37 @@ def embedder_view(row: dict, result: dict) -> None:
 
 
 def detector_view(row: dict, result: dict) -> None:
-    c = st.columns(4)
-    for col, (label, key) in zip(c, [("mAP@[.5:.95]", "map"), ("AP50", "ap50"), ("AP75", "ap75")]):
-        col.metric(label, "n/a" if result[key] is None else f"{result[key]:.3f}")
-    c[3].metric("Images", result["images"])
-    st.plotly_chart(charts.detection_ap(result), key="models_ap_chart")
-    st.subheader("Predicted boxes (red) and ground truth (green)")
-    cols = st.columns(3)
-    for i, s in enumerate(result["samples"]):
-        cols[i % 3].image(report.draw_boxes(s["path"], s["truth"], s["predicted"]), width="stretch")
+    c = st.columns(7)
+    for col, (label, key) in zip(c, [("mAP@[.5:.95]", "map"), ("AP50", "ap50"), ("AP75", "ap75"),
+                                     ("mAP small", "map_small"), ("mAP medium", "map_medium"),
+                                     ("mAP large", "map_large")]):
+        value = result.get(key)
+        col.metric(label, "n/a" if value is None else f"{value:.3f}")
+    c[6].metric("Images", result["images"])
+    st.dataframe(report.detector_table(result), hide_index=True, key="models_det_table")
+    a, b = st.columns(2)
+    a.plotly_chart(charts.detection_ap(result), key="models_ap_chart")
+    if result.get("pr_curves"):
+        b.plotly_chart(charts.detection_pr_curves(result), key="models_det_pr_chart")
+    if result.get("detection_confusion"):
+        st.plotly_chart(charts.detection_confusion(result), key="models_det_confusion_chart")
+    st.subheader("Validation images: ground truth (left) and predictions (right)")
+    f1, f2, f3 = st.columns(3)
+    concept = f1.selectbox("Concept", ["every concept", *result["concepts"]], key="models_det_concept")
+    kinds = {"every image": None, "any error": service.ANY_ERROR, "another concept's object": "wrong_concept",
+             "a box on background": "background", "a missed object": "missed", "no error": service.NO_ERROR}
+    kind = f2.selectbox("Showing", list(kinds), key="models_det_error")
+    shown = service.detector_samples(result, None if concept == "every concept" else concept, kinds[kind])
+    pages = max(1, -(-len(shown) // DETECTOR_PAGE))
+    page = int(f3.number_input(f"Page (of {pages})", 1, pages, 1, key="models_det_page"))
+    st.caption(f"{len(shown)} of {len(result['samples'])} images")
+    for s in shown[(page - 1) * DETECTOR_PAGE: page * DETECTOR_PAGE]:
+        left, right = st.columns(2)
+        errors = ", ".join(e.replace("_", " ") for e in s.get("errors", [])) or "no error"
+        left.image(drawing.draw_boxes(s["path"], s["truth"], result["concepts"], max_side=480),
+                   caption=f"item {s['item_id']}: ground truth", width="stretch")
+        right.image(drawing.draw_boxes(s["path"], s["predicted"], result["concepts"], max_side=480),
+                    caption=f"predicted ({errors})", width="stretch")
 
 
 def evaluation_tab(row: dict) -> None:
@@ -208,14 +231,28 @@ def predict_tab(row: dict) -> None:
         images = [r["path"] for r in picked]
     threshold = st.slider("Threshold (multi-label models)", 0.0, 1.0, 0.5, 0.01, key="models_predict_threshold") \
         if service.multi_label(row) else 0.5
+    detector = row["kind"] == "detector"
+    if detector:
+        start = float((row.get("params") or {}).get("detection_score_threshold") or 0.0)
+        score = st.slider("Score threshold", 0.0, 1.0, start, 0.01, key=f"models_predict_score_{row['id']}",
+                          help="Boxes scoring above this are shown; it starts at the model's "
+                               "detection_score_threshold and filters the boxes already found, without running the "
+                               "model again.")
     if st.button("Predict", key="models_predict_btn", disabled=not images):
         try:
-            st.session_state["models_predictions"] = (row["id"], predict(user, row["id"], images,
-                                                                         threshold=threshold))
+            found = predict(user, row["id"], images, threshold=threshold, score_threshold=0.0 if detector else None)
+            st.session_state["models_predictions"] = (row["id"], found)
         except UserError as exc:
             ui.show_error(exc)
     model_id, results = st.session_state.get("models_predictions") or (None, [])
     if model_id != row["id"]:
+        return
+    if detector:
+        for entry, src in zip(results, images):
+            boxes = above(entry["boxes"], score)
+            st.image(drawing.draw_boxes(src[1] if isinstance(src, tuple) else src, boxes, row["concepts"]),
+                     caption=f"{entry['image'].split('/')[-1]}: {len(boxes)} of {len(entry['boxes'])} boxes above "
+                             f"{score:.2f}", width="content")
         return
     for entry, src in zip(results, images):
         a, b = st.columns([1, 2])
@@ -296,6 +333,8 @@ def compare_section(rows: list[dict]) -> None:
         ui.show_error(exc)
         return
     st.dataframe(comparison["table"], key="models_compare_table", hide_index=True)
+    if comparison.get("per_concept"):
+        st.dataframe(comparison["per_concept"], key="models_compare_per_concept", hide_index=True)
     figs = charts.compare_curves(comparison)
     cols = st.columns(max(1, len(figs)))
     for i, fig in enumerate(figs):

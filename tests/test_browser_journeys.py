@@ -319,3 +319,104 @@ def test_watch_the_curves_advance_then_cancel_the_job(tmp_path, deeptrain_home):
         expect(page.get_by_role("button", name="Resume", exact=True)).to_be_enabled(timeout=60_000)
         assert_clean(page)
     assert jobs.status("local", job_id)["state"] == "cancelled"
+
+
+def test_detector_from_scenes_to_boxes_on_a_photo(tmp_path, deeptrain_home):
+    """Import the scenes sample, train the Lite0 detector for one short epoch, open its evaluation (PR curves, the
+    gallery), predict on an uploaded scene and see its boxes drawn on it; the score slider then hides some."""
+    from core.data import scenes
+
+    if not scenes.scenes_available():
+        pytest.skip("Caltech-101 with BACKGROUND_Google not found")
+    uploaded = scenes.compose(tmp_path / "mine", 1, 2, seed=7).parent / "images" / "scene_00000.jpg"
+    with (streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page,
+          saved_on_failure(page, tmp_path, deeptrain_home)):
+        start_at(page, url, "Datasets", "Dataset name")
+        page.get_by_text("Sample data", exact=True).click()
+        wait_idle(page)
+        choose(page, "Sample", "Detection scenes (Caltech-101)")
+        type_into(page, "Dataset name", "scenes")
+        for label, value in (("Scenes", "24"), ("Concepts", "2")):
+            box = page.get_by_role("spinbutton", name=label, exact=True)
+            box.fill(value)
+            box.press("Enter")
+            wait_idle(page)
+        page.get_by_role("button", name="Import scenes", exact=True).click()
+        page.get_by_text(re.compile(r"Imported 24 images into 'scenes'")).wait_for(timeout=60_000)
+        wait_idle(page)
+        assert_clean(page)
+
+        open_page(page, "Train", "Hyperparameters")
+        page.get_by_text("Visual Detector", exact=True).click()
+        wait_idle(page)
+        expect(page.get_by_role("combobox", name="Template", exact=True)).to_have_value(
+            "Studio_EfficientNetLite0_RetinaNet", timeout=30_000)  # the first detector offered: weights offline
+        wait_idle(page)
+        slide(page, "image_size", ["Home"], 128)
+        slide(page, "num_epochs", ["Home"], 1)
+        threshold = page.get_by_role("spinbutton", name="`detection_score_threshold`")
+        threshold.fill("0")  # an epoch's model scores low: keep every box, the Models page's slider filters them
+        threshold.press("Enter")
+        expect(page.get_by_test_id("stJson")).to_contain_text(re.compile(r'"detection_score_threshold":\s*0(\.0)?\b'))
+        wait_idle(page)
+        choose(page, "Dataset", "scenes")
+        type_into(page, "Model name (optional)", "journey-detector")
+        page.get_by_role("button", name="Start training").click()
+        page.get_by_text(re.compile(r"Job \d+ is queued")).wait_for()
+        wait_idle(page)
+
+        open_page(page, "Jobs", "Show the team's jobs too")
+        page.get_by_text(re.compile(r"Finished .*Model \d+ is on the Models page")).wait_for(timeout=TRAIN_TIMEOUT_MS)
+        wait_idle(page)
+        assert_clean(page)
+
+        open_page(page, "Models", "Open model")
+        evaluate = page.get_by_role("button", name="Evaluate", exact=True)
+        if evaluate.count():
+            evaluate.click()
+        page.get_by_text("mAP@[.5:.95]").first.wait_for(timeout=120_000)
+        wait_idle(page)
+        assert_clean(page)
+        expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Precision-recall at IoU 0.5")).to_have_count(1)
+        expect(page.get_by_test_id("stImageCaption").filter(has_text="ground truth").first).to_be_visible()
+        shot(page, tmp_path, "detector_evaluation")
+
+        page.get_by_role("tab", name="Predict").click()
+        wait_idle(page)
+        page.get_by_test_id("stFileUploader").filter(has_text="Images").locator("input[type=file]").set_input_files(
+            str(uploaded))
+        page.get_by_test_id("stFileChipName").filter(has_text=uploaded.name).wait_for()
+        page.get_by_role("button", name="Predict", exact=True).click()
+        caption = page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r"boxes above 0\.00"))
+        caption.wait_for(timeout=60_000)
+        wait_idle(page)
+        assert_clean(page)
+        shown, found = _boxes_shown(caption)
+        assert shown == found > 0  # every box drawn at 0
+        slider = page.get_by_role("slider", name="Score threshold")
+        slider.focus()
+        for step in range(1, 60):  # raise it a step at a time (filtering only) until a few boxes are left
+            slider.press("ArrowRight")
+            caption = page.get_by_test_id("stImageCaption").filter(has_text=f"boxes above {step / 100:.2f}")
+            caption.wait_for()
+            fewer, _ = _boxes_shown(caption)
+            assert fewer <= shown
+            shown = fewer
+            if shown <= 8:
+                break
+        if shown == 0:
+            slider.press("ArrowLeft")
+            page.get_by_test_id("stImageCaption").filter(has_text=f"boxes above {(step - 1) / 100:.2f}").wait_for()
+        wait_idle(page)
+        assert_clean(page)
+        page.get_by_test_id("stImage").last.scroll_into_view_if_needed()
+        shot(page, tmp_path, "detector_predict")
+        slider.press("End")  # 1.00: no box scores above it
+        page.get_by_test_id("stImageCaption").filter(has_text=re.compile(r": 0 of \d+ boxes above 1\.00")).wait_for()
+        assert_clean(page)
+
+
+def _boxes_shown(caption) -> tuple[int, int]:
+    """(boxes drawn, boxes found) from a detector prediction's caption "NAME: N of M boxes above T"."""
+    shown, found = re.search(r": (\d+) of (\d+) boxes", caption.inner_text()).groups()
+    return int(shown), int(found)

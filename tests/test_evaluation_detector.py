@@ -1,4 +1,5 @@
-"""Detector evaluation and prediction on a tiny Faster R-CNN trained in the test on real photos with COCO boxes."""
+"""Detector evaluation and prediction on a tiny Faster R-CNN trained in the test on composed scenes of real photos
+(core.data.scenes: several objects anywhere in each photo, COCO boxes)."""
 
 from __future__ import annotations
 
@@ -11,47 +12,19 @@ import pytest
 from PIL import Image
 
 from core.errors import UserError
-from tests.conftest import caltech_slice
+from tests.model_support import make_detector_home
 
 
 @pytest.fixture(scope="module")
 def detector_home(tmp_path_factory):
-    """COCO import of 9 Caltech photos (3 concepts) with one box each, and a 1-epoch Faster R-CNN on it."""
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("dethome")
-    mp.setenv("DEEPTRAIN_HOME", str(home))
-    try:
-        _train_detector(tmp_path_factory.mktemp("detsrc"))
-    finally:
-        mp.undo()
-    return home
+    """Composed scenes (objects anywhere, several per photo) and a 1-epoch Faster R-CNN on them."""
+    return make_detector_home(tmp_path_factory, "dethome")
 
 
 @pytest.fixture
 def detector(detector_home, monkeypatch) -> str:
     monkeypatch.setenv("DEEPTRAIN_HOME", str(detector_home))
     return "det"
-
-
-def _train_detector(tmp_path) -> None:
-    from core.data.importer import import_dataset
-    from core.training import train
-
-    src = caltech_slice(tmp_path / "src", per_class=3)
-    images, anns, cats = [], [], {}
-    for i, f in enumerate(sorted(p for p in src.rglob("*.jpg"))):
-        w, h = Image.open(f).size
-        cat = cats.setdefault(f.parent.name, len(cats) + 1)
-        images.append({"id": i, "file_name": f"{f.parent.name}/{f.name}", "width": w, "height": h})
-        anns.append({"id": i, "image_id": i, "category_id": cat, "bbox": [w * 0.2, h * 0.2, w * 0.6, h * 0.6]})
-    coco = {"images": images, "annotations": anns, "categories": [{"id": v, "name": k} for k, v in cats.items()]}
-    (src / "ann.json").write_text(json.dumps(coco))
-    import_dataset("local", src / "ann.json", "boxes", val_fraction=0.34)
-    res = train({"owner": "local", "dataset": "boxes", "kind": "detector", "template": "Studio_FasterRCNN",
-                 "params": {"pretrained_weights": "None", "image_size": 128, "num_epochs": 1, "batch_size": 3,
-                            "detection_score_threshold": 0.0},
-                 "name": "det", "seed": 0}, tmp_path / "run")
-    assert res.model_id is not None
 
 
 def test_detector_evaluation_matches_direct_computation(detector):
@@ -75,8 +48,9 @@ def test_detector_evaluation_matches_direct_computation(detector):
 
 def test_detector_predict_report_and_export_limits(detector, tmp_path):
     from core.evaluation import export, service
+    from core.evaluation.drawing import draw_boxes
     from core.evaluation.predict import predict
-    from core.evaluation.report import build_report, draw_boxes
+    from core.evaluation.report import build_report
 
     row = service.get("local", detector)
     image = service.evaluate("local", detector)["samples"][0]["path"]
@@ -84,7 +58,7 @@ def test_detector_predict_report_and_export_limits(detector, tmp_path):
     assert out[0]["image"] == image and isinstance(out[0]["boxes"], list)
     for b in out[0]["boxes"]:
         assert {"concept", "x", "y", "w", "h", "score"} <= set(b) and b["concept"] in row["concepts"]
-    assert np.asarray(draw_boxes(image, [], out[0]["boxes"])).ndim == 3
+    assert np.asarray(draw_boxes(image, out[0]["boxes"], row["concepts"])).ndim == 3
     assert "Average precision per concept" in build_report("local", detector)
     with pytest.raises(UserError, match="detectors export as a zip or ONNX"):
         export.export_model("local", detector, "torchscript", tmp_path / "d.pt")
@@ -171,3 +145,144 @@ def test_detector_snippets_print_boxes(detector, tmp_path):
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(image) and any(f"('{c}'," in out.stdout for c in row["concepts"]), out.stdout
 
+
+
+def test_raising_detection_score_threshold_returns_fewer_boxes_all_above_it(detector):
+    """Boxes score above the threshold, not at it (the glossary's word); a higher threshold gives fewer boxes."""
+    from core.evaluation import service
+    from core.evaluation.predict import above, predict
+
+    image = service.evaluate("local", detector)["samples"][0]["path"]
+    every = predict("local", detector, [image], score_threshold=0.0)[0]["boxes"]
+    assert len(every) >= 2, "the tiny detector finds several boxes at threshold 0"
+    scores = sorted(b["score"] for b in every)
+    middle = scores[len(scores) // 2]
+    fewer = predict("local", detector, [image], score_threshold=middle)[0]["boxes"]
+    assert 0 < len(fewer) < len(every) and all(b["score"] > middle for b in fewer)
+    assert fewer == above(every, middle)  # the page's slider filters the same way
+    with pytest.raises(UserError, match="score_threshold must be a number from 0 to 1"):
+        predict("local", detector, [image], score_threshold=1.5)
+
+
+def test_predict_out_draws_each_photo_with_its_boxes(detector, tmp_path, capsys):
+    """--out writes each photo with its boxes drawn; --json keeps its shape (plus where the drawing went)."""
+    from core.cli import main
+    from core.evaluation import service
+    from core.evaluation.drawing import concept_colours
+
+    samples = service.evaluate("local", detector)["samples"][:2]
+    paths = [s["path"] for s in samples]
+    assert main(["predict", detector, *paths, "--json", "--out", str(tmp_path / "drawn")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [e["image"] for e in out] == paths
+    assert all({"image", "concepts", "boxes", "drawn"} == set(e) for e in out)
+    for entry, path in zip(out, paths, strict=True):
+        drawn = Image.open(entry["drawn"])
+        assert drawn.width == Image.open(path).width and drawn.height > Image.open(path).height  # the legend strip
+        if entry["boxes"]:  # the best box's outline is in its concept's colour
+            best = max(entry["boxes"], key=lambda b: b["score"])
+            colour = concept_colours(service.get("local", detector)["concepts"])[best["concept"]]
+            x, y = round(best["x"] + best["w"] / 2), round(best["y"] + best["h"])
+            rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+            near = np.asarray(drawn)[y - 2:y + 2, x - 1:x + 2].reshape(-1, 3).astype(int)
+            assert (np.abs(near - rgb).max(axis=1) <= 2).any()
+    assert main(["predict", detector, paths[0], "--score-threshold", "2"]) == 2
+
+
+def test_drawn_boxes_take_their_concepts_colours_and_a_legend(tmp_path):
+    from core.evaluation.drawing import concept_colours, draw_boxes
+
+    photo = Image.new("RGB", (200, 100), "white")
+    boxes = [{"concept": "b", "x": 20, "y": 30, "w": 50, "h": 40, "score": 0.9}]
+    drawn = np.asarray(draw_boxes(photo, boxes, ["a", "b"]))
+    rgb = tuple(int(concept_colours(["a", "b"])["b"][i:i + 2], 16) for i in (1, 3, 5))
+    assert tuple(drawn[69, 45]) == rgb and tuple(drawn[50, 45]) == (255, 255, 255)  # bottom edge; inside stays
+    assert drawn.shape[0] > 100 and (drawn[100:] != 255).any()  # the legend names b
+    plain = np.asarray(draw_boxes(photo, boxes, ["a", "b"], legend=False))
+    assert plain.shape == (100, 200, 3)
+
+
+def test_detector_gallery_filters_by_concept_and_kind_of_error(detector):
+    from core.evaluation import metrics as m
+    from core.evaluation import service
+    from core.evaluation.report import build_report
+
+    result = service.evaluate("local", detector)
+    samples = result["samples"]
+    assert len(samples) == result["images"] and all("errors" in s and "concepts" in s for s in samples)
+    assert service.detector_samples(result) == samples
+    errors = service.detector_samples(result, error=service.ANY_ERROR)
+    clean = service.detector_samples(result, error=service.NO_ERROR)
+    assert len(errors) + len(clean) == len(samples) and errors, "an untrained detector errs"
+    for kind in m.ERROR_KINDS:
+        assert all(kind in s["errors"] for s in service.detector_samples(result, error=kind))
+    concept = result["concepts"][0]
+    assert all(concept in s["concepts"] for s in service.detector_samples(result, concept=concept))
+    with pytest.raises(UserError, match="error must be one of"):
+        service.detector_samples(result, error="bogus")
+    page = build_report("local", detector)
+    assert "Precision-recall" in page and "Where the boxes went" in page and "Images with errors" in page
+
+
+def test_models_page_detector_view_and_predict(detector):
+    """AppTest of the Models page on the detector (here to share its trained model): metrics by size, the PR curves,
+    the per-concept table, the gallery filtered by kind of error and paged; Predict draws boxes and the score slider
+    filters them without predicting again."""
+    from streamlit.testing.v1 import AppTest
+
+    from core.evaluation import service
+    from core.store.models import get_model
+    from tests.conftest import ROOT
+
+    result = service.evaluate("local", detector)
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Models.py"), default_timeout=180).run()
+    at.selectbox(key="models_selected").set_value(get_model("local", detector)["id"]).run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert float(metrics["AP50"]) == pytest.approx(result["ap50"], abs=1e-3) and "mAP small" in metrics
+    table = next(df.value for df in at.dataframe if "concept" in df.value.columns)
+    assert list(table["concept"]) == result["concepts"] and "missed" in table.columns
+    assert len(at.get("plotly_chart")) >= 3  # AP per concept, PR curves, where the boxes went
+    errors = service.detector_samples(result, error="missed")
+    at.selectbox(key="models_det_error").set_value("a missed object").run()
+    assert not at.exception, at.exception
+    assert any(c.value == f"{len(errors)} of {len(result['samples'])} images" for c in at.caption)
+    shown = _image_captions(at)
+    assert sum(c.endswith(": ground truth") for c in shown) == min(len(errors), 6) > 0
+    assert sum(c.startswith("predicted (") and "missed" in c for c in shown) == min(len(errors), 6)
+
+    score_key = f"models_predict_score_{get_model('local', detector)['id']}"  # each model starts at its own
+    slider = at.slider(key=score_key)  # the Predict tab (tabs render every widget)
+    assert slider.value == pytest.approx(0.0)  # the model's detection_score_threshold
+    at.radio(key="models_predict_source").set_value("Dataset").run()
+    at.button(key="models_predict_btn").click().run()
+    assert not at.exception, at.exception
+    found = [c for c in _image_captions(at) if " boxes above " in c]
+    assert len(found) == 1 and found[0].endswith("above 0.00"), found
+    total = int(found[0].split(": ")[-1].split(" of ")[1].split()[0])
+    assert total > 0
+    at.slider(key=score_key).set_value(0.5).run()
+    after = [c for c in _image_captions(at) if " boxes above " in c]
+    kept = int(after[0].split(": ")[-1].split(" of ")[0])
+    assert kept < total and after[0].endswith("above 0.50"), after
+
+
+def _image_captions(at) -> list[str]:
+    return [str(img.caption) for i in at.get("image") for img in i.proto.imgs]
+
+
+def test_two_detectors_compared_side_by_side(detector):
+    """The Lite0 detector (trained from its offline weights) beside the Faster R-CNN: headline figures and AP per
+    concept of each, from each one's own evaluation."""
+    from core.evaluation import charts, service
+
+    comparison = service.compare("local", [detector, "lite0"])
+    assert comparison["kind"] == "detector" and [r["model"] for r in comparison["table"]] == [detector, "lite0"]
+    for row, name in zip(comparison["table"], (detector, "lite0"), strict=True):
+        result = service.evaluate("local", name)
+        assert row["map"] == result["map"] and row["ap50"] == result["ap50"] and "map_small" in row
+        for line in comparison["per_concept"]:
+            assert line[f"{name} AP50"] == result["per_concept_ap50"][line["concept"]]
+    assert [line["concept"] for line in comparison["per_concept"]] == service.get("local", detector)["concepts"]
+    (bars,) = charts.compare_curves(comparison)
+    assert [t.name for t in bars.data] == [detector, "lite0"]

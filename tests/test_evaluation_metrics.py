@@ -174,3 +174,49 @@ def test_detector_ap_by_hand():
     # a detection of the wrong concept does not count
     wrong = [{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [1]}]
     assert m.detector_metrics(wrong, truth, ["a", "b"])["map"] == pytest.approx(0.0)
+
+
+def test_detector_figures_come_from_cocoeval_perfect_and_by_size():
+    """Perfect predictions score 1.0 everywhere measurable; a size with no ground truth is None, as COCO's -1."""
+    truth = [{"boxes": [[0, 0, 10, 10], [20, 20, 70, 70]], "labels": [0, 1]},
+             {"boxes": [[5, 5, 205, 205]], "labels": [1]}]
+    perfect = [dict(t, scores=[0.9] * len(t["labels"])) for t in truth]
+    res = m.detector_metrics(perfect, truth, ["a", "b"])
+    for key in ("map", "ap50", "ap75", "map_small", "map_medium", "map_large"):
+        assert res[key] == pytest.approx(1.0), key
+    assert res["per_concept_ap"] == {"a": pytest.approx(1.0), "b": pytest.approx(1.0)}
+    only_small = m.detector_metrics(perfect[:1], truth[:1], ["a", "b"])
+    assert only_small["map_large"] is None
+    # no detections at all: zero, not an error
+    none = [{"boxes": [], "scores": [], "labels": []} for _ in truth]
+    assert m.detector_metrics(none, truth, ["a", "b"])["map"] == 0.0
+
+
+def test_detector_ap_on_a_hand_made_case_with_its_known_value():
+    """Two images, one box each; detections in score order: hit, false positive, hit. Precision 1 up to recall .5
+    and 2/3 up to recall 1 (interpolated), so COCO's 101-point AP is (51 * 1 + 50 * 2/3) / 101 at every IoU."""
+    truth = [{"boxes": [[0, 0, 40, 40]], "labels": [0]}, {"boxes": [[10, 10, 50, 50]], "labels": [0]}]
+    preds = [{"boxes": [[0, 0, 40, 40], [60, 60, 90, 90]], "scores": [0.9, 0.8], "labels": [0, 0]},
+             {"boxes": [[10, 10, 50, 50]], "scores": [0.7], "labels": [0]}]
+    res = m.detector_metrics(preds, truth, ["a"])
+    known = (51 + 50 * 2 / 3) / 101
+    assert res["map"] == pytest.approx(known) and res["ap50"] == pytest.approx(known)
+    curve = res["pr_curves"]["a"]
+    assert len(curve["recall"]) == len(curve["precision"]) == 101
+    assert curve["precision"][50] == pytest.approx(1.0) and curve["precision"][51] == pytest.approx(2 / 3, abs=1e-6)
+    assert curve["ap"] == pytest.approx(known)
+
+
+def test_detection_confusion_names_each_kind_of_error():
+    truth = [{"boxes": [[0, 0, 40, 40], [100, 100, 140, 140]], "labels": [0, 1]},
+             {"boxes": [[0, 0, 30, 30]], "labels": [1]}]
+    preds = [{"boxes": [[0, 0, 40, 40], [0, 0, 40, 40], [100, 100, 140, 140], [200, 200, 220, 220]],
+              "scores": [0.9, 0.8, 0.7, 0.6], "labels": [0, 0, 0, 1]},  # hit a; duplicate a; b seen as a; background b
+             {"boxes": [], "scores": [], "labels": []}]  # the b box missed
+    res = m.detection_confusion(preds, truth, ["a", "b"])
+    a, b = res["per_concept"]["a"], res["per_concept"]["b"]
+    assert (a["matched"], a["wrong_concept"], a["background"], a["missed"]) == (1, 1, 1, 0)
+    assert a["confused_with"] == {"b": 1}
+    assert (b["matched"], b["wrong_concept"], b["background"], b["missed"]) == (0, 0, 1, 2)
+    assert res["images"] == [{"errors": ["background", "missed", "wrong_concept"], "concepts": ["a", "b"]},
+                             {"errors": ["missed"], "concepts": ["b"]}]

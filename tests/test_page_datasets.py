@@ -151,3 +151,17 @@ def test_find_similar_hands_the_item_to_visual_search(small_folder):
     at.button(key="ds_find_similar").click().run()
     assert not at.exception
     assert at.session_state["vs_next_item"] == item_id
+
+
+def test_import_the_detection_scenes_sample(caltech):
+    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at.radio(key="ds_source_kind").set_value("Sample data").run()
+    at.selectbox(key="ds_sample").set_value("Detection scenes (Caltech-101)").run()
+    at.text_input(key="ds_name").set_value("scenes")
+    at.number_input(key="ds_scenes_count").set_value(12)
+    at.number_input(key="ds_scenes_concepts").set_value(2).run()
+    at.button(key="ds_import_scenes").click().run()
+    assert not at.exception
+    assert any("Imported 12 images into 'scenes'" in shown(s.value) for s in at.success)
+    row = store.find_dataset("local", "scenes")
+    assert row is not None and all(r["boxes"] for r in store.dataset_records(row["id"]))

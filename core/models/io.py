@@ -121,13 +121,12 @@ def load_model_dir(
             "a pickled checkpoint is refused."
         ) from None
     params = dict(config["params"])
-    build_params = dict(params, pretrained_weights="None")  # the saved weights replace any pretrained ones
     base = base_of(config)
     net: nn.Module
     if base is not None:  # a transfer classifier on another model's embedding
         net = build_on_base(base, template, len(config["concepts"]))
     else:
-        net = build_network(kind, template, build_params, len(config["concepts"]))
+        net = build_network(kind, template, params, len(config["concepts"]), load_weights=False)  # the saved ones
     own = net.state_dict()
     missing, unexpected, wrong = state_mismatch(own, state)
     if missing or unexpected or wrong:
@@ -224,13 +223,14 @@ class LoadedModel:
             return torch.sigmoid(logits)
         return torch.softmax(logits, dim=1)
 
-    def predict(self, images: Sequence[Any]) -> np.ndarray | list[dict]:
+    def predict(self, images: Sequence[Any], score_threshold: float | None = None) -> np.ndarray | list[dict]:
         """Probabilities (N, C) in concept order (sigmoid with logreg 1, else softmax); detectors: one dict per image
-        {"boxes": [{"concept", "x", "y", "w", "h", "score"}]} with scores at or above detection_score_threshold."""
+        {"boxes": [{"concept", "x", "y", "w", "h", "score"}]} with scores above ``score_threshold`` (default the
+        template's detection_score_threshold; the network itself drops boxes under min(that, 0.05))."""
         if not self.can_predict:
             raise UserError(f"{self.template} is an embedding model without concepts; it cannot predict.")
         if self.kind == "detector":
-            return self._detect(images)
+            return self._detect(images, score_threshold)
         return self.probabilities_from_logits(self.logits(images)).numpy()
 
     def predict_together(self, images: Sequence[Any]) -> np.ndarray | list[dict]:
@@ -246,8 +246,8 @@ class LoadedModel:
         return self._together.run(list(images), self.predict)
 
     @torch.inference_mode()
-    def _detect(self, images: Sequence[Any]) -> list[dict]:
-        threshold = float(self.params.get("detection_score_threshold", 0.0) or 0.0)
+    def _detect(self, images: Sequence[Any], score_threshold: float | None = None) -> list[dict]:
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         results = []
         for start in range(0, len(images), BATCH):
             batch = [self.transform(im).to(self.device) for im in images[start : start + BATCH]]
@@ -256,7 +256,7 @@ class LoadedModel:
                 for (x1, y1, x2, y2), label, score in zip(
                     out["boxes"].tolist(), out["labels"].tolist(), out["scores"].tolist()
                 ):
-                    if score < threshold:
+                    if not score > threshold:  # "above" the threshold, as the glossary says
                         continue
                     boxes.append(
                         {"concept": self.concepts[label - 1], "x": x1, "y": y1, "w": x2 - x1, "h": y2 - y1,
@@ -264,6 +264,11 @@ class LoadedModel:
                     )
                 results.append({"boxes": boxes})
         return results
+
+    @property
+    def score_threshold(self) -> float:
+        """A detector's detection_score_threshold: it returns boxes scoring above it."""
+        return float(self.params.get("detection_score_threshold", 0.0) or 0.0)
 
     @torch.inference_mode()
     def embed_tensor(self, x: torch.Tensor) -> torch.Tensor:

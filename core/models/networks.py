@@ -124,11 +124,13 @@ def image_size_of(params: dict, default: int = 224) -> int:
     return int(params.get("image_size") or default)
 
 
-def build_network(kind: str, name: str, params: dict, num_classes: int) -> nn.Module:
+def build_network(kind: str, name: str, params: dict, num_classes: int, load_weights: bool = True) -> nn.Module:
     """Build the network of template (kind, name) for ``num_classes`` concepts.
 
     ``params["pretrained_weights"]`` "None"/"random" gives random init; otherwise weights are resolved by
-    :mod:`core.models.weights` (UserError naming the file to place when unavailable).
+    :mod:`core.models.weights` (UserError naming the file to place when unavailable). ``load_weights`` False builds
+    the same network without fetching them, for a saved state to fill: a pretrained detector freezes its batch norms,
+    so what it was trained from decides its layers, not only their starting values.
     """
     spec = net_spec(kind, name)
     if num_classes < 1:
@@ -142,8 +144,8 @@ def build_network(kind: str, name: str, params: dict, num_classes: int) -> nn.Mo
     if spec.head == "detector":
         from core.models.detectors import build_detector
 
-        return build_detector(kind, name, spec, params, num_classes, pretrained)
-    backbone, nf = build_backbone(spec, pretrained)
+        return build_detector(kind, name, spec, params, num_classes, pretrained, load_weights)
+    backbone, nf = build_backbone(spec, pretrained and load_weights)
     if spec.head == "linear" or ((kind, name) in LINEAR_BEFORE and "embeddings_size" not in params):
         return StudioNet(kind, name, backbone, nf, nn.Identity(), nf, nn.Linear(nf, num_classes), num_classes)
     if spec.head == "embed_norm":
@@ -218,8 +220,8 @@ def build_on_base(base: dict, template: str, num_classes: int, base_net: nn.Modu
         if base.get("template") == GENERAL:
             base_net = build_lite0_imagenet(pretrained=False)
         else:
-            params = dict(base["params"], pretrained_weights="None")
-            base_net = build_network(base["kind"], base["template"], params, int(base["num_classes"]))
+            base_net = build_network(base["kind"], base["template"], dict(base["params"]), int(base["num_classes"]),
+                                     load_weights=False)
     if getattr(base_net, "kind", None) == "detector" or not hasattr(base_net, "embed"):
         raise UserError("A detector has no image embedding; choose an embedder or classifier as the base model.")
     backbone = BaseEmbedding(cast(StudioNet, base_net))  # not a detector and it embeds: checked just above

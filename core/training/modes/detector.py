@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.models.detectors import hflip
 from core.training.modes.base import Batch, OnPixels
 
 LABEL_OFFSET = 1  # torchvision detectors reserve label 0 for the background: concept i is label i + 1
@@ -33,13 +34,12 @@ class DetectorMode(OnPixels):
             h, w = (int(v) for v in cache.hw[cache_rows[row]])
             img = u8[k, :h, :w].to(device).permute(2, 0, 1).float().div_(255.0)
             boxes = boxes_in_cache(records[row], cache.geometry[cache_rows[row]], w, h, self.plan.concepts)
-            b = torch.tensor(boxes[0], dtype=torch.float32).reshape(-1, 4)
+            target = {"boxes": torch.tensor(boxes[0], dtype=torch.float32, device=device).reshape(-1, 4),
+                      "labels": torch.tensor(boxes[1], dtype=torch.int64, device=device) + LABEL_OFFSET}
             if flips[k]:
-                img = img.flip(2)
-                b = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1) if len(b) else b
+                img, target = hflip(img, target)
             images.append(img)
-            targets.append({"boxes": b.to(device),
-                            "labels": torch.tensor(boxes[1], dtype=torch.int64, device=device) + LABEL_OFFSET})
+            targets.append(target)
         return images, targets
 
     @torch.inference_mode()
