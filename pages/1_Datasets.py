@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -336,25 +337,49 @@ def as_list(value) -> list[str]:
     return [] if value is None else list(value) if isinstance(value, list) else [value]
 
 
-@st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_q_job") else None)
-def quality_progress() -> None:
-    """The running quality job's progress; the whole page redraws once it has ended."""
-    job_id = st.session_state.get("ds_q_job")
+def start_job(key: str, kind: str, config: Callable[[], dict]) -> None:
+    """Queue a job of ``kind`` with ``config()`` and follow it under session state ``key`` (a refusal is shown)."""
+    try:
+        st.session_state[key] = jobs.submit(user, kind, config())
+    except UserError as exc:
+        ui.show_error(exc)
+    else:
+        st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
+
+
+def job_outcome(prefix: str, what: str) -> None:
+    """How the job followed under ``prefix + "_job"`` ended, once: its error, or the success message left for it."""
+    if st.session_state.get(f"{prefix}_failed"):
+        st.error(f"{what} failed: {ui.md(st.session_state.pop(f'{prefix}_failed'))}")
+    if st.session_state.get(f"{prefix}_done"):
+        st.success(st.session_state.pop(f"{prefix}_done"))
+
+
+def follow_job(key: str, what: str) -> None:
+    """The progress of the job whose id is in session state ``key`` (run inside a fragment that reruns on a timer);
+    the whole page redraws once it has ended, its error kept under the key with "_failed" for "_job"."""
+    job_id = st.session_state.get(key)
     if not job_id:
         return
     try:
         status = jobs.status(user, job_id)
     except UserError:
-        st.session_state.pop("ds_q_job", None)
+        st.session_state.pop(key, None)
         return
     if status["state"] in jobs.TERMINAL:
-        st.session_state.pop("ds_q_job", None)
+        st.session_state.pop(key, None)
         if status["state"] != "succeeded":
-            st.session_state["ds_q_failed"] = status.get("error") or status["state"]
+            st.session_state[key.replace("_job", "_failed")] = status.get("error") or status["state"]
         st.rerun()
     p = status["progress"]
     st.progress(float(p.get("fraction") or 0.0),
-                text=f"Quality job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+                text=f"{what} job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+
+
+@st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_q_job") else None)
+def quality_progress() -> None:
+    """The running quality job's progress; the whole page redraws once it has ended."""
+    follow_job("ds_q_job", "Quality")
 
 
 def quality_change(action, done: str) -> None:
@@ -382,18 +407,9 @@ def quality_tab() -> None:
                          "your concepts)")
     if c2.button("Find issues", key="ds_q_run", type="primary", disabled=not member,
                  help="A background job: embeds new images (cached per version), then ranks the issues"):
-        try:
-            st.session_state["ds_q_job"] = jobs.submit(user, "quality",
-                                                       quality.quality_job_config(user, ds["id"], model))
-        except UserError as exc:
-            ui.show_error(exc)
-        else:
-            st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
+        start_job("ds_q_job", "quality", lambda: quality.quality_job_config(user, ds["id"], model))
     quality_progress()
-    if st.session_state.get("ds_q_failed"):
-        st.error(f"The quality check failed: {ui.md(st.session_state.pop('ds_q_failed'))}")
-    if st.session_state.get("ds_q_done"):
-        st.success(st.session_state.pop("ds_q_done"))
+    job_outcome("ds_q", "The quality check")
     last = quality.last_training_config(user, ds["id"]) if mine else None
     if last and st.button(f"Retrain on the fixed version: {last.get('kind', '')} {last.get('template', '')} on "
                           f"version {ds['version']}", key="ds_q_retrain",
@@ -551,22 +567,7 @@ MAP_COLOURS = ("concept", "issue kind", "split")
 @st.fragment(run_every=QUALITY_POLL_S if st.session_state.get("ds_map_job") else None)
 def map_progress() -> None:
     """The running map job's progress; the whole page redraws once it has ended."""
-    job_id = st.session_state.get("ds_map_job")
-    if not job_id:
-        return
-    try:
-        status = jobs.status(user, job_id)
-    except UserError:
-        st.session_state.pop("ds_map_job", None)
-        return
-    if status["state"] in jobs.TERMINAL:
-        st.session_state.pop("ds_map_job", None)
-        if status["state"] != "succeeded":
-            st.session_state["ds_map_failed"] = status.get("error") or status["state"]
-        st.rerun()
-    p = status["progress"]
-    st.progress(float(p.get("fraction") or 0.0),
-                text=f"Map job {job_id}: {status['state']} · {ui.md(p.get('phase') or 'waiting for a worker')}")
+    follow_job("ds_map_job", "Map")
 
 
 def held_map(model: str, method: str):
@@ -591,17 +592,9 @@ def map_tab() -> None:
     colour = c2.selectbox("Colour by", MAP_COLOURS, key="ds_map_colour")
     if c3.button("Compute UMAP", key="ds_map_umap", disabled=not member,
                  help="A background job: embeds new images (cached per version), then lays them out with UMAP"):
-        try:
-            st.session_state["ds_map_job"] = jobs.submit(user, "map", atlas.map_job_config(user, ds["id"], model))
-        except UserError as exc:
-            ui.show_error(exc)
-        else:
-            st.rerun()  # the progress fragment's timer is set when the page runs with a job to follow
+        start_job("ds_map_job", "map", lambda: atlas.map_job_config(user, ds["id"], model))
     map_progress()
-    if st.session_state.get("ds_map_failed"):
-        st.error(f"The map job failed: {ui.md(st.session_state.pop('ds_map_failed'))}")
-    if st.session_state.get("ds_map_done"):
-        st.success(st.session_state.pop("ds_map_done"))
+    job_outcome("ds_map", "The map job")
     found = held_map(model, method)
     if found is None:
         st.info("No map yet: the images are not embedded with these embeddings. Press Compute UMAP (or Find issues "
