@@ -93,6 +93,17 @@ def import_from_server(page, name: str, path: str) -> None:
     page.get_by_role("button", name="Import", exact=True).click()
 
 
+
+def evaluate_model(page, shown) -> None:
+    """Open the evaluation on the Models page: press Evaluate once the tab has drawn it (a press while the page is
+    still drawing is lost), unless the evaluation is already there; wait until ``shown`` appears."""
+    evaluate = page.get_by_role("button", name="Evaluate", exact=True)
+    evaluate.or_(shown).first.wait_for(timeout=60_000)
+    wait_idle(page)
+    if evaluate.count():
+        evaluate.click()
+    shown.wait_for(timeout=120_000)
+
 def test_data_to_model(tmp_path, deeptrain_home):
     """Import a server folder, read its health report, train a small classifier, follow the job, open the model."""
     src = caltech_slice(tmp_path / "caltech3")
@@ -148,10 +159,7 @@ def test_data_to_model(tmp_path, deeptrain_home):
         open_page(page, "Models", "Open model")
         expect(page.get_by_role("combobox", name="Open model", exact=True)).to_have_value(
             re.compile(r"journey-model · Visual Classifier · Studio_EfficientNetLite0_Transfer · caltech3"))
-        evaluate = page.get_by_role("button", name="Evaluate", exact=True)
-        if evaluate.count():
-            evaluate.click()
-        page.get_by_text("Accuracy (top-1)").wait_for(timeout=120_000)
+        evaluate_model(page, page.get_by_text("Accuracy (top-1)"))
         page.get_by_text("Confusion matrix", exact=True).wait_for()
         wait_idle(page)
         assert_clean(page)
@@ -371,10 +379,7 @@ def test_detector_from_scenes_to_boxes_on_a_photo(tmp_path, deeptrain_home):
         assert_clean(page)
 
         open_page(page, "Models", "Open model")
-        evaluate = page.get_by_role("button", name="Evaluate", exact=True)
-        if evaluate.count():
-            evaluate.click()
-        page.get_by_text("mAP@[.5:.95]").first.wait_for(timeout=120_000)
+        evaluate_model(page, page.get_by_text("mAP@[.5:.95]").first)
         wait_idle(page)
         assert_clean(page)
         expect(page.get_by_test_id("stPlotlyChart").filter(has_text="Precision-recall at IoU 0.5")).to_have_count(1)
