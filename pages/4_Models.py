@@ -322,7 +322,7 @@ def share_tab(row: dict) -> None:
 
 def compare_section(rows: list[dict]) -> None:
     names = {r["id"]: r["name"] if r["owner"] == str(user) else f"{r['owner']}/{r['name']}" for r in rows}
-    picked = st.multiselect("Models to compare (same kind, same dataset version)", list(names),
+    picked = st.multiselect("Models to compare (same kind, same dataset)", list(names),
                             format_func=names.get, key="models_compare")
     if len(picked) < 2:
         st.caption("Pick two or more models.")
@@ -332,6 +332,10 @@ def compare_section(rows: list[dict]) -> None:
     except UserError as exc:
         ui.show_error(exc)
         return
+    if comparison["trained_on_versions"]:
+        st.caption("Trained on versions " + ", ".join(str(v) for v in comparison["trained_on_versions"])
+                   + " of the dataset (before and after a fix): every model is evaluated on the dataset as it is "
+                   "now, so the figures compare like with like.")
     st.dataframe(comparison["table"], key="models_compare_table", hide_index=True)
     if comparison.get("per_concept"):
         st.dataframe(comparison["per_concept"], key="models_compare_per_concept", hide_index=True)

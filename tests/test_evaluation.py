@@ -350,3 +350,44 @@ def test_missing_and_corrupt_weights(home, tmp_path):
     (copy / "weights.safetensors").unlink()
     with pytest.raises(UserError, match="weights file .* is missing"):
         service.evaluate("local", "damaged", refresh=True)
+
+
+def test_compare_before_and_after_a_fix_on_the_dataset_as_it_is_now(tmp_path):
+    """Models of two versions of one dataset (retrained after fixing labels) compare on the dataset as it is now;
+    models of different datasets are refused."""
+    import shutil
+
+    from core.data import service as datasets
+    from core.data.importer import import_dataset
+    from core.evaluation import service
+    from core.store.models import get_model, register_model
+    from core.training import train
+    from tests.conftest import caltech_slice
+    from tests.model_support import PARAMS, TEMPLATE
+
+    import_dataset("local", str(caltech_slice(tmp_path / "src", per_class=6)), "fixme", workers=1)
+    train({"owner": "local", "dataset": "fixme", "kind": "classifier", "template": TEMPLATE, "params": PARAMS,
+           "name": "before", "seed": 0}, tmp_path / "run")
+    before = get_model("local", "before")
+    item = datasets.dataset_records("local", "fixme")[0]
+    version = datasets.set_item_labels("local", item["item_id"], ["anchor"] if item["labels"] != ["anchor"]
+                                       else ["ant"])
+    assert version == before["dataset_version"] + 1
+    shutil.copytree(before["path"], tmp_path / "after")  # the same weights: the figures must then be the same
+    for f in ("evaluation.json", "evaluation.npz"):
+        (tmp_path / "after" / f).unlink(missing_ok=True)
+    register_model(owner="local", name="after", kind="classifier", template=TEMPLATE, params=before["params"],
+                   concepts=before["concepts"], preprocess=before["preprocess"], path=tmp_path / "after",
+                   dataset_id=before["dataset_id"], dataset_version=version)
+    cmp = service.compare("local", ["before", "after"])
+    assert cmp["trained_on_versions"] == [version - 1, version]
+    assert [(t["model"], t["trained on version"]) for t in cmp["table"]] == [("before", version - 1),
+                                                                             ("after", version)]
+    assert cmp["table"][0]["accuracy"] == cmp["table"][1]["accuracy"]
+    assert service.evaluate("local", "before")["dataset"]["version"] == version  # evaluated on the fixed labels
+
+    import_dataset("local", str(caltech_slice(tmp_path / "src2", per_class=6)), "other", workers=1)
+    train({"owner": "local", "dataset": "other", "kind": "classifier", "template": TEMPLATE, "params": PARAMS,
+           "name": "elsewhere", "seed": 0}, tmp_path / "run2")
+    with pytest.raises(UserError, match="trained on one dataset"):
+        service.compare("local", ["before", "elsewhere"])

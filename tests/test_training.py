@@ -105,6 +105,18 @@ def test_every_template_trains_two_steps_and_loads(template, tmp_path):
         assert out.shape == (1, 2) and np.isfinite(out).all()
         emb = model.embed([_one_image(template.kind)])
         assert emb.shape == (1, model.embedding_dim)
+    if template.kind == "embedder":
+        # the embedding is a layer the training changes (with the template's default freezing): the same network
+        # built again from the run's seed embeds the photo differently from the trained one
+        from core.models import build_network
+        from core.templates import validate
+
+        torch.manual_seed(0)  # the run's seed, as build_run seeds the network it builds
+        start = build_network(template.kind, template.name, validate(template.kind, template.name, params), 2).eval()
+        with torch.no_grad():
+            before = torch.nn.functional.normalize(start.embed(torch.from_numpy(np.stack(
+                [model.transform(_one_image(template.kind)).numpy()]))), dim=1).numpy()
+        assert not np.allclose(before, emb, atol=1e-4), "training left the embedding as it was"
 
 
 def test_step_schedule_applied_per_step(tmp_path):

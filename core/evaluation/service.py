@@ -408,23 +408,27 @@ def summary(result: Evaluation) -> dict[str, Any]:
 
 
 def compare(user: User | str, models: Sequence[str | int]) -> dict:
-    """Two or more models of one kind trained on the same dataset version: headline table and curves to overlay;
-    detectors also their AP per concept side by side (``per_concept``: one row per concept, AP@[.5:.95] and AP50
-    of each model)."""
+    """Two or more models of one kind trained on one dataset: headline table and curves to overlay; detectors also
+    their AP per concept side by side (``per_concept``: one row per concept, AP@[.5:.95] and AP50 of each model).
+
+    The models may come from different versions of the dataset (before and after fixing labels, "retrain on the fixed
+    version"): every one is evaluated on the dataset as it is now, so the figures compare like with like;
+    ``trained_on_versions`` lists the versions when they differ (empty when they are the same)."""
     rows = [get(user, name) for name in models]
     if len(rows) < 2:
         raise UserError("compare: choose at least two models")
     kinds = {r["kind"] for r in rows}
     if len(kinds) > 1:
         raise UserError(f"compare: models must be of one kind, got {', '.join(sorted(kinds))}")
-    versions = {(r["dataset_id"], r["dataset_version"]) for r in rows}
-    if len(versions) > 1:
+    if len({r["dataset_id"] for r in rows}) > 1:
         names = "; ".join(f"{r['name']}: dataset {r['dataset_id']} v{r['dataset_version']}" for r in rows)
-        raise UserError(f"compare: models must be trained on the same dataset version ({names})")
+        raise UserError(f"compare: models must be trained on one dataset, in any of its versions ({names})")
+    versions = sorted({int(r["dataset_version"] or 0) for r in rows})
     table, curves = [], []
     for r in rows:
         res = evaluate(user, r["id"])
-        table.append({"model": r["name"], "template": r["template"], **summary(res)})
+        table.append({"model": r["name"], "template": r["template"], "trained on version": r["dataset_version"],
+                      **summary(res)})
         if res["kind"] == "classifier" and "__micro__" in res["curves"]:
             curves.append({"model": r["name"], **res["curves"]["__micro__"]})
         elif res["kind"] == "embedder":
@@ -432,7 +436,8 @@ def compare(user: User | str, models: Sequence[str | int]) -> dict:
         elif res["kind"] == "detector":
             curves.append({"model": r["name"], "per_concept_ap": res["per_concept_ap"],
                            "per_concept_ap50": res["per_concept_ap50"]})
-    out = {"kind": kinds.pop(), "table": table, "curves": curves}
+    out = {"kind": kinds.pop(), "table": table, "curves": curves,
+           "trained_on_versions": versions if len(versions) > 1 else []}
     if out["kind"] == "detector":
         concepts = list(dict.fromkeys(c for r in rows for c in r["concepts"]))
         out["per_concept"] = [{"concept": c, **{f"{m['model']} {label}": m[key].get(c) for m in curves
