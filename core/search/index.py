@@ -30,13 +30,14 @@ from core.fsutil import atomic_path, open_write
 
 # --- named limits and tuning constants (figures measured by bench/bench_search.py on the 2-core machine) ---
 EXACT_MAX_VECTORS = 20_000  # Flat single-query search: ~0.9 ms at 10k, ~2 ms at 20k x 512-d (1 thread); IVF above
-IVF_LISTS_PER_SQRT_N = 4.0  # nlist ~ 4 * sqrt(n), a power of two: 4,096 lists at 1M. With 2,048 a query needed
-# nprobe 64 (31k vectors scanned, p50 5.2 ms) for recall 0.97; with 4,096 nprobe 16 reaches 0.97 (~4k vectors)
+IVF_LISTS_PER_SQRT_N = 8.0  # nlist ~ 8 * sqrt(n), a power of two: 8,192 lists at 1M. With 4,096 lists for 10,000
+# clusters, some clusters' vectors were spread over lists far from their queries and recall@10 stopped at 0.98 (0.984
+# with nprobe 64, p50 3 ms); with 8,192 nprobe 2 reaches 0.9996 at p50 0.72 ms, build 122 s (bench/README.md)
 IVF_MIN_LISTS = 64
-IVF_TRAIN_POINTS_PER_LIST = 32  # k-means sample: 32 x 4,096 = 131k vectors at 1M (8,192 lists took > 13 min)
+IVF_TRAIN_POINTS_PER_LIST = 32  # k-means sample: 32 x 8,192 = 262k vectors at 1M (about 100 s of the build)
 IVF_TRAIN_ITERATIONS = 10
-TARGET_RECALL = 0.99  # nprobe is raised until recall@10 on the held-out tuning queries reaches this (goal: >= 0.98 on
-# other queries; 200 queries estimate recall to about +-0.005, so 0.99 leaves the goal a margin)
+TARGET_RECALL = 0.995  # nprobe is raised until recall@10 on the held-out tuning queries reaches this (goal: >= 0.98 on
+# other queries; 200 queries estimate recall to about +-0.005, so the goal keeps a margin)
 TUNE_QUERIES = 200  # vectors held out of the index while nprobe is tuned (searched as new images), added afterwards
 MAX_NPROBE = 64  # latency bound: where recall needs more lists, the data has no tight neighbours to find
 BATCH_THREADS_FROM = 16  # searches of fewer queries run on one thread (see _FaissIndex._search)
