@@ -287,31 +287,40 @@ def test_archive_refusals(home, tmp_path):
         export.unpack_archive(repack("config.json", {"config.json": b"{oops"}), tmp_path / "f")
 
 
-def test_cli_models_evaluate_predict_export(home, tmp_path):
+def test_cli_models_evaluate_predict_export(home, tmp_path, capsys):
+    """The commands as a user runs them: the first through ``python -m core`` in a process of its own (the entry point,
+    its exit code and output), the rest through the same ``main`` in this process (each process would pay torch's
+    import again)."""
+    from core.cli import main
+
     env = {"DEEPTRAIN_HOME": str(home), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    listed = subprocess.run([sys.executable, "-m", "core", "models", "--json"], capture_output=True, text=True,
+                            cwd=ROOT, env=env, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert {"classifier", "embedder"} <= {m["name"] for m in json.loads(listed.stdout)}
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT,
-                              env=env, timeout=300)
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
 
-    listed = json.loads(cli("models", "--json").stdout)
-    assert {"classifier", "embedder"} <= {m["name"] for m in listed}
-    ev = cli("evaluate", "classifier", "--json")
-    assert ev.returncode == 0, ev.stderr
-    figures = json.loads(ev.stdout)
+    code, out, err = cli("evaluate", "classifier", "--json")
+    assert code == 0, err
+    figures = json.loads(out)
     for key in ("accuracy", "top5", "macro_roc_auc", "per_concept", "best_f1", "confusion", "curves", "misclassified"):
         assert key in figures
     image = _val_records(_row("classifier"))[0]["path"]
-    pred = json.loads(cli("predict", "classifier", image, "--json").stdout)
-    assert pred[0]["image"] == image and pred[0]["concepts"]
+    code, out, _ = cli("predict", "classifier", image, "--json")
+    pred = json.loads(out)
+    assert code == 0 and pred[0]["image"] == image and pred[0]["concepts"]
     bad = tmp_path / "x.png"
     bad.write_text("not a png")
-    refused = cli("predict", "classifier", str(bad), "--json")
-    assert refused.returncode == 2 and "not an image" in refused.stderr and "Traceback" not in refused.stderr
-    out = tmp_path / "m.zip"
-    assert cli("export", "classifier", "--format", "zip", "--out", str(out)).returncode == 0 and out.is_file()
-    missing = cli("evaluate", "nope", "--json")
-    assert missing.returncode == 2 and "not found" in missing.stderr
+    code, _, err = cli("predict", "classifier", str(bad), "--json")
+    assert code == 2 and "not an image" in err and "Traceback" not in err
+    out_zip = tmp_path / "m.zip"
+    assert cli("export", "classifier", "--format", "zip", "--out", str(out_zip))[0] == 0 and out_zip.is_file()
+    code, _, err = cli("evaluate", "nope", "--json")
+    assert code == 2 and "not found" in err
 
 
 def test_report_is_self_contained(home):

@@ -19,8 +19,8 @@ rest are hostile throughout.
 Each example gets its own data directory (holding a dataset "seed" an abort must leave alone), so examples never
 depend on each other and hypothesis can replay and shrink them.
 
-Examples per test: ``DEEPTRAIN_FUZZ_EXAMPLES`` (default 60: four tests, 240 fuzzed sources per run, about 20 s on
-2 cores). Run it longer, e.g. overnight, and see how far the examples got::
+Examples per test: ``DEEPTRAIN_FUZZ_EXAMPLES`` (default 25: four tests, 100 fuzzed sources per run, about 10 s on
+2 cores, to keep the suite fast). Run it longer, e.g. overnight, and see how far the examples got::
 
     DEEPTRAIN_FUZZ_EXAMPLES=5000 .venv/bin/python -m pytest tests/test_fuzz_importers.py --hypothesis-show-statistics
 
@@ -60,7 +60,7 @@ from core.store import datasets as store
 from core.store.engine import engine
 from core.store.schema import metadata
 
-EXAMPLES = int(os.environ.get("DEEPTRAIN_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("DEEPTRAIN_FUZZ_EXAMPLES", "25"))
 FUZZ = settings(deadline=None, max_examples=EXAMPLES, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
