@@ -415,8 +415,8 @@ _OPEN_STORE = """
 import os, sys, time
 os.environ["DEEPTRAIN_HOME"] = sys.argv[1]  # and DEEPTRAIN_DB_URL as the test set it (PostgreSQL) or not (SQLite)
 from core.store.engine import engine
-start = float(sys.argv[2])
-while time.time() < start:  # every process opens the store at the same moment
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):  # every process opens the store at the same moment: once all are ready
     time.sleep(0.001)
 engine()
 print("ok")
@@ -435,10 +435,15 @@ def test_processes_opening_one_store_at_once(database, start):
 
     home = Path(os.environ["DEEPTRAIN_HOME"])
     rows = _write_v0_store(home) if start == "first_release" else None
-    at = time.time() + 8.0  # after every interpreter has started and imported the store
+    go = home / "go"  # created once every interpreter has started and imported the store
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, str(home), str(at)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, str(home), str(go)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT) for _ in range(3)]
+    try:
+        ready = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+    finally:
+        go.touch()
+    assert ready == ["ready"] * 3, [p.communicate(timeout=60) for p in procs]
     outcomes = [p.communicate(timeout=300) for p in procs]
     assert [(p.returncode, out.strip()) for p, (out, _) in zip(procs, outcomes)] == [(0, "ok")] * 3, outcomes
     db_path = database
