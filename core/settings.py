@@ -51,6 +51,9 @@ _ALL = (
     Setting("max_jobs", 0, "int", "jobs running at once; 0: one per GPU, one on a CPU-only server", 0),
     Setting("heartbeat_s", 1.0, "float", "seconds between a worker's heartbeats and progress writes", 0.05),
     Setting("stale_s", 15.0, "float", "a worker silent this long is judged dead", 0.1),
+    Setting("job_backend", "process", "str", "how queued jobs run: process (each in a worker process of its own) or "
+            "inline (to the end inside the process that queued it, before the call returns, as huey's immediate "
+            "mode: for tests and debugging; no live progress, no cancel)"),
     Setting("cancel_grace_s", 20.0, "float", "how long cancel waits for a worker to stop before killing it", 0.0),
     # --- sign-in, roles and per-user limits
     Setting("auth_header", "", "str", "the header a trusted reverse proxy sets to the signed-in user's email or name; "

@@ -35,6 +35,14 @@ def store_backend(request, deeptrain_home, monkeypatch):
 
 
 @pytest.fixture
+def inline_jobs(monkeypatch) -> None:
+    """Jobs run inline (setting job_backend): queued and run to the end by the call that queues them, in this process,
+    for tests that are about what a job does rather than about worker processes (starting one costs a few seconds of
+    the suite: a fresh interpreter importing torch). Kill, restart, cancel and live progress keep real workers."""
+    monkeypatch.setenv("DEEPTRAIN_JOB_BACKEND", "inline")
+
+
+@pytest.fixture
 def caltech() -> Path:
     if not (CALTECH / "101_ObjectCategories").is_dir():
         pytest.skip(f"Caltech-101 not found at {CALTECH}")

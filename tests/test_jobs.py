@@ -21,6 +21,26 @@ from tests.jobs_support import in_epoch, sigkill, tiny, train_config, wait_store
 pytestmark = pytest.mark.slow
 
 
+def test_inline_backend_runs_each_job_to_its_end_in_the_process_that_queued_it(tiny, monkeypatch):
+    """job_backend "inline" (huey's immediate mode): submit returns once the job has run here, with the same records a
+    worker process leaves (state, model, per-epoch metrics, log); a second job queued behind it runs too."""
+    monkeypatch.setenv("DEEPTRAIN_JOB_BACKEND", "inline")
+    first = jobs.submit("local", "train", train_config(epochs=1, items=8))
+    st = jobs.status("local", first)
+    assert st["state"] == "succeeded", st["error"]
+    row = store.get_job(first)
+    assert row["pid"] == os.getpid()
+    assert [m["epoch"] for m in mstore.get_epoch_metrics(str(first))] == [1]
+    log = local.log_path(first).read_text()
+    assert "inline (job_backend)" in log and f"job {first} succeeded" in log
+    second = jobs.submit("local", "train", train_config(epochs=1, items=8))
+    assert jobs.status("local", second)["state"] == "succeeded" and jobs.reap() == []
+    monkeypatch.setenv("DEEPTRAIN_JOB_BACKEND", "thread")
+    with pytest.raises(UserError, match="job_backend must be one of process, inline, got 'thread'"):
+        jobs.submit("local", "train", train_config(epochs=1, items=8))
+    assert sorted(j["id"] for j in store.list_jobs()) == [first, second]  # nothing queued by the refused submit
+
+
 def test_job_runs_to_success_and_stores_its_model(tiny, capsys):
     from core.cli import main
 

@@ -91,7 +91,7 @@ def test_bulk_relabel_sets_one_label_in_one_version(checked_dataset):
     assert all(datasets.get_item("local", i)["labels"] == ["pizza"] for i in rows)
 
 
-def test_find_issues_queues_a_quality_job(tmp_path):
+def test_find_issues_queues_a_quality_job(tmp_path, inline_jobs):
     from core import jobs
     from tests.jobs_support import cleanup
 

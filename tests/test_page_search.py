@@ -95,7 +95,7 @@ def test_build_query_and_duplicates(small_folder):
 
 
 @pytest.mark.slow
-def test_background_build_is_a_job(small_folder, monkeypatch):
+def test_background_build_is_a_job(small_folder, monkeypatch, inline_jobs):
     from core import jobs
     from tests.jobs_support import cleanup
 

@@ -133,7 +133,7 @@ def test_near_duplicates_and_multi_label_lists(tmp_path):
     assert all(isinstance(r["suggested"], list) and 0 <= r["score"] <= 1 for r in labels)
 
 
-def test_cli_issues_json_runs_a_job_and_prints_the_ranked_rows(tmp_path, capsys):
+def test_cli_issues_json_runs_a_job_and_prints_the_ranked_rows(tmp_path, capsys, inline_jobs):
     truth = _flip(_import(tmp_path, per_class=6), 3)
     assert main(["dataset", "issues", "q", "--json"]) == 0
     out = capsys.readouterr()

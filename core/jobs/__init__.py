@@ -13,6 +13,7 @@ fewer than ``local.max_jobs()`` run).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable
 
@@ -76,6 +77,7 @@ def submit(user: User | str, job_type: str, config: dict, *, parent_id: int | No
         raise UserError(f"You have {waiting} jobs queued or running, the most one user may have (max_queued_jobs = "
                         f"{limit}); wait for one to finish, or cancel one")
     config = runners.validate(job_type, owner, copy.deepcopy(config))
+    local.inline()  # a job_backend setting that is not one of its values is refused before anything is queued
     job_id = store.insert_job(owner, job_type, config, parent_id=parent_id)
     local.job_dir(job_id)
     pump()
@@ -114,6 +116,13 @@ def pump() -> list[int]:
         job = store.claim_next(local.max_jobs(), max(local.gpu_count(), 1))
         if job is None:
             return started
+        if local.inline():  # job_backend "inline": run it here, to the end, before the caller goes on
+            from core.jobs import worker
+
+            store.set_launched(job["id"], os.getpid(), local.host())
+            started.append(job["id"])
+            worker.run(job["id"], inline=True)
+            continue
         try:
             pid = local.launch(job["id"], job.get("slot") or 0)
         except OSError as exc:

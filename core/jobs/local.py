@@ -62,6 +62,19 @@ def gpu_count() -> int:
     return 0
 
 
+JOB_BACKENDS = ("process", "inline")
+
+
+def inline() -> bool:
+    """Whether jobs run inline (setting ``job_backend``): to the end in the process that pumps the queue."""
+    backend = settings.get("job_backend").lower()
+    if backend not in JOB_BACKENDS:
+        from core.errors import UserError
+
+        raise UserError(f"job_backend must be one of {', '.join(JOB_BACKENDS)}, got {backend!r}")
+    return backend == "inline"
+
+
 def max_jobs() -> int:
     """Jobs allowed to run at once: the setting ``max_jobs``, else (0) one per GPU, else one."""
     return settings.get("max_jobs") or max(1, gpu_count())
@@ -137,6 +150,8 @@ def alive(pid: int | None, job_id: int) -> bool:
     """Whether the worker ``pid`` of ``job_id`` still runs on this machine."""
     if not pid:
         return False
+    if pid == os.getpid():  # an inline job (job_backend "inline") runs in this very process
+        return True
     proc = _children.get(pid)
     if proc is not None and proc.poll() is not None:
         _children.pop(pid, None)

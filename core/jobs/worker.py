@@ -8,6 +8,7 @@ worker starts the next queued job before it exits, so the queue moves on whoever
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -182,11 +183,21 @@ def _plain_reason(exc: BaseException) -> str:
     return f"The job stopped on an unexpected error: {type(exc).__name__}: {text}"
 
 
-def run(job_id: int) -> int:
-    """Run job ``job_id`` in this process (it was claimed by a pump); returns the process exit code."""
+def run(job_id: int, inline: bool = False) -> int:
+    """Run job ``job_id`` in this process (it was claimed by a pump); returns the process exit code.
+
+    ``inline`` (job_backend "inline"): the process that queued the job runs it, so its priority, threads and memory
+    settings stay as they are, and what the job prints goes to its log as a worker's output does."""
+    if inline:
+        with open(local.log_path(int(job_id)), "a", buffering=1) as log, \
+                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            return _run(int(job_id), inline=True)
+    return _run(int(job_id), inline=False)
+
+
+def _run(job_id: int, inline: bool) -> int:
     from core.jobs import pump, runners
 
-    job_id = int(job_id)
     pid, host = os.getpid(), local.host()
     if not store.take(job_id, pid, host):
         job = store.get_job(job_id)
@@ -198,11 +209,15 @@ def run(job_id: int) -> int:
     job = store.get_job(job_id)
     from core.device import enter_worker, keep_freed_memory
 
-    keep_freed_memory()  # this process trains or embeds: reuse freed buffers instead of faulting in new pages
-    niceness, threads = enter_worker()  # the web server goes first and keeps a core
+    if inline:
+        where = "inline (job_backend)"
+    else:
+        keep_freed_memory()  # this process trains or embeds: reuse freed buffers instead of faulting in new pages
+        niceness, threads = enter_worker()  # the web server goes first and keeps a core
+        where = f"niceness {niceness}, {threads} CPU thread(s)"
     cb = JobCallbacks(job, device="")
     cb.log(f"worker {pid} on {host}: {job['type']} job {job_id}, attempt {job['attempts']}"
-           + (" (resuming)" if job["resume"] else "") + f"; niceness {niceness}, {threads} CPU thread(s)")
+           + (" (resuming)" if job["resume"] else "") + f"; {where}")
     beat = _Heartbeat(cb, local.heartbeat_s())
     beat.start()
     state, result, error, trace = "failed", None, None, None
