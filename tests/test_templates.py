@@ -203,6 +203,25 @@ def test_constant_schedule_and_multiplier():
     assert s.multiplier(3) == 1.0
 
 
+@pytest.mark.parametrize("name", ["Studio_EfficientNetLite0_RetinaNet", "Studio_RetinaNet", "Studio_FasterRCNN"])
+def test_detectors_warm_up_then_decay_to_zero(name):
+    """The detectors' rate: a linear warmup from WARMUP_START of it over DETECTOR_WARMUP_STEPS steps (a tenth of a
+    short run), then a cosine down to 0 at the last step."""
+    from core.templates.recipe import DETECTOR_WARMUP_STEPS, WARMUP_START
+
+    params = {"num_epochs": 20, "batch_size": 8}
+    base = base_lrate("detector", name, params)
+    s = make_schedule("detector", name, params, 75)  # 1,500 steps
+    assert s(0) == pytest.approx(base * WARMUP_START)
+    assert s(DETECTOR_WARMUP_STEPS // 2) == pytest.approx(base * (0.5 + 0.5 * WARMUP_START), rel=0.01)
+    rising = [s(i) for i in range(DETECTOR_WARMUP_STEPS)]
+    assert rising == sorted(rising) and max(rising) < base
+    falling = [s(i) for i in range(DETECTOR_WARMUP_STEPS, s.total_steps)]
+    assert falling == sorted(falling, reverse=True) and falling[-1] < base * 1e-5
+    short = make_schedule("detector", name, {"num_epochs": 1, "batch_size": 8}, 30)  # 30 steps: 3 of warmup
+    assert short.warmup_iters == 3 and short(3) == pytest.approx(base, rel=0.03)  # the cosine has begun
+
+
 def test_lr_curve_spans_the_run():
     curve = lr_curve("classifier", "Clarifai_ResNext", {"num_epochs": 40}, 12)
     xs = [x for x, _ in curve]

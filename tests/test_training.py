@@ -67,7 +67,7 @@ def _one_image(kind: str) -> Image.Image:
 
 
 @pytest.mark.parametrize("template", list_templates(), ids=lambda t: f"{t.kind}-{t.name}")
-def test_every_template_trains_two_steps_and_loads(template, tmp_path):
+def test_every_template_trains_two_steps_and_loads(template, tmp_path, monkeypatch):
     from core.models.io import load_model_dir
 
     if template.kind == "detector":
@@ -76,7 +76,12 @@ def test_every_template_trains_two_steps_and_loads(template, tmp_path):
         manifest_dataset(tmp_path)
     params = tiny_params(template)
     rec = Recorder()
+    clipped: list[float] = []  # detectors clip their gradients' norm before every step; the others do not clip
+    clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda ps, max_norm, **kw: (clipped.append(max_norm),
+                                                                                        clip(ps, max_norm, **kw))[1])
     result = train(_config(template.kind, template.name, params), tmp_path / "run", rec)
+    assert clipped == ([10.0, 10.0] if template.kind == "detector" else [])
 
     assert not result.stopped and result.model_id is not None
     assert len(rec.steps) == 2 and rec.steps[-1]["step"] == 2

@@ -6,6 +6,8 @@
 - Cosine (RSB-A1, as MMClassification's CosineAnnealing with linear warmup by iteration): the rate follows a cosine
   from lrate down to batch_size x per_item_min_lrate over the run; during the first warmup_iters steps it is
   multiplied by 1 - (1 - step / warmup_iters) x (1 - warmup_ratio), rising from warmup_ratio x the rate.
+- Warmup then cosine (the detectors, ``recipe.DETECTOR_WARMUP_STEPS``): the cosine above down to 0, its warmup over
+  min(DETECTOR_WARMUP_STEPS, a tenth of the run) steps from ``recipe.WARMUP_START`` of the rate.
 - Constant otherwise.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import ValidationError
+from core.templates.recipe import DETECTOR_WARMUP_STEPS, WARMUP_START
 from core.templates.registry import get_template, validate
 
 MAX_CURVE_POINTS = 600  # evenly spaced samples of the curve, plus the epoch boundaries where the step schedule drops
@@ -95,6 +98,10 @@ def make_schedule(kind: str, name: str, params: Mapping[str, Any] | None, steps_
     if template.schedule == "cosine":
         return Schedule("cosine", min_lr=p["batch_size"] * p["per_item_min_lrate"], warmup_iters=p["warmup_iters"],
                         warmup_ratio=p["warmup_ratio"], **common)
+    if template.schedule == "warmup_cosine":
+        total = p["num_epochs"] * int(steps_per_epoch)
+        return Schedule("cosine", min_lr=0.0, warmup_iters=max(1, min(DETECTOR_WARMUP_STEPS, total // 10)),
+                        warmup_ratio=WARMUP_START, **common)
     return Schedule("constant", **common)
 
 

@@ -89,6 +89,8 @@ def _epoch_steps(run: Run, state: TrainState, epoch: int, batches: Iterator[Batc
             return mode.step(batch, torch.Generator().manual_seed(seed))
 
         loss = policy.backward(loss, snapshot, lambda: opt.zero_grad(set_to_none=True), redo)
+        if mode.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], mode.clip_grad_norm)
         opt.step()
         # read the loss once the whole step is queued: on a GPU reading it earlier would make the CPU wait for the
         # forward pass before it could queue the backward's kernels. A non-finite loss has then updated the weights

@@ -43,6 +43,7 @@ class Mode:
 
     name: ClassVar[str]
     detector: ClassVar[bool] = False
+    clip_grad_norm: ClassVar[float | None] = None  # gradients rescaled to at most this L2 norm before each step
     compiles: ClassVar[bool] = False
     frozen_backbone: ClassVar[bool] = False
 

@@ -15,6 +15,9 @@ LABEL_OFFSET = 1  # torchvision detectors reserve label 0 for the background: co
 class DetectorMode(OnPixels):
     name = "detector"
     detector = True
+    # torchvision's detectors at a rate that learns in a few hundred steps: a batch of large boxes can still spike the
+    # regression loss, and one such step used to end a run in non-finite weights
+    clip_grad_norm = 10.0
 
     def step(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         assert batch.pixels is not None  # a pixel mode's batches carry pixels
