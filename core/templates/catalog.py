@@ -633,7 +633,7 @@ def _detector(name: str, detector: str, backbone: str) -> Template:
                   f"(batch_size / 128). {why} minimum 0; "
                   + ("default 0.32, measured on the scenes sample on a CPU (bench_detector.py): with the warmup and "
                      "cosine decay 0.08 had not left the focal loss's prior after 200 steps (AP50 0), 0.32 reached "
-                     "AP50 0.22 in the same steps, 1.0 spiked and never recovered." if lite0 else
+                     "AP50 0.22 in 175 steps, 1.0 spiked and never recovered." if lite0 else
                      "default from torchvision's detection recipe "
                      + ("(0.01 at 16 images per batch, SGD)." if retina else "(0.02 at 16 images per batch, SGD).")),
                   0.0, chosen=frozenset({"min", "default"})),
