@@ -241,20 +241,21 @@ def predict_tab(row: dict) -> None:
     if st.button("Predict", key="models_predict_btn", disabled=not images):
         try:
             found = predict(user, row["id"], images, threshold=threshold, score_threshold=0.0 if detector else None)
-            st.session_state["models_predictions"] = (row["id"], found)
+            st.session_state["models_predictions"] = (row["id"], images, found)
         except UserError as exc:
             ui.show_error(exc)
-    model_id, results = st.session_state.get("models_predictions") or (None, [])
+    # the images each result was predicted on (the picker or the uploads may have changed since the click)
+    model_id, predicted, results = st.session_state.get("models_predictions") or (None, [], [])
     if model_id != row["id"]:
         return
     if detector:
-        for entry, src in zip(results, images):
+        for entry, src in zip(results, predicted):
             boxes = above(entry["boxes"], score)
-            st.image(drawing.draw_boxes(src[1] if isinstance(src, tuple) else src, boxes, row["concepts"]),
+            st.image(drawing.draw_boxes(src, boxes, row["concepts"]),
                      caption=f"{entry['image'].split('/')[-1]}: {len(boxes)} of {len(entry['boxes'])} boxes above "
                              f"{score:.2f}", width="content")
         return
-    for entry, src in zip(results, images):
+    for entry, src in zip(results, predicted):
         a, b = st.columns([1, 2])
         a.image(src[1] if isinstance(src, tuple) else src, caption=entry["image"].split("/")[-1],
                 width="stretch")

@@ -119,11 +119,13 @@ def test_training_metrics_csv_is_neutralised(tmp_path):
 # ------------------------------------------------------------------------------------------------ uploads
 
 def _openers():
+    from core.evaluation.drawing import draw_boxes
     from core.evaluation.predict import open_image as predict_open
     from core.search.embed import open_image as search_open
 
     return {"predict": lambda name, data: predict_open((name, data)),
-            "search": lambda name, data: search_open((name, data))}
+            "search": lambda name, data: search_open((name, data)),
+            "draw": lambda name, data: draw_boxes((name, data), [], [], legend=False)}
 
 
 UPLOADS = [
@@ -136,7 +138,7 @@ UPLOADS = [
 ]
 
 
-@pytest.mark.parametrize("which", ["predict", "search"])
+@pytest.mark.parametrize("which", ["predict", "search", "draw"])
 @pytest.mark.parametrize("name, data, match", UPLOADS, ids=[u[0] for u in UPLOADS])
 def test_uploads_are_held_to_the_importers_rules(which, name, data, match):
     with pytest.raises(UserError, match=match) as info:
@@ -144,7 +146,7 @@ def test_uploads_are_held_to_the_importers_rules(which, name, data, match):
     assert str(info.value).startswith(f"{name}: ")
 
 
-@pytest.mark.parametrize("which", ["predict", "search"])
+@pytest.mark.parametrize("which", ["predict", "search", "draw"])
 def test_upload_pixel_limit_is_the_setting(which, monkeypatch):
     data = _png(1, (20, 20))
     assert _openers()[which]("ok.png", data).size == (20, 20)

@@ -82,8 +82,8 @@ def test_classifier_predict_from_dataset_and_export(home):
     at.radio(key="models_predict_source").set_value("Dataset").run()
     at.button(key="models_predict_btn").click().run()
     assert not at.exception, at.exception
-    _model_id, results = at.session_state["models_predictions"]
-    assert results and results[0]["concepts"]
+    _model_id, predicted, results = at.session_state["models_predictions"]  # with the images they were made on
+    assert results and results[0]["concepts"] and [r["image"] for r in results] == list(predicted)
     at.button(key="models_export_btn").click().run()
     assert not at.exception, at.exception
     assert at.session_state["models_export"][2]["path"].endswith(".zip")

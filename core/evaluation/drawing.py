@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
@@ -31,22 +30,21 @@ def _font(size: int) -> Any:
 
 
 def _open(image: Any) -> Image.Image:
+    """A PIL image as RGB; a path or ``(name, bytes)`` through predict's checked opener (allowed formats, the pixel
+    limit before decoding, a UserError naming the file), as every uploaded or stored image is opened."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, (bytes, bytearray)):
-        import io
+    from core.evaluation.predict import open_image
 
-        with Image.open(io.BytesIO(bytes(image))) as src:
-            return src.convert("RGB")
-    with Image.open(Path(image)) as src:
-        return src.convert("RGB")
+    return open_image(image)
 
 
 def draw_boxes(image: Any, boxes: Sequence[dict], concepts: Sequence[str], max_side: int = 640,
                legend: bool = True) -> Image.Image:
-    """The photo (a path, bytes or a PIL image) scaled to at most ``max_side``, with ``boxes`` ({"concept", "x",
-    "y", "w", "h"[, "score"]} in the photo's pixels) drawn in their concept's colour, each labelled "concept score",
-    and (``legend``) a strip under it naming the colours of the concepts drawn (or saying there is no box)."""
+    """The photo (a path, ``(name, bytes)`` or a PIL image) scaled to at most ``max_side``, with ``boxes``
+    ({"concept", "x", "y", "w", "h"[, "score"]} in the photo's pixels) drawn in their concept's colour, each labelled
+    "concept score", and (``legend``) a strip under it naming the colours of the concepts drawn (or saying there is no
+    box)."""
     im = _open(image)
     scale = min(1.0, max_side / max(im.size))
     if scale < 1.0:
