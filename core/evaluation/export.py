@@ -130,7 +130,7 @@ def describe(loaded, name: str | None = None, output: str | None = None) -> dict
                               "(label i is concepts[i - 1]); scores (N,) in 0 to 1, every detection (the studio "
                               "keeps those above detection_score_threshold)")
         out["labels"] = "concept index + 1"
-        out["detection_score_threshold"] = float(loaded.params.get("detection_score_threshold", 0.0) or 0.0)
+        out["detection_score_threshold"] = loaded.score_threshold
     out["embedding_dim"] = dim
     return out
 

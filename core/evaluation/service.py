@@ -509,7 +509,8 @@ def head_tuning(user: User | str, model: str | int) -> HeadTuning | None:
         return None
     if not tuned:
         return None
-    return {**tuned, "text": f"{describe(tuned)[0].upper()}{describe(tuned)[1:]}, the lowest loss on "
+    line = describe(tuned)
+    return {**tuned, "text": f"{line[0].upper()}{line[1:]}, the lowest loss on "
                              f"{tuned['val_items']} training images held out (trained on {tuned['fit_items']}), "
                              "then trained on the whole training split with it."}
 
