@@ -286,3 +286,18 @@ def test_two_detectors_compared_side_by_side(detector):
     assert [line["concept"] for line in comparison["per_concept"]] == service.get("local", detector)["concepts"]
     (bars,) = charts.compare_curves(comparison)
     assert [t.name for t in bars.data] == [detector, "lite0"]
+
+
+def test_a_detector_report_leaves_out_an_image_gone_since_its_evaluation(detector, monkeypatch):
+    """The report's gallery opens each image as predictions do (core.evaluation.predict.open_image); one whose stored
+    file is gone is left out of the gallery, and the report is still built."""
+    import copy
+
+    from core.evaluation import service
+    from core.evaluation.report import build_report
+
+    result = copy.deepcopy(service.evaluate("local", detector))
+    result["samples"] = [{**result["samples"][0], "path": "/nonexistent/gone.jpg", "errors": ["missed"]}]
+    monkeypatch.setattr(service, "evaluate", lambda *a, **k: result)
+    text = build_report("local", detector)
+    assert "Images with errors (1; 0 shown)" in text

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from core.errors import UserError
 from core.evaluation import charts, service
 from core.records import Evaluation, ModelRow
 from core.users import User
@@ -196,7 +197,7 @@ def _detector_sections(result: Evaluation) -> list[str]:
         try:
             truth = _pil_b64(draw_boxes(s["path"], s["truth"], result["concepts"], max_side=THUMB_PX * 2))
             found = _pil_b64(draw_boxes(s["path"], s["predicted"], result["concepts"], max_side=THUMB_PX * 2))
-        except OSError:
+        except (OSError, UserError):  # its stored image gone since the evaluation (open_image says so): left out
             continue
         gallery.append(f"<figure><img src='{truth}' alt='truth'><img src='{found}' alt='predicted'>"
                        f"<figcaption>item {s['item_id']}: ground truth, predicted; "
