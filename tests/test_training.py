@@ -589,17 +589,21 @@ def test_mode_for_each_template(template):
     from types import SimpleNamespace
 
     from core.templates import validate
-    from core.training.modes import DetectorMode, FeaturesMode, ImagesMode, mode_for
+    from core.training.modes import DetectorFeaturesMode, DetectorMode, FeaturesMode, ImagesMode, mode_for
 
     params = validate(template.kind, template.name, {})
     plan = SimpleNamespace(kind=template.kind, params=params, base_model=None)
-    expected = {"detector": DetectorMode}.get(template.kind) or (
-        FeaturesMode if params.get("base_gradient_multiplier", 1.0) == 0.0 else ImagesMode)
+    frozen = params.get("base_gradient_multiplier", 1.0) == 0.0
+    detector = template.kind == "detector"
+    expected = ((DetectorFeaturesMode if frozen else DetectorMode) if detector
+                else FeaturesMode if frozen else ImagesMode)
     assert mode_for(plan) is expected
     if template.has("base_gradient_multiplier"):
         moving = dict(params, base_gradient_multiplier=0.5)
-        assert mode_for(SimpleNamespace(kind=template.kind, params=moving, base_model=None)) is ImagesMode
-        assert mode_for(SimpleNamespace(kind=template.kind, params=params, base_model={"id": 1})) is FeaturesMode
+        assert mode_for(SimpleNamespace(kind=template.kind, params=moving, base_model=None)) is (
+            DetectorMode if detector else ImagesMode)
+        if not detector:
+            assert mode_for(SimpleNamespace(kind=template.kind, params=params, base_model={"id": 1})) is FeaturesMode
 
 
 def test_the_plan_and_training_options_load_without_torch():

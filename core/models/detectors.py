@@ -18,6 +18,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetRegressionHead, _box_loss
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import misc as misc_nn_ops
@@ -40,10 +41,11 @@ class _StudioDetector:
     parameters: Callable[[], Iterator[nn.Parameter]]  # nn.Module's, from the detector this is mixed into
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        return self.backbone.parameters()
+        """The pretrained body's (the pyramid on it starts from random weights, so it learns with the heads)."""
+        return self.backbone.body.parameters()
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        ids = {id(p) for p in self.backbone.parameters()}
+        ids = {id(p) for p in self.backbone.body.parameters()}
         return (p for p in self.parameters() if id(p) not in ids)
 
 
@@ -85,7 +87,33 @@ class PerClassRegressionHead(RetinaNetRegressionHead):
 
 
 class StudioRetinaNet(_StudioDetector, RetinaNet):
-    """torchvision RetinaNet whose decoding understands the per-class regression head."""
+    """torchvision RetinaNet whose decoding understands the per-class regression head, and which can run from its
+    backbone body's maps (a frozen body's maps computed once: ``core.training.modes.detector``)."""
+
+    def _from_body(self, maps: list[torch.Tensor], images: ImageList) -> tuple[list, dict, list]:
+        features = list(self.backbone.fpn(OrderedDict((str(i), f) for i, f in enumerate(maps))).values())
+        return features, self.head(features), self.anchor_generator(images, features)
+
+    def losses_from_body(self, maps: list[torch.Tensor], images: ImageList,
+                         targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The training losses, as ``forward(images, targets)`` computes them after the body: ``maps`` are the
+        body's outputs for ``images`` (normalised, resized and padded by ``self.transform``), ``targets`` in those
+        resized pixels."""
+        _, head_outputs, anchors = self._from_body(maps, images)
+        return self.compute_loss(targets, head_outputs, anchors)
+
+    def detect_from_body(self, maps: list[torch.Tensor], images: ImageList,
+                         original_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Detections in the input images' pixels (``original_sizes``), as ``forward(images)`` in eval mode returns
+        them, from the body's ``maps``."""
+        features, head_outputs, anchors = self._from_body(maps, images)
+        per_level = [f.size(2) * f.size(3) for f in features]
+        a = head_outputs["cls_logits"].size(1) // sum(per_level)
+        per_level = [n * a for n in per_level]
+        split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(x.split(per_level)) for x in anchors]
+        detections = self.postprocess_detections(split, split_anchors, images.image_sizes)
+        return self.transform.postprocess(detections, images.image_sizes, original_sizes)
 
     def postprocess_detections(self, head_outputs, anchors, image_shapes):
         if not isinstance(self.head.regression_head, PerClassRegressionHead):
@@ -253,10 +281,14 @@ def target_from_boxes(boxes: list[dict], concepts: list[str]) -> dict[str, torch
 
 def hflip(image: torch.Tensor, target: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mirror an image tensor (3, H, W) and its boxes (the detectors' average_horizontal_flips augmentation)."""
-    width = image.shape[-1]
+    return image.flip(-1), hflip_target(target, image.shape[-1])
+
+
+def hflip_target(target: dict[str, torch.Tensor], width: int) -> dict[str, torch.Tensor]:
+    """The target of an image ``width`` pixels wide once mirrored: its boxes' x coordinates reflected."""
     boxes = target["boxes"].clone()
     boxes[:, [0, 2]] = width - target["boxes"][:, [2, 0]]
-    return image.flip(-1), dict(target, boxes=boxes)
+    return dict(target, boxes=boxes)
 
 
 def _truthy(value) -> bool:
