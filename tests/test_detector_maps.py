@@ -86,6 +86,7 @@ def test_mirrored_maps_carry_mirrored_boxes(scenes_home, tmp_path, monkeypatch):
         assert torch.allclose(torch.from_numpy(np.array(mode.maps[f"flip{k}"][0, :, :hp, :wp])), direct[k][0],
                               atol=1e-4)
     maps, images = mode._gather(np.array([0]), [True])
+    assert [tuple(m.shape[-2:]) for m in maps] == [(hp * s, wp * s) for s in (4, 2, 1)]  # strides 8, 16, 32
     assert images.image_sizes == [(h, w)]
     gen = torch.Generator().manual_seed(0)
     # a step that mirrors every image trains on exactly those boxes
