@@ -40,12 +40,18 @@ class _StudioDetector:
     backbone: nn.Module
     parameters: Callable[[], Iterator[nn.Parameter]]  # nn.Module's, from the detector this is mixed into
 
+    def body(self) -> nn.Module:
+        """The backbone's pretrained body (ResNet-18 or EfficientNet-Lite0), under the feature pyramid."""
+        body = self.backbone.body
+        assert isinstance(body, nn.Module)  # both pyramids have one
+        return body
+
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         """The pretrained body's (the pyramid on it starts from random weights, so it learns with the heads)."""
-        return self.backbone.body.parameters()
+        return self.body().parameters()
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        ids = {id(p) for p in self.backbone.body.parameters()}
+        ids = {id(p) for p in self.body().parameters()}
         return (p for p in self.parameters() if id(p) not in ids)
 
 
@@ -91,7 +97,9 @@ class StudioRetinaNet(_StudioDetector, RetinaNet):
     backbone body's maps (a frozen body's maps computed once: ``core.training.modes.detector``)."""
 
     def _from_body(self, maps: list[torch.Tensor], images: ImageList) -> tuple[list, dict, list]:
-        features = list(self.backbone.fpn(OrderedDict((str(i), f) for i, f in enumerate(maps))).values())
+        fpn = self.backbone.fpn
+        assert isinstance(fpn, nn.Module)  # the Lite0 pyramid's (``Lite0Pyramid``)
+        features = list(fpn(OrderedDict((str(i), f) for i, f in enumerate(maps))).values())
         return features, self.head(features), self.anchor_generator(images, features)
 
     def losses_from_body(self, maps: list[torch.Tensor], images: ImageList,

@@ -7,13 +7,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Generator
+from typing import Any, cast
 
 import numpy as np
 import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from core.models.detectors import hflip, hflip_target
+from core.models.detectors import StudioRetinaNet, hflip, hflip_target
 from core.training import data as tdata
 from core.training.modes.base import Batch, OnPixels
 from core.training.state import StopRequested
@@ -135,6 +136,15 @@ class DetectorFeaturesMode(DetectorMode):
     name = "detector_features"
     frozen_backbone = True
 
+    @property
+    def retinanet(self) -> StudioRetinaNet:
+        assert isinstance(self.net, StudioRetinaNet)  # the one detector with a frozen-body option (Lite0)
+        return self.net
+
+    def _widths(self) -> list[int]:
+        """The body's channels at strides 8, 16 and 32 (timm's FeatureInfo: 40, 112, 320 for Lite0)."""
+        return [int(c) for c in cast("Any", self.retinanet.body()).feature_info.channels()]
+
     def prepare(self) -> None:
         super().prepare()  # the pixel cache: the maps are computed from it
         plan, cache = self.plan, self.pixels.cache
@@ -145,7 +155,7 @@ class DetectorFeaturesMode(DetectorMode):
         sizes = np.array([self._resized(*(int(v) for v in cache.hw[r])) for r in self.cache_rows], dtype=np.int64)
         padded = -(-sizes // PAD) * PAD
         canvas = padded.max(axis=0) if n else np.array([PAD, PAD])
-        widths = [int(c) for c in self.net.backbone.body.feature_info.channels()]
+        widths = self._widths()
         per_image = sum(c * (canvas[0] // s) * (canvas[1] // s) for c, s in zip(widths, MAP_STRIDES, strict=True))
         need = int(per_image) * n * (2 if flip else 1) * 4
         self.maps: dict[str, np.ndarray] | None = None
@@ -168,7 +178,7 @@ class DetectorFeaturesMode(DetectorMode):
 
     def _resized(self, h: int, w: int) -> tuple[int, int]:
         """(height, width) of an h x w image once the model's transform has resized it."""
-        t = self.net.transform
+        t = self.retinanet.transform
         size, max_size = float(t.min_size[-1]), float(t.max_size)
         scale = min(size / min(h, w), max_size / max(h, w))
         return int(math.floor(h * scale)), int(math.floor(w * scale))
@@ -196,10 +206,10 @@ class DetectorFeaturesMode(DetectorMode):
     def _compute(self, sizes: np.ndarray, canvas: np.ndarray, n_train: int, flip: bool) -> dict[str, np.ndarray]:
         """The body's maps of every image (``map0``-``map2``) and of the training images' mirrors (``flip0``-``flip2``,
         zeros for validation images), on a canvas of the largest padded size."""
-        net, rt = self.net, self.rt
-        body = net.backbone.body
+        net, rt = self.retinanet, self.rt
+        body = net.body()
         n = len(sizes)
-        widths = [int(c) for c in body.feature_info.channels()]
+        widths = self._widths()
         shapes = [(n, c, int(canvas[0]) // s, int(canvas[1]) // s) for c, s in zip(widths, MAP_STRIDES, strict=True)]
         out = {f"map{k}": np.zeros(shape, np.float32) for k, shape in enumerate(shapes)}
         if flip:
@@ -277,15 +287,15 @@ class DetectorFeaturesMode(DetectorMode):
             t = self.targets[i]
             t = hflip_target(t, int(self.sizes[i][1])) if m else t
             targets.append({k: v.to(self.rt.device) for k, v in t.items()})
-        losses = self.net.losses_from_body(maps, images, targets)
-        return sum(v.float() for v in losses.values())
+        losses = self.retinanet.losses_from_body(maps, images, targets)
+        return torch.stack([v.float() for v in losses.values()]).sum()
 
     def _evaluate(self) -> dict:
         if self.maps is None:
             return super()._evaluate()
         from core.evaluation.metrics import detector_metrics
 
-        plan, net, cache = self.plan, self.net, self.pixels.cache
+        plan, net, cache = self.plan, self.retinanet, self.pixels.cache
         losses, preds, truths = [], [], []
         rows_all = np.arange(self.n_train, self.n_train + len(plan.eval_records))
         for i in range(0, len(rows_all), self.batch_size):
@@ -294,11 +304,10 @@ class DetectorFeaturesMode(DetectorMode):
             targets = [{k: v.to(self.rt.device) for k, v in self.targets[r].items()} for r in rows]
             ld = net.losses_from_body(maps, images, targets)
             losses.append(float(sum(v.float() for v in ld.values())))
-            original = [tuple(int(v) for v in cache.hw[self.cache_rows[r]]) for r in rows]
+            original = [(int(cache.hw[self.cache_rows[r]][0]), int(cache.hw[self.cache_rows[r]][1])) for r in rows]
             out = net.detect_from_body(maps, images, original)
-            for o, r in zip(out, rows, strict=True):
+            for o, r, (h, w) in zip(out, rows, original, strict=True):
                 record = plan.eval_records[r - self.n_train]
-                h, w = original[list(rows).index(r)]
                 boxes, labels = boxes_in_cache(record, cache.geometry[self.cache_rows[r]], w, h, plan.concepts)
                 preds.append({"boxes": o["boxes"].float().cpu().numpy(), "scores": o["scores"].float().cpu().numpy(),
                               "labels": (o["labels"] - LABEL_OFFSET).cpu().numpy()})
