@@ -135,18 +135,15 @@ def test_detector_snippets_print_boxes(detector, tmp_path):
 
     row = service.get("local", detector)
     image = service.evaluate("local", detector)["samples"][0]["path"]
-    env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT)}  # the zip's program uses the studio's code
-    programs = []
     for fmt, suffix in (("onnx", "onnx"), ("zip", "zip")):
         model = export.export_model("local", detector, fmt, tmp_path / f"d.{suffix}")["path"]
         script = tmp_path / f"predict_{fmt}.py"
         script.write_text(export.snippet(row, fmt))
-        programs.append(subprocess.Popen([sys.executable, str(script), model, image], stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True, cwd=paths.PROJECT_ROOT, env=env))
-    for program in programs:  # both run at once: each spends most of its time starting Python and its libraries
-        stdout, stderr = program.communicate(timeout=180)
-        assert program.returncode == 0, stderr
-        assert stdout.startswith(image) and any(f"('{c}'," in stdout for c in row["concepts"]), stdout
+        env = {**os.environ, "PYTHONPATH": str(paths.PROJECT_ROOT)}  # the zip's program uses the studio's code
+        out = subprocess.run([sys.executable, str(script), model, image], capture_output=True, text=True,
+                             timeout=180, cwd=paths.PROJECT_ROOT, env=env, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(image) and any(f"('{c}'," in out.stdout for c in row["concepts"]), out.stdout
 
 
 
