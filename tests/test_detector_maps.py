@@ -109,3 +109,33 @@ def test_a_moving_body_trains_the_whole_detector(scenes_home, tmp_path, monkeypa
     body = {id(p) for p in run.net.backbone.body.parameters() if p.requires_grad}
     mults = {g.get("lr_mult") for g in run.opt.param_groups if any(id(p) in body for p in g["params"])}
     assert body and mults == {0.25}
+
+
+def test_maps_too_large_to_keep_train_the_frozen_body_at_every_step(scenes_home, tmp_path, monkeypatch):
+    """Above the maps' size limit the run says so and runs the body at every step, still frozen: after training,
+    its weights and batch-norm statistics (a random body has ordinary batch norms) are the ones it started with."""
+    import core.training.modes.detector as detector_mode
+    from core.models.io import load_model_dir
+    from core.store import models as mstore
+    from core.training import train
+
+    class Log(Callbacks):
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def log(self, line: str) -> None:
+            self.lines.append(line)
+
+    monkeypatch.setenv("DEEPTRAIN_HOME", str(scenes_home))
+    monkeypatch.setattr(detector_mode, "MAX_MAPS_BYTES", 0)
+    params = {"image_size": 128, "batch_size": 4, "num_epochs": 1, "num_items_per_epoch": 8,
+              "pretrained_weights": "None"}
+    torch.manual_seed(0)  # the run's seed: the body it builds
+    start = {k: v.clone() for k, v in _run(tmp_path / "start", params).net.backbone.body.state_dict().items()}
+    log = Log()
+    result = train({"dataset": "scenes", "kind": "detector", "template": TEMPLATE, "seed": 0, "params": params},
+                   tmp_path / "run", log)
+    assert any("runs at every step instead" in line for line in log.lines), log.lines
+    body = load_model_dir(mstore.get_model_by_id(result.model_id)["path"]).net.backbone.body.state_dict()
+    assert body.keys() == start.keys()
+    assert all(torch.equal(body[k], start[k]) for k in start)

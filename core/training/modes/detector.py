@@ -164,14 +164,15 @@ class DetectorFeaturesMode(DetectorMode):
             self.cb.log(f"the backbone's maps of {n} images would take {need / 2**30:.1f} GiB (more than "
                         f"{MAX_MAPS_BYTES / 2**30:.0f}): the frozen backbone runs at every step instead")
             return
-        key = (plan.dataset["id"], plan.dataset["version"], plan.kind, plan.template,
-               plan.params.get("pretrained_weights", ""), int(self.preprocess["image_size"]), "detector-maps", flip,
+        weights = plan.params.get("pretrained_weights", "")
+        key = (plan.dataset["id"], plan.dataset["version"], plan.kind, plan.template, weights,
+               int(self.preprocess["image_size"]), "detector-maps", flip,
+               plan.seed if str(weights) in ("None", "random", "") else None,  # a random body is the seed's
                [r["item_id"] for r in plan.train_records + plan.eval_records])
         t0 = time.perf_counter()
         self.sizes, self.padded = sizes, padded
         self.maps = tdata.load_or_build_features(tdata.feature_cache_folder(*key), n,
                                                  lambda: self._compute(sizes, canvas, n_train, flip))
-        self.sizes, self.padded = sizes, padded
         self.targets = [self._target(i) for i in range(n)]
         self.cb.log(f"backbone maps ready ({n} images{' and their mirrors' if flip else ''}, "
                     f"{time.perf_counter() - t0:.1f} s)")
@@ -277,6 +278,7 @@ class DetectorFeaturesMode(DetectorMode):
 
     def step(self, batch: Batch, gen: torch.Generator) -> torch.Tensor:
         if self.maps is None:
+            self.retinanet.body().eval()  # frozen: a random body's batch norms keep their statistics too
             return super().step(batch, gen)
         rows = np.asarray(batch.rows)  # training records' rows: the run's images 0..n_train-1
         mirror = ((torch.rand(len(rows), generator=gen) < self.flip_p).tolist() if "flip0" in self.maps
