@@ -128,8 +128,7 @@ def test_maps_too_large_to_keep_train_the_frozen_body_at_every_step(scenes_home,
 
     monkeypatch.setenv("DEEPTRAIN_HOME", str(scenes_home))
     monkeypatch.setattr(detector_mode, "MAX_MAPS_BYTES", 0)
-    params = {"image_size": 128, "batch_size": 4, "num_epochs": 1, "num_items_per_epoch": 8,
-              "pretrained_weights": "None"}
+    params = {"image_size": 128, "batch_size": 4, "num_epochs": 1, "pretrained_weights": "None"}
     torch.manual_seed(0)  # the run's seed: the body it builds
     start = {k: v.clone() for k, v in _run(tmp_path / "start", params).net.backbone.body.state_dict().items()}
     log = Log()
