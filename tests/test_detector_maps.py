@@ -72,7 +72,7 @@ def test_mirrored_maps_carry_mirrored_boxes(scenes_home, tmp_path, monkeypatch):
     run = _run(tmp_path, {"average_horizontal_flips": True})
     mode, net = run.mode, run.net
     assert "flip0" in mode.maps
-    image, _ = mode._image(0)
+    image = mode._image(0)
     target = mode.targets[0]
     resized, _ = net.transform([image])
     h, w = (int(v) for v in mode.sizes[0])

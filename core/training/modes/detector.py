@@ -184,12 +184,11 @@ class DetectorFeaturesMode(DetectorMode):
         scale = min(size / min(h, w), max_size / max(h, w))
         return int(math.floor(h * scale)), int(math.floor(w * scale))
 
-    def _image(self, i: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    def _image(self, i: int) -> torch.Tensor:
         """Image ``i`` of the run (training records, then validation ones) from the pixel cache, 0..1 (3, h, w)."""
         cache, r = self.pixels.cache, int(self.cache_rows[i])
         h, w = (int(v) for v in cache.hw[r])
-        u8 = torch.from_numpy(np.array(cache.pixels[r, :h, :w]))
-        return u8.permute(2, 0, 1).float().div_(255.0), (h, w)
+        return torch.from_numpy(np.array(cache.pixels[r, :h, :w])).permute(2, 0, 1).float().div_(255.0)
 
     def _target(self, i: int) -> dict[str, torch.Tensor]:
         """Image ``i``'s boxes in the model's resized pixels, with torchvision's labels."""
@@ -221,7 +220,7 @@ class DetectorFeaturesMode(DetectorMode):
         try:
             for step, start in enumerate(range(0, n, bs)):
                 idx = list(range(start, min(n, start + bs)))
-                images = [self._image(i)[0].to(rt.device) for i in idx]
+                images = [self._image(i).to(rt.device) for i in idx]
                 resized = net.transform(images)[0]
                 if [tuple(v) for v in resized.image_sizes] != [tuple(int(v) for v in sizes[i]) for i in idx]:
                     raise RuntimeError(f"the detector resized images to {resized.image_sizes}, not "
@@ -236,7 +235,7 @@ class DetectorFeaturesMode(DetectorMode):
                         for j, i in enumerate(idx):
                             if name == "flip" and i >= n_train:
                                 continue
-                            hp, wp = -(-sizes[i] // PAD) * PAD // s
+                            hp, wp = self.padded[i] // s
                             out[f"{name}{k}"][i, :, :hp, :wp] = f[j, :, :hp, :wp].float().cpu().numpy()
                 if self.cb.should_stop():
                     raise StopRequested()
