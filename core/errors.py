@@ -7,3 +7,8 @@ class UserError(Exception):
 
 class ValidationError(UserError, ValueError):
     """A hyperparameter or configuration value outside what the template allows."""
+
+
+class NotQuick(Exception):
+    """A call made with ``quick=True`` met work that reads files or may wait on the store's write lock (loading an
+    index, writing a key's "last used"): the caller makes it again without ``quick``, off its event loop."""

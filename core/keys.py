@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import UserError
+from core.errors import NotQuick, UserError
 from core.store import keys as store
 from core.users import NotFound, User, as_user
 
@@ -108,13 +108,16 @@ _touched: dict[int, float] = {}
 _lock = threading.Lock()
 
 
-def _owner(name: str) -> User:
-    """The key owner as a User with their current role (core.accounts), reused for ROLE_REFRESH_S."""
+def _owner(name: str, quick: bool = False) -> User:
+    """The key owner as a User with their current role (core.accounts), reused for ROLE_REFRESH_S. ``quick``:
+    ``NotQuick`` rather than reading the account again."""
     t = time.monotonic()
     with _lock:
         hit = _roles.get(name)
     if hit is not None and t - hit[1] < ROLE_REFRESH_S:
         return hit[0]
+    if quick:
+        raise NotQuick(f"the role of {name!r} is due to be read")
     from core import accounts
     from core.store import users
 
@@ -126,18 +129,25 @@ def _owner(name: str) -> User:
     return user
 
 
-def authenticate(key: Any) -> Caller | None:
-    """The caller behind ``key`` (the value after ``Bearer``), or None for anything that is not an active key."""
+def authenticate(key: Any, quick: bool = False) -> Caller | None:
+    """The caller behind ``key`` (the value after ``Bearer``), or None for anything that is not an active key.
+
+    ``quick`` (an event loop's call): one indexed read, or ``NotQuick`` when the key's "last used" is due to be written
+    or its owner's role to be read again (a write may wait on the store's lock), for the caller to call again on a
+    thread."""
     if not isinstance(key, str) or not _KEY_RE.match(key):
         return None
     row = store.by_hash(_hash(key))
     if row is None:
         return None
     now = time.time()
+    user = _owner(row["owner"], quick=quick)
     with _lock:
         due = now - _touched.get(row["id"], 0.0) >= TOUCH_EVERY_S
+        if due and quick:
+            raise NotQuick(f"key {row['id']}'s last use is due to be written")
         if due:
             _touched[row["id"]] = now
     if due:
         store.touch(row["id"], now)
-    return Caller(_owner(row["owner"]), row["id"], row["name"], tuple(row["scopes"]))
+    return Caller(user, row["id"], row["name"], tuple(row["scopes"]))

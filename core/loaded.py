@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
+from core.errors import NotQuick
 
 
 @dataclass
@@ -41,15 +42,19 @@ _slot_locks: dict[Hashable, threading.Lock] = {}
 _stats = {"hits": 0, "loads": 0, "evictions": 0}
 
 
-def get(slot: Hashable, stamp: Hashable, load: Callable[[], Any], size: Callable[[Any], int]) -> Any:
+def get(slot: Hashable, stamp: Hashable, load: Callable[[], Any], size: Callable[[Any], int],
+        quick: bool = False) -> Any:
     """The value loaded for ``slot`` at ``stamp``: cached, or ``load()``-ed (once, however many threads ask) and kept
-    while the total of ``size(value)`` over every entry stays within ``loaded_max_bytes``."""
+    while the total of ``size(value)`` over every entry stays within ``loaded_max_bytes``. ``quick``: the cached value
+    or ``NotQuick``, never a load."""
     with _lock:
         entry = _entries.get(slot)
         if entry is not None and entry.stamp == stamp:
             _entries.move_to_end(slot)
             _stats["hits"] += 1
             return entry.value
+        if quick:
+            raise NotQuick(f"{slot!r} is not loaded")
         slot_lock = _slot_locks.setdefault(slot, threading.Lock())
     with slot_lock:
         with _lock:  # another thread may have loaded it while this one waited

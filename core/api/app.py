@@ -24,7 +24,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request, Security
@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from core import keys, settings
-from core.errors import UserError, ValidationError
+from core.errors import NotQuick, UserError, ValidationError
 from core.keys import Caller
 from core.models import GENERAL
 from core.users import NotAllowed, NotFound
@@ -129,16 +129,19 @@ class RateLimiter:
             return (1.0 - tokens) * 60.0 / per_minute
 
 
-def _caller(*scopes: str) -> Callable[..., Caller]:
+def _caller(*scopes: str) -> Callable[..., Awaitable[Caller]]:
     """The dependency every route declares: the key's caller, allowed one of ``scopes`` (none: an unrestricted key
     only), counted against the rate limit."""
 
-    def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Caller:
+    async def dependency(request: Request, creds: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Caller:
         if creds is None:
             raise ApiError(401, "Send an API key: the header Authorization: Bearer KEY (create one with `python -m "
                            "core keys create --name NAME` or on the API keys page)", "Authorization",
                            {"WWW-Authenticate": "Bearer"})
-        caller = keys.authenticate(creds.credentials)
+        try:  # here on the event loop: a thread hop costs more (0.7 ms measured) than the key's one indexed read
+            caller = keys.authenticate(creds.credentials, quick=True)
+        except NotQuick:  # a write is due ("last used", the owner's role): it may wait on the store's lock
+            caller = await run_in_threadpool(keys.authenticate, creds.credentials)
         if caller is None:
             raise ApiError(401, "This API key is not valid: unknown or revoked", "Authorization",
                            {"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -432,15 +435,18 @@ def create_app() -> FastAPI:
                            + (f" (got {', '.join(given)})" if given else ""), given[1] if len(given) > 1 else None)
         k = _checked("k", _k, fields.get("k", 10))
 
-        def run() -> list[dict]:
-            opened = service.open_index(caller.user, index)
+        def run(quick: bool = False) -> StudioJSON:
+            opened = service.open_index(caller.user, index, quick=quick)
             checked = None if vector is None else _checked(
                 "vector", lambda v: service.check_vector(v, opened.index.dim), vector)
-            return service.result_json(service.search(caller.user, index, image=image, item_id=item,
-                                                      concept=concept, vector=checked, k=k, concept_filter=flt or None,
-                                                      opened=opened))
+            return StudioJSON(service.result_json(service.search(
+                caller.user, index, image=image, item_id=item, concept=concept, vector=checked, k=k,
+                concept_filter=flt or None, opened=opened, quick=quick)))
 
-        return await run_in_threadpool(run)
+        try:  # a vector or an item on a loaded index: a millisecond's lookup, less than a thread hop costs
+            return run(quick=True)
+        except NotQuick:  # loading, embedding or a pass over every label: on the thread pool
+            return await run_in_threadpool(run)
 
     # ---------------------------------------------------------------- jobs
     @app.get("/v1/jobs", summary="The key owner's jobs (python -m core jobs --json)")

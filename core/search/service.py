@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from core import paths
-from core.errors import UserError
+from core.errors import NotQuick, UserError
 from core.fsutil import atomic_path, open_write
 from core.progress import Progress, report_count
 from core.records import DatasetRow, IndexFacts, IndexRow, IndexSync, ModelRow
@@ -233,14 +233,16 @@ class OpenIndex:
         return pos if pos < len(self.ids) and self.ids[pos] == item_id else None
 
 
-def open_index(user: User | str, index: str | int) -> OpenIndex:
+def open_index(user: User | str, index: str | int, quick: bool = False) -> OpenIndex:
     """The index ``user`` sees, loaded from its files once per process (``core.loaded``, under the memory budget)
-    until a file changes (a sync or rebuild). Shared by every caller: never mutate it."""
+    until a file changes (a sync or rebuild). Shared by every caller: never mutate it. ``quick``: ``NotQuick`` rather
+    than loading it."""
     from core import loaded
 
     row = store.get_index(user, index)
     folder = Path(row["path"])
-    opened = loaded.get(("index", str(folder)), _stamp(folder), lambda: _load_index(row, folder), _index_bytes)
+    opened = loaded.get(("index", str(folder)), _stamp(folder), lambda: _load_index(row, folder), _index_bytes,
+                        quick=quick)
     return opened if opened.row == row else replace(opened, row=row)  # a copy: the cached one stays as it was
 
 
@@ -336,9 +338,9 @@ def _dataset_row(opened: OpenIndex) -> DatasetRow:
     return ds_store.get_dataset_by_id(dataset_id)
 
 
-def _dataset_view(opened: OpenIndex) -> dict:
+def _dataset_view(opened: OpenIndex, quick: bool = False) -> dict:
     """{"labels": {item_id: [concepts]}, "paths": {item_id: path}, "version"} for the index's dataset, cached per
-    dataset version."""
+    dataset version. ``quick``: ``NotQuick`` rather than reading a new version's items."""
     ds = _dataset_row(opened)
     dataset_id = ds["id"]
     cache_key = (str(paths.home()), int(dataset_id), int(ds["version"]))
@@ -346,6 +348,8 @@ def _dataset_view(opened: OpenIndex) -> dict:
         hit = _labels_cache.get(cache_key)
     if hit is not None:
         return hit
+    if quick:
+        raise NotQuick(f"dataset {dataset_id} version {ds['version']} is not read yet")
     recs = ds_store.dataset_records(dataset_id)
     view = {"labels": {r["item_id"]: list(r["labels"]) for r in recs}, "paths": {r["item_id"]: r["path"] for r in recs},
             "version": ds["version"], "name": ds["name"]}
@@ -448,22 +452,26 @@ def search_vectors(opened: OpenIndex, vectors: np.ndarray, model_key: str,
 
 def search(user: User | str, index: str | int, *, image: Any = None, item_id: int | None = None,
            concept: str | None = None, k: int = 10, concept_filter: str | None = None,
-           opened: OpenIndex | None = None, model: Any = None, vector: Any = None) -> list[dict]:
+           opened: OpenIndex | None = None, model: Any = None, vector: Any = None, quick: bool = False) -> list[dict]:
     """The ``k`` most similar images, best first: [{"item", "concepts", "score", "path"}].
 
     Query by exactly one of ``image``, ``item_id`` (the item itself is left out), ``concept`` (mean embedding) or
     ``vector`` (an embedding of the index's model and dimension). ``concept_filter`` keeps only results labelled
-    with that concept. ``opened``/``model`` let a caller pass the index and embedder it holds.
+    with that concept. ``opened``/``model`` let a caller pass the index and embedder it holds. ``quick`` (an event
+    loop's call): ``NotQuick`` rather than anything slower than a lookup (loading the index or its dataset's labels,
+    embedding an image, averaging a concept, filtering by one), so that the caller can make the call again on a thread.
     """
+    if quick and (image is not None or concept is not None or concept_filter):
+        raise NotQuick("an image is embedded, a concept averaged or looked for in every label")
     try:
         k = int(k)
     except (TypeError, ValueError):
         raise UserError(f"k must be a whole number, got {k!r}") from None
     if not 1 <= k <= MAX_K:
         raise UserError(f"k must be between 1 and {MAX_K}, got {k}")
-    opened = opened or open_index(user, index)
+    opened = opened or open_index(user, index, quick=quick)
     q = query_vector(opened, image=image, item_id=item_id, concept=concept, model=model, vector=vector)
-    view = _dataset_view(opened)
+    view = _dataset_view(opened, quick=quick)
     if concept_filter and not any(concept_filter in labs for labs in view["labels"].values()):
         raise UserError(f"concept filter {concept_filter!r}: no images in dataset {view['name']!r} have it")
     count = min(opened.index.count, opened.index.max_k or opened.index.count)  # the most one search may return
