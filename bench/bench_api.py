@@ -10,7 +10,8 @@ image shared by all; search reads only their labels). Then ``python -m core serv
   ``predict`` service in process (decoding and checks included), and POST /v1/models/{model}/predict over HTTP;
   ``api/LoadedModel`` is the API's cost over the network itself (goal: at most 1.2 at batch 16);
 - search by vector at ``--n``: the search service in process, and POST /v1/indexes/{index}/search over HTTP with
-  1 and 8 concurrent clients, p50 and p99 (goal: p50 under 2 ms with one client);
+  1 and 8 concurrent clients, the vector sent as a JSON list of numbers and as base64 float32, p50 and p99 (goal: p50
+  under 2 ms with one client);
 - search by image (the general embedder included) over HTTP: p50.
 
     python bench/bench_api.py                 # 100,000 vectors
@@ -20,6 +21,7 @@ image shared by all; search reads only their labels). Then ``python -m core serv
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -210,16 +212,19 @@ def main() -> None:
             search.search("bench", "big-ix", vector=q, k=10)
             svc_ms.append((time.perf_counter() - t0) * 1e3)
         search_rows = [("in process (service)", 1, pct(svc_ms, 50), pct(svc_ms, 99), None)]
-        for clients in (1, 8):
+        packed = [base64.b64encode(q.astype("<f4").tobytes()).decode() for q in queries]
+        for form, clients in (("JSON list", 1), ("base64 float32", 1), ("JSON list", 8), ("base64 float32", 8)):
             lat: list[float] = []
             lock = threading.Lock()
+            given = qs if form == "JSON list" else packed
 
-            def client(c: int, clients: int = clients, lock: threading.Lock = lock, lat: list[float] = lat) -> None:
+            def client(c: int, clients: int = clients, lock: threading.Lock = lock, lat: list[float] = lat,
+                       given: list = given) -> None:
                 with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as cl:
                     mine = []
                     per_client = args.search_reps if clients == 1 else 2 * args.search_reps // clients
                     for i in range(per_client + 10):  # the first 10 of each client: warm-up
-                        body = {"vector": qs[(c * 97 + i) % len(qs)], "k": 10}
+                        body = {"vector": given[(c * 97 + i) % len(qs)], "k": 10}
                         t0 = time.perf_counter()
                         r = cl.post("/v1/indexes/big-ix/search", json=body)
                         dt = (time.perf_counter() - t0) * 1e3
@@ -236,7 +241,7 @@ def main() -> None:
             for t in threads:
                 t.join()
             wall = time.perf_counter() - t0
-            search_rows.append((f"HTTP, {clients} client(s)", clients, pct(lat, 50), pct(lat, 99),
+            search_rows.append((f"HTTP, vector as {form}, {clients} client(s)", clients, pct(lat, 50), pct(lat, 99),
                                 len(lat) / wall))
             print(search_rows[-1], flush=True)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from core.errors import NotQuick, UserError
 from core.store import keys as store
+from core.store import memo
 from core.users import NotFound, User, as_user
 
 SCOPES = ("predict", "search", "read")
@@ -132,12 +133,14 @@ def _owner(name: str, quick: bool = False) -> User:
 def authenticate(key: Any, quick: bool = False) -> Caller | None:
     """The caller behind ``key`` (the value after ``Bearer``), or None for anything that is not an active key.
 
-    ``quick`` (an event loop's call): one indexed read, or ``NotQuick`` when the key's "last used" is due to be written
+    ``quick`` (an event loop's call): the key's row as read while the store has not changed since (``core.store.memo``),
+    or ``NotQuick`` when the key's "last used" is due to be written
     or its owner's role to be read again (a write may wait on the store's lock), for the caller to call again on a
     thread."""
     if not isinstance(key, str) or not _KEY_RE.match(key):
         return None
-    row = store.by_hash(_hash(key))
+    digest = _hash(key)
+    row = memo.remembered(("api_key", digest), lambda: store.by_hash(digest)) if quick else store.by_hash(digest)
     if row is None:
         return None
     now = time.time()

@@ -280,6 +280,11 @@ def test_search_by_vector_item_concept_and_image(world, home, keys, capsys):
         by_vector = api.post(f"/v1/indexes/{INDEX}/search", json={"vector": [2 * x for x in vector], "k": 3}).json()
         assert by_vector[0]["item"] == item and by_vector[0]["score"] == pytest.approx(1.0, abs=1e-4)
         assert [r["item"] for r in by_vector[1:]] == [r["item"] for r in expected[:2]]
+        packed = base64.b64encode(np.asarray([2 * x for x in vector], "<f4").tobytes()).decode()
+        assert api.post(f"/v1/indexes/{INDEX}/search", json={"vector": packed, "k": 3}).json() == by_vector
+        fields = {"vector": (None, json.dumps([2 * x for x in vector])), "k": (None, "3")}
+        as_text = api.post(f"/v1/indexes/{INDEX}/search", files=fields)
+        assert [r["item"] for r in as_text.json()] == [r["item"] for r in by_vector]  # a multipart field's JSON
         by_concept = api.post(f"/v1/indexes/{INDEX}/search", json={"concept": "ant", "k": 20, "filter": "anchor"})
         assert by_concept.status_code == 200
         assert by_concept.json() and all(r["concepts"] == ["anchor"] for r in by_concept.json())
@@ -297,6 +302,10 @@ def test_search_refuses_bad_inputs(world, home, keys):
         refused(api.post(url, json={"vector": [0.1] * 7}), 422, "vector", "1280")
         refused(api.post(url, json={"vector": ["a"] * 1280}), 422, "vector")
         refused(api.post(url, json={"vector": [0.0] * 1280}), 422, "vector", "zeros")
+        refused(api.post(url, json={"vector": base64.b64encode(bytes(4 * 7)).decode()}), 422, "vector", "1280")
+        refused(api.post(url, json={"vector": base64.b64encode(bytes(4 * 1280 + 2)).decode()}), 422, "vector",
+                "multiple of 4")
+        refused(api.post(url, json={"vector": "not base64!"}), 422, "vector", "base64")
         refused(api.post(url, content=b'{"vector": [NaN' + b", 1" * 1279 + b"]}",
                          headers={"Content-Type": "application/json"}), 422, "vector", "finite")
         refused(api.post(url, json={"concept": "ant", "item": 1}), 422, None, "exactly one")
@@ -438,4 +447,5 @@ def test_readme_examples_run_as_written(world, home, keys, tmp_path):
                         cwd=tmp_path, timeout=120)
     assert py.returncode == 0, py.stderr
     lines = py.stdout.splitlines()
-    assert len(lines) == 3 and lines[0].startswith("image-0 [(") and lines[2].startswith("[(")
+    assert len(lines) == 4 and lines[0].startswith("image-0 [(") and lines[2].startswith("[(")
+    assert lines[3] == "True"  # the vector as base64 float32 finds what the JSON list found

@@ -32,6 +32,7 @@ from core.search import embed as embedding
 from core.search import index as vindex
 from core.store import datasets as ds_store
 from core.store import indexes as store
+from core.store import memo
 from core.users import NotFound, User, as_user, can_change, check_visibility, require_owner, require_role
 
 EMBEDDINGS_FILE = "embeddings.npz"
@@ -239,7 +240,11 @@ def open_index(user: User | str, index: str | int, quick: bool = False) -> OpenI
     than loading it."""
     from core import loaded
 
-    row = store.get_index(user, index)
+    if quick:  # the row as read while the store has not changed since (core.store.memo)
+        who = as_user(user)
+        row = memo.remembered(("index", who.name, who.role, str(index)), lambda: store.get_index(who, index))
+    else:
+        row = store.get_index(user, index)
     folder = Path(row["path"])
     opened = loaded.get(("index", str(folder)), _stamp(folder), lambda: _load_index(row, folder), _index_bytes,
                         quick=quick)
@@ -326,11 +331,13 @@ _labels_cache: dict[tuple[str, int, int], dict] = {}
 _labels_lock = threading.Lock()
 
 
-def _dataset_row(opened: OpenIndex) -> DatasetRow:
+def _dataset_row(opened: OpenIndex, quick: bool = False) -> DatasetRow:
     """The row of the index's dataset (its version keys the cached view), read through one of the index's items
     while it exists: one indexed lookup, without the item, split and concept counts ``get_dataset_by_id`` adds (about
     100 ms a query at 100,000 items, measured with bench/bench_api.py)."""
     dataset_id = opened.row["dataset_id"]
+    if quick:  # as read while the store has not changed since (core.store.memo)
+        return memo.remembered(("index_dataset", int(dataset_id)), lambda: _dataset_row(opened))
     for item in opened.ids[:1].tolist():
         row = ds_store.item_dataset(item)
         if row is not None and row["id"] == dataset_id:
@@ -341,7 +348,7 @@ def _dataset_row(opened: OpenIndex) -> DatasetRow:
 def _dataset_view(opened: OpenIndex, quick: bool = False) -> dict:
     """{"labels": {item_id: [concepts]}, "paths": {item_id: path}, "version"} for the index's dataset, cached per
     dataset version. ``quick``: ``NotQuick`` rather than reading a new version's items."""
-    ds = _dataset_row(opened)
+    ds = _dataset_row(opened, quick=quick)
     dataset_id = ds["id"]
     cache_key = (str(paths.home()), int(dataset_id), int(ds["version"]))
     with _labels_lock:
