@@ -63,6 +63,35 @@ def test_ivf_recall_on_seeded_set(data):
     np.testing.assert_array_equal(ivf.search(q, 10)[1], truth)
 
 
+def test_ivf_finds_lists_through_a_graph_from_many_lists_on(monkeypatch, data, tmp_path):
+    """From HNSW_QUANTIZER_LISTS lists the coarse quantizer is an HNSW graph over the centroids: the same recall as
+    the scan of every centroid here, exact once every list is probed, and kept through a save and a load."""
+    ids, x, q = data
+    truth = vindex.build(ids, x, backend="numpy").search(q, 10)[1]
+    monkeypatch.setattr(vindex, "HNSW_QUANTIZER_LISTS", 64)
+    built = vindex.build(ids, x, backend="ivf", seed=0)
+    assert built.params()["quantizer"] == "hnsw" and built.nlist >= 64
+    scan = vindex.IVFIndex(x.shape[1], built.nlist, quantizer="flat")
+    graph = vindex.IVFIndex(x.shape[1], built.nlist, quantizer="hnsw")
+    for index in (scan, graph):
+        index.train(x, seed=0)
+        index.add(ids, x)
+    for nprobe in (1, 4, 16):
+        scan.nprobe = graph.nprobe = nprobe
+        r_scan = vindex.recall_at_k(scan.search(q, 10)[1], truth, 10)
+        r_graph = vindex.recall_at_k(graph.search(q, 10)[1], truth, 10)
+        assert r_graph >= r_scan - 0.02, (nprobe, r_graph, r_scan)
+    graph.nprobe = graph.nlist
+    np.testing.assert_array_equal(graph.search(q, 10)[1], truth)
+    graph.nprobe = 4
+    graph.save(tmp_path / "g.idx")
+    back = vindex.load(tmp_path / "g.idx")
+    assert back.quantizer == "hnsw" and back.nprobe == 4
+    np.testing.assert_array_equal(back.search(q, 10)[1], graph.search(q, 10)[1])
+    with pytest.raises(UserError, match="Unknown IVF quantizer"):
+        vindex.IVFIndex(8, 64, quantizer="tree")
+
+
 def test_ivf_tunes_nprobe_on_queries_held_out_of_the_index(monkeypatch, data):
     """The tuning queries are searched as new images are: while nprobe is tuned they are not in the index (tuning
     on the index's own vectors read higher than new queries got), and they are added once it is chosen."""
