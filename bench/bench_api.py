@@ -242,6 +242,7 @@ def main() -> None:
         gc.collect()
         print(f"this process holds {rss_gb():.1f} GB before the HTTP searches", flush=True)
         packed = [base64.b64encode(q.astype("<f4").tobytes()).decode() for q in queries]
+        api.post("/v1/indexes/big-ix/search", json={"vector": qs[0], "k": 10}).raise_for_status()  # the server loads it
         for form, clients in (("JSON list", 1), ("base64 float32", 1), ("JSON list", 8), ("base64 float32", 8)):
             lat: list[float] = []
             lock = threading.Lock()

@@ -412,7 +412,7 @@ class IVFIndex(_FaissIndex):
         if not self.is_trained:
             raise UserError("The IVF index must be trained before vectors are added")
         faiss = _faiss()
-        _, assign = self._index.quantizer.search(vectors, 1)
+        _, assign = self._assigner().search(vectors, 1)
         assign = np.ascontiguousarray(assign.reshape(-1), dtype=np.int64)
         lists = self._index.invlists
         counts = np.bincount(assign, minlength=self.nlist)
@@ -421,6 +421,16 @@ class IVFIndex(_FaissIndex):
             lists.resize(lst, cur + int(counts[lst]))  # std::vector capacity = the final size, exactly
             lists.resize(lst, cur)
         self._index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
+
+    def _assigner(self):
+        """What puts a vector in its list: the quantizer, or with a graph a scan of the centroids (exact, and fast for
+        a batch). The graph's nearest centroid is the scan's 98% of the time; vectors added through it were missing
+        from their list for 1.3% of queries at 1M, and recall@10 stopped at 0.9875 whatever nprobe."""
+        if self.quantizer == "flat":
+            return self._index.quantizer
+        scan = _faiss().IndexFlatIP(self.dim)
+        scan.add(self._index.quantizer.reconstruct_n(0, self.nlist))
+        return scan
 
     def _search(self, queries, k):
         """FAISS's search, then again with twice the lists for each query whose probed lists held fewer than ``k``
