@@ -36,12 +36,11 @@ IVF_LISTS_PER_SQRT_N = 8.0  # nlist ~ 8 * sqrt(n), a power of two: 8,192 lists a
 IVF_MIN_LISTS = 64
 IVF_TRAIN_POINTS_PER_LIST = 32  # k-means sample: 32 x 8,192 = 262k vectors at 1M (about 100 s of the build)
 IVF_TRAIN_ITERATIONS = 10
-HNSW_QUANTIZER_LISTS = 4096  # from this many lists the coarse quantizer is an HNSW graph over the centroids rather
-# than a scan of all of them: 8,192 centroids of 512-d took 0.63 ms to scan and 0.31 ms through the graph (its first
-# list the scan's 98% of the time), a third of a search at 1M; at 1280-d the scan was 1.7 ms
-HNSW_M = 32  # graph links per centroid
-HNSW_EF_SEARCH = 64  # candidates kept while the graph is searched (16: 0.12 ms but the right list only 88% of the time)
-HNSW_EF_CONSTRUCTION = 40
+HALF_QUANTIZER_LISTS = 4096  # from this many lists the coarse quantizer keeps its centroids in float16: a query's
+# scan of 8,192 centroids of 512-d took 0.37 ms instead of 0.65 ms, with the same first two lists for all of 300
+# queries. An HNSW graph over the centroids (FAISS's IVF_HNSW, 0.31 ms) lost recall on the 1M clustered set: its
+# centroids are near-orthogonal, the graph's search missed a query's lists and recall@10 stopped at 0.992 (target
+# 0.995) whatever nprobe (bench/README.md)
 TARGET_RECALL = 0.995  # nprobe is raised until recall@10 on the held-out tuning queries reaches this (goal: >= 0.98 on
 # other queries; 200 queries estimate recall to about +-0.005, so the goal keeps a margin)
 TUNE_QUERIES = 200  # vectors held out of the index while nprobe is tuned (searched as new images), added afterwards
@@ -345,9 +344,9 @@ class IVFIndex(_FaissIndex):
     """Approximate search: FAISS IndexIVFFlat (inner product), k-means coarse quantizer, ``nprobe`` lists per query.
 
     Train with ``train(sample)`` before adding; ``tune_nprobe`` picks the smallest nprobe reaching a recall target.
-    The quantizer finds a query's lists: a scan of every centroid (``"flat"``), or from ``HNSW_QUANTIZER_LISTS``
-    lists on (``quantizer=None``) a graph over them (``"hnsw"``, FAISS's IVF_HNSW), whose k-means still assigns
-    exactly.
+    The quantizer finds a query's lists by a scan of the centroids, kept in float32 (``"flat"``), or from
+    ``HALF_QUANTIZER_LISTS`` lists on (``quantizer=None``) in float16 (``"fp16"``); k-means and the vectors' lists
+    are exact either way.
     """
 
     backend = "ivf"
@@ -358,15 +357,13 @@ class IVFIndex(_FaissIndex):
         super().__init__(dim)
         faiss = _faiss()
         self.nlist = int(nlist)
-        kind = quantizer or ("hnsw" if self.nlist >= HNSW_QUANTIZER_LISTS else "flat")
-        if kind == "hnsw":
-            coarse = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-            coarse.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-            coarse.hnsw.efSearch = HNSW_EF_SEARCH
+        kind = quantizer or ("fp16" if self.nlist >= HALF_QUANTIZER_LISTS else "flat")
+        if kind == "fp16":
+            coarse = faiss.IndexScalarQuantizer(self.dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
         elif kind == "flat":
             coarse = faiss.IndexFlatIP(self.dim)
         else:
-            raise UserError(f"Unknown IVF quantizer {quantizer!r}; use 'flat' or 'hnsw'")
+            raise UserError(f"Unknown IVF quantizer {quantizer!r}; use 'flat' or 'fp16'")
         self._index = faiss.IndexIVFFlat(coarse, self.dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         self._index.own_fields = True
         coarse.this.disown()
@@ -376,8 +373,9 @@ class IVFIndex(_FaissIndex):
 
     @property
     def quantizer(self) -> str:
-        """"hnsw" or "flat": how a query's lists are found."""
-        return "hnsw" if "HNSW" in type(_faiss().downcast_index(self._index.quantizer)).__name__ else "flat"
+        """"fp16" or "flat": how the centroids a query's lists are found by are kept."""
+        return "fp16" if isinstance(_faiss().downcast_index(self._index.quantizer), _faiss().IndexScalarQuantizer) \
+            else "flat"
 
     @property
     def nprobe(self) -> int:
@@ -396,7 +394,7 @@ class IVFIndex(_FaissIndex):
         self._index.cp.seed = int(seed)
         self._index.cp.max_points_per_centroid = max(IVF_TRAIN_POINTS_PER_LIST, 1)
         self._index.cp.spherical = True  # unit-norm centroids suit inner product on unit vectors
-        if self.quantizer == "hnsw":  # k-means assigns by a scan; FAISS adds the centroids to the graph afterwards
+        if self.quantizer == "fp16":  # k-means assigns in float32; FAISS then adds its centroids to the quantizer
             self._clustering = _faiss().IndexFlatIP(self.dim)  # held here: FAISS keeps only a pointer to it
             self._index.clustering_index = self._clustering
         self._index.train(sample)
@@ -423,9 +421,9 @@ class IVFIndex(_FaissIndex):
         self._index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(ids), faiss.swig_ptr(assign))
 
     def _assigner(self):
-        """What puts a vector in its list: the quantizer, or with a graph a scan of the centroids (exact, and fast for
-        a batch). The graph's nearest centroid is the scan's 98% of the time; vectors added through it were missing
-        from their list for 1.3% of queries at 1M, and recall@10 stopped at 0.9875 whatever nprobe."""
+        """What puts a vector in its list: a float32 scan of the quantizer's centroids (BLAS, fast for a batch). A
+        vector is in the list whose centroid is nearest to it, whatever the quantizer keeps (an HNSW graph used here
+        put 1.3% of 1M vectors in another list, and recall@10 stopped at 0.9875 whatever nprobe)."""
         if self.quantizer == "flat":
             return self._index.quantizer
         scan = _faiss().IndexFlatIP(self.dim)
@@ -462,8 +460,8 @@ class IVFIndex(_FaissIndex):
         return out
 
     def memory_bytes(self):
-        graph = self.nlist * HNSW_M * 2 * 4 if self.quantizer == "hnsw" else 0  # level-0 links, 4 bytes each
-        return int(self.count * (self.dim * 4 + 8) + self.nlist * self.dim * 4 + self.nlist * 64 + graph)
+        centroid = 2 if self.quantizer == "fp16" else 4  # bytes a value
+        return int(self.count * (self.dim * 4 + 8) + self.nlist * self.dim * centroid + self.nlist * 64)
 
     def _state(self):
         return {"nlist": self.nlist, "trained_on": self.trained_on, "tuned": self.tuned}
