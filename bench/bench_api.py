@@ -160,6 +160,11 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     args = ap.parse_args()
 
+    from core.device import keep_freed_memory
+
+    # As the API server does (core.api.serve): LoadedModel in this process is then measured with the same allocator
+    # settings, so the ratio is the API's own cost. Without them a 16-image pass faulted in 85,000 pages.
+    keep_freed_memory(one_arena=True)
     home = Path(tempfile.mkdtemp(prefix="bench-api-"))
     os.environ["DEEPTRAIN_HOME"] = str(home)
     os.environ["DEEPTRAIN_API_RATE_PER_MINUTE"] = "0"

@@ -68,25 +68,33 @@ def channels_last_for(device, image_size: int, detector: bool = False) -> bool:
     return not detector and (device.type == "cuda" or int(image_size) >= CPU_CHANNELS_LAST_MIN_SIZE)
 
 
-def keep_freed_memory() -> bool:
+def keep_freed_memory(one_arena: bool = False) -> bool:
     """Make glibc's malloc keep freed memory for reuse in this process instead of handing it back to the kernel.
 
     A training step frees and allocates the same large activation buffers every step. By default glibc serves blocks
     above its mmap threshold with fresh mapped pages and unmaps them on free, so the kernel faults in and zeroes
     them again each step: 20,000-30,000 page faults per step for resnet50 at batch 32 and 128 px on this 2-core CPU,
     none once the threshold is raised. Process-wide and one-way (resident memory stays at the peak the process
-    reached), so only processes that train or embed call it: the job worker and foreground training, never the app.
-    Returns whether it applied (False where the C library is not glibc)."""
+    reached), so only processes that train or embed call it: the job worker, foreground training and the HTTP API,
+    never the app.
+
+    ``one_arena``: every thread allocates from the main heap too (call it before the threads start). glibc gives
+    other threads arenas of their own, whose big blocks are mapped and unmapped whatever the threshold: the API runs
+    networks on its thread pool, where a 16-image Lite0 pass took 250 ms with 85,000 page faults, and 174 ms with
+    none in one arena (the main thread's 172 ms). Returns whether it applied (False where the C library is not
+    glibc)."""
     import ctypes
     import ctypes.util
 
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameters (malloc.h)
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # glibc's mallopt parameters (malloc.h)
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    if one_arena and not mallopt(m_arena_max, 1):
+        return False
     # blocks below 1 GiB come from the heap; freed heap memory is never trimmed back to the kernel
     return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
 

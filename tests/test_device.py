@@ -39,6 +39,32 @@ def test_keep_freed_memory_reuses_freed_buffers_instead_of_faulting_in_new_pages
     assert r["again"] < r["plain"] / 20  # kept in the heap: the same pages serve every later block
 
 
+# The same loop on a thread of its own, as the API runs networks, in an interpreter that first called
+# keep_freed_memory(one_arena=True) (argv[2] "one") or nothing ("plain").
+_THREAD_FAULTS = _FAULTS.split("plain = faults()")[0] + """
+import threading
+if sys.argv[2] == "one":
+    assert keep_freed_memory(one_arena=True)
+counts = []
+for _ in range(2):
+    t = threading.Thread(target=lambda: counts.append(faults()))
+    t.start()
+    t.join()
+print(json.dumps(counts))
+"""
+
+
+def test_one_arena_spares_the_threads_that_run_networks_their_page_faults_too():
+    def counts(how: str) -> list[int]:
+        out = subprocess.run([sys.executable, "-c", _THREAD_FAULTS, str(ROOT), how], capture_output=True, text=True,
+                             timeout=120, check=True)
+        return json.loads(out.stdout)
+
+    plain, one = counts("plain"), counts("one")
+    assert min(plain) > 10 * 10_000  # a thread's own arena maps and unmaps each 64 MiB block: ~16k faults each time
+    assert one[1] < plain[1] / 20  # in the main heap, kept: the same pages serve the later blocks
+
+
 def test_device_info_on_this_machine_names_the_device_and_what_training_uses():
     from core.device import device_info, torch_device
 
