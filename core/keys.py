@@ -133,10 +133,9 @@ def _owner(name: str, quick: bool = False) -> User:
 def authenticate(key: Any, quick: bool = False) -> Caller | None:
     """The caller behind ``key`` (the value after ``Bearer``), or None for anything that is not an active key.
 
-    ``quick`` (an event loop's call): the key's row as read while the store has not changed since (``core.store.memo``),
-    or ``NotQuick`` when the key's "last used" is due to be written
-    or its owner's role to be read again (a write may wait on the store's lock), for the caller to call again on a
-    thread."""
+    ``quick`` (an event loop's call): the key's row as read while the store has not changed since
+    (``core.store.memo``), or ``NotQuick`` when the key's "last used" is due to be written or its owner's role to be
+    read again (a write may wait on the store's lock), for the caller to call again on a thread."""
     if not isinstance(key, str) or not _KEY_RE.match(key):
         return None
     digest = _hash(key)

@@ -373,7 +373,7 @@ class IVFIndex(_FaissIndex):
 
     @property
     def quantizer(self) -> str:
-        """"fp16" or "flat": how the centroids a query's lists are found by are kept."""
+        """How the quantizer keeps its centroids: "fp16" or "flat" (float32)."""
         return "fp16" if isinstance(_faiss().downcast_index(self._index.quantizer), _faiss().IndexScalarQuantizer) \
             else "flat"
 
