@@ -9,20 +9,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_USER = "local"  # the acting user until the team server adds sign-in
 
 
-_resolved: dict[tuple[str, str], Path] = {}  # (DEEPTRAIN_HOME as given, cwd if relative) -> resolved, created once
+_resolved: dict[tuple[str, str], Path] = {}  # (DEEPTRAIN_HOME as given, cwd if relative) -> the resolved path
 
 
 def home() -> Path:
-    """The data directory, created on first use. Read from the environment each call so tests can redirect it; each
-    value is resolved and created once per process (a request reads it a dozen times: resolving the path each time
-    was about 5% of an API search, measured with py-spy)."""
+    """The data directory, created when missing. Read from the environment each call so tests can redirect it; each
+    value is resolved once per process (a request reads it a dozen times: resolving the path each time was about 5%
+    of an API search, measured with py-spy), and checked with one stat (a folder removed is made again)."""
     raw = os.environ.get("DEEPTRAIN_HOME") or str(PROJECT_ROOT / "data")
     key = (raw, "" if os.path.isabs(raw) else os.getcwd())
     root = _resolved.get(key)
     if root is None:
-        root = Path(raw).resolve()
+        root = _resolved[key] = Path(raw).resolve()
+    if not os.path.isdir(root):
         root.mkdir(parents=True, exist_ok=True)
-        _resolved[key] = root
     return root
 
 

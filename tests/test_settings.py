@@ -61,3 +61,22 @@ def test_cli_prints_every_setting(capsys):
     assert main(["settings", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in rows] == list(settings.SETTINGS)
+
+
+def test_the_data_directory_is_made_again_when_removed_and_a_relative_one_follows_the_cwd(tmp_path, monkeypatch):
+    """paths.home() resolves each DEEPTRAIN_HOME once per process, yet a folder removed since is made again (the
+    fuzz tests reuse a path after removing it) and a relative value means the folder under the current directory."""
+    import shutil
+
+    from core import paths
+
+    monkeypatch.setenv("DEEPTRAIN_HOME", str(tmp_path / "home"))
+    first = paths.home()
+    assert first == (tmp_path / "home").resolve() and first.is_dir()
+    shutil.rmtree(first)
+    assert paths.home() == first and first.is_dir()
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        monkeypatch.chdir(tmp_path / sub)
+        monkeypatch.setenv("DEEPTRAIN_HOME", "data")
+        assert paths.home() == (tmp_path / sub / "data").resolve() and paths.home().is_dir()
