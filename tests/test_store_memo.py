@@ -54,3 +54,17 @@ def test_a_key_revoked_in_another_process_is_refused_on_the_next_quick_check(sto
 def test_a_kept_dict_is_handed_out_as_a_copy(deeptrain_home):
     memo.remembered("row", lambda: {"name": "a"})["name"] = "changed by a caller"
     assert memo.remembered("row", lambda: pytest.fail("read again")) == {"name": "a"}
+
+
+def test_a_store_made_again_at_the_same_path_is_read_again(deeptrain_home):
+    import importlib
+    import shutil
+
+    store_engine = importlib.import_module("core.store.engine")  # the module: core.store exports a function so named
+    keys.create_key("local", "a")
+    assert memo.remembered("count", lambda: len(keys.list_keys("local"))) == 1
+    store_engine._engines.pop(store_engine.url()).dispose()
+    shutil.rmtree(deeptrain_home)  # another store at the same path: its file is another file
+    keys.create_key("local", "b")
+    keys.create_key("local", "c")
+    assert memo.remembered("count", lambda: len(keys.list_keys("local"))) == 2

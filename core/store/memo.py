@@ -16,6 +16,7 @@ commit (a job's heartbeat included) only makes the next read of each value go to
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -28,7 +29,7 @@ MAX_ENTRIES = 4096  # values kept (least recently used dropped): keys, indexes a
 
 T = TypeVar("T")
 _values: OrderedDict[Hashable, tuple[Hashable, Any]] = OrderedDict()
-_sqlite: dict[str, sqlite3.Connection] = {}
+_sqlite: dict[tuple[str, int, int], sqlite3.Connection] = {}
 _lock = threading.Lock()
 
 
@@ -37,12 +38,14 @@ def change_stamp() -> Hashable:
     eng = engine()
     if eng.dialect.name == "sqlite":
         path = str(eng.url.database)
+        st = os.stat(path)
+        file = (path, st.st_dev, st.st_ino)  # a store removed and made again at the same path is another file
         with _lock:
-            conn = _sqlite.get(path)
+            conn = _sqlite.get(file)
             if conn is None:
                 conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-                _sqlite[path] = conn
-            return (path, conn.execute("PRAGMA data_version").fetchone()[0])
+                _sqlite[file] = conn
+            return (file, conn.execute("PRAGMA data_version").fetchone()[0])
     with read() as pg:
         return (str(eng.url), pg.exec_driver_sql("SELECT pg_current_snapshot()::text").scalar())
 
