@@ -46,7 +46,7 @@ import threading
 if sys.argv[2] == "one":
     assert keep_freed_memory(one_arena=True)
 counts = []
-for _ in range(2):
+for _ in range(3):
     t = threading.Thread(target=lambda: counts.append(faults()))
     t.start()
     t.join()
@@ -62,7 +62,9 @@ def test_one_arena_spares_the_threads_that_run_networks_their_page_faults_too():
 
     plain, one = counts("plain"), counts("one")
     assert min(plain) > 10 * 10_000  # a thread's own arena maps and unmaps each 64 MiB block: ~16k faults each time
-    assert one[1] < plain[1] / 20  # in the main heap, kept: the same pages serve the later blocks
+    # In the main heap, kept: freed blocks serve the later ones. A thread may still place one of its ten blocks in new
+    # pages (16,385 faults, seen), never the ten of a thread's own arena.
+    assert max(one[1:]) < plain[-1] / 5
 
 
 def test_device_info_on_this_machine_names_the_device_and_what_training_uses():
