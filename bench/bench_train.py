@@ -208,7 +208,8 @@ def defaults_on(dataset: str, test: list[tuple[str, str]]) -> dict:
     pred = np.concatenate(probs).argmax(1)
     index = {c: i for i, c in enumerate(model.concepts)}
     yte = np.array([index[c] for _, c in test])
-    return {"seconds": seconds, "top1": float(np.mean(pred == yte)), "tuned": result.metrics.get("tuned_lrate")}
+    tuned = next((f"{k[6:]}={v:g}" for k, v in result.metrics.items() if k.startswith("tuned_")), "-")
+    return {"seconds": seconds, "top1": float(np.mean(pred == yte)), "tuned": tuned}
 
 
 def sizes(root: Path) -> None:
@@ -221,7 +222,7 @@ def sizes(root: Path) -> None:
     cases: list[tuple[str, object]] = [(f"Caltech-101, {n}/concept", n) for n in (5, 10, 20)]
     cases.append(("Caltech-101, whole train list", None))
     cases += [(f"Fashion-MNIST, {n}/class", ("fashion", n)) for n in (10, 100)]
-    print("| dataset | train | test | probe top-1 (C) | probe s | defaults top-1 (tuned lrate) | defaults s "
+    print("| dataset | train | test | probe top-1 (C) | probe s | defaults top-1 (tuned) | defaults s "
           "| x probe |\n|---|---|---|---|---|---|---|---|", flush=True)
     for label, case in cases:
         work = Path(tempfile.mkdtemp(prefix="bench_train_sizes_"))

@@ -204,10 +204,12 @@ class TrainTime(TrainTimes):
     text: str  # a sentence for the model's details
 
 
-class TuningCandidate(TypedDict):
-    """One learning rate the head tried (``core.training.tuning``): its loss and top-1 on the held-out fold."""
+class TuningCandidate(TypedDict, total=False):
+    """One setting the head tried (``core.training.tuning``): a learning rate (``lrate``) or a fitted head's penalty
+    (``C``), and its loss and top-1 on the held-out images (a fitted head's: over its cross-validation folds)."""
 
     lrate: float
+    C: float
     val_loss: float
     val_top1: float
 
@@ -216,12 +218,15 @@ class HeadTuning(TypedDict, total=False):
     """``core.training.tuning.tune_head``'s record, saved in the model's config as ``head_tuning``; ``text`` is added
     by ``core.evaluation.service.head_tuning`` for people."""
 
-    param: str
+    method: str  # "logistic_regression" for a fitted head; absent for a tuned rate
+    param: str  # "C" or "lrate"
     chosen: float
     grid: list[float]
     candidates: list[TuningCandidate]
+    folds: int  # a fitted head's cross-validation folds (0: too few images, fitted at scikit-learn's default C)
     fit_items: int
     val_items: int
+    train_loss: float
     seconds: float
     text: str
 

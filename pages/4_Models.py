@@ -394,8 +394,9 @@ st.caption(service.train_time(user, model_id)["text"])
 tuned = service.head_tuning(user, model_id)
 if tuned:
     with st.expander(tuned["text"]):
-        st.dataframe([{"lrate": c["lrate"], "held-out loss": round(c["val_loss"], 4),
-                       "held-out top-1": round(c["val_top1"], 4), "chosen": c["lrate"] == tuned["chosen"]}
+        param = tuned["param"]  # "C" (a fitted head) or "lrate"
+        st.dataframe([{param: c[param], "held-out loss": round(c["val_loss"], 4),
+                       "held-out top-1": round(c["val_top1"], 4), "chosen": c[param] == tuned["chosen"]}
                       for c in tuned["candidates"]], hide_index=True)
 
 tab_eval, tab_predict, tab_share, tab_compare, tab_import = st.tabs(

@@ -20,9 +20,10 @@ TEMPLATE = "Studio_EfficientNetLite0_Transfer"
 
 
 def train_config(epochs: int = 2, items: int = 40, dataset: str = "tiny", **extra) -> dict:
-    """A training configuration: ``items`` images per epoch in batches of 4 (``items / 4`` steps per epoch)."""
+    """A training configuration: ``items`` images per epoch in batches of 4 (``items / 4`` steps per epoch); the head
+    trains by SGD step by step (``tune_head`` off: a fitted head would be one epoch without steps)."""
     params = {"image_size": 32, "batch_size": 4, "num_epochs": epochs, "pretrained_weights": "None",
-              "num_items_per_epoch": items, "lrate": 0.01}
+              "num_items_per_epoch": items, "lrate": 0.01, "tune_head": False}
     return {"dataset": dataset, "kind": "classifier", "template": TEMPLATE, "params": params, **extra}
 
 

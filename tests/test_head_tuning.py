@@ -1,5 +1,6 @@
-"""The head tunes itself on its cached features (``tune_head``): a rate from the grid, every candidate logged, within
-the template's bounds, and a run without tuning untouched."""
+"""The head tunes itself on its cached features (``tune_head``): a softmax linear head fitted as a logistic regression
+with its C cross-validated, other heads a rate from the grid; every candidate logged, within the template's bounds,
+and a run without tuning untouched."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 
 from core.templates import get_template
 from core.training import Callbacks, train
-from core.training.tuning import LRATE_GRID, MIN_VAL_ITEMS, validation_fold
+from core.training.tuning import C_GRID, LRATE_GRID, MIN_VAL_ITEMS, validation_fold
 from tests.training_support import manifest_dataset
 
 LITE0 = ("classifier", "Studio_EfficientNetLite0_Transfer")
@@ -49,7 +50,8 @@ def _train(run: Path, **params) -> tuple[dict, dict, Log]:
     assert result.model_path is not None
     config = json.loads((Path(result.model_path) / "config.json").read_text())
     weights = load_file(str(Path(result.model_path) / "weights.safetensors"))
-    return {"metrics": result.metrics, "config": config, "id": result.model_id}, weights, log
+    return ({"metrics": result.metrics, "config": config, "id": result.model_id, "path": result.model_path}, weights,
+            log)
 
 
 def test_validation_fold_holds_out_a_share_of_every_label():
@@ -62,7 +64,8 @@ def test_validation_fold_holds_out_a_share_of_every_label():
 
 
 def test_the_tuner_picks_a_rate_from_its_grid_and_logs_every_candidate(slice_, tmp_path):
-    out, _, log = _train(tmp_path / "run", tune_head=True)
+    out, _, log = _train(tmp_path / "run", tune_head=True, logreg=1)  # a sigmoid head: its rate is tuned
+    assert out["config"]["params"]["normalize_features"] == "no"
     tuned = out["config"]["head_tuning"]
     spec = get_template(*LITE0).param("lrate")
     assert tuned["grid"] == [v for v in LRATE_GRID if spec.min is None or v >= spec.min]
@@ -94,9 +97,9 @@ def test_the_tuner_picks_a_rate_from_its_grid_and_logs_every_candidate(slice_, t
 
 def test_a_tuned_run_trains_as_if_its_rate_had_been_set_by_hand(slice_, tmp_path):
     """The candidates leave no trace: the same initial head, the same batches and random draws."""
-    tuned, w_tuned, _ = _train(tmp_path / "a", tune_head=True)
+    tuned, w_tuned, _ = _train(tmp_path / "a", tune_head=True, logreg=1)
     chosen = tuned["config"]["head_tuning"]["chosen"]
-    by_hand, w_hand, log = _train(tmp_path / "b", tune_head=False, lrate=chosen)
+    by_hand, w_hand, log = _train(tmp_path / "b", tune_head=False, lrate=chosen, logreg=1)
     assert by_hand["config"]["head_tuning"] is None and "tuned_lrate" not in by_hand["metrics"]
     assert not any("tuning" in line for line in log.lines)
     for k in w_hand:
@@ -108,3 +111,89 @@ def test_tuning_does_not_apply_while_the_backbone_trains(tmp_path):
     out, _, log = _train(tmp_path / "run", tune_head=True, base_gradient_multiplier=0.1, num_epochs=1, image_size=32)
     assert out["config"]["head_tuning"] is None
     assert any("head tuning skipped: the backbone trains too" in line for line in log.lines)
+
+
+def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice_, tmp_path):
+    """The defaults (softmax, frozen backbone, tune_head on): the head is scikit-learn's logistic regression on the
+    L2-normalised features at the C with the lowest cross-validated loss; the stored model predicts what that
+    regression, fitted here on the stored model's own embeddings, predicts."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from core.data import service as data_service
+    from core.models.heads import L2Norm
+    from core.models.io import load_model_dir
+
+    out, _, log = _train(tmp_path / "run", num_epochs=30)
+    config, tuned = out["config"], out["config"]["head_tuning"]
+    assert config["params"]["normalize_features"] == "yes"  # "auto" resolved and recorded
+    assert tuned["method"] == "logistic_regression" and tuned["param"] == "C" and tuned["grid"] == list(C_GRID)
+    assert tuned["folds"] == 5 and tuned["fit_items"] == 60
+    losses = {c["C"]: c["val_loss"] for c in tuned["candidates"]}
+    assert list(losses) == list(C_GRID) and tuned["chosen"] == min(losses, key=losses.__getitem__)
+    assert out["metrics"]["tuned_C"] == tuned["chosen"]
+    for c in C_GRID:
+        assert any(line.startswith(f"head fitting: C {c:g}: held-out loss") for line in log.lines), c
+    assert any(line.startswith(f"head fitted: logistic regression, C {tuned['chosen']:g} of") for line in log.lines)
+    assert "tuning" in log.phases and not any(p == "train" for p in log.phases)  # no SGD step
+    assert out["metrics"]["epochs"] == 1  # the fit is the run's one epoch
+
+    model = load_model_dir(out["path"])
+    assert isinstance(model.net.neck, L2Norm)
+    records = data_service.dataset_records("local", "slice")
+    train = [r for r in records if r["split"] == "train"]
+    held = [r for r in records if r["split"] != "train"]
+    images = lambda rs: [Image.open(r["path"]).convert("RGB") for r in rs]  # noqa: E731
+    concepts = model.concepts
+    x, y = model.embed(images(train)), np.array([concepts.index(r["labels"][0]) for r in train])
+    reference = LogisticRegression(C=tuned["chosen"], max_iter=2000).fit(x.astype(np.float64), y)
+    mine = model.predict(images(held))
+    theirs = reference.predict_proba(model.embed(images(held)).astype(np.float64))
+    assert np.allclose(mine, theirs, atol=2e-3), (mine[:3], theirs[:3])
+
+
+def test_tuning_off_keeps_the_raw_features_and_sgd(slice_, tmp_path):
+    out, _, log = _train(tmp_path / "run", tune_head=False, num_epochs=2)
+    assert out["config"]["params"]["normalize_features"] == "no" and out["config"]["head_tuning"] is None
+    assert out["metrics"]["epochs"] == 2 and "tuned_C" not in out["metrics"]
+    assert not any("head fit" in line for line in log.lines)
+
+
+def test_a_model_stored_before_normalize_features_existed_keeps_its_raw_features():
+    from core.models.heads import L2Norm
+    from core.models.networks import build_network
+
+    params = {"image_size": 64, "pretrained_weights": "None", "tune_head": True}
+    with torch.device("meta"):
+        old = build_network(*LITE0, params, 3, load_weights=False)
+        new = build_network(*LITE0, {**params, "normalize_features": "yes"}, 3, load_weights=False)
+    assert isinstance(old.neck, torch.nn.Identity) and isinstance(new.neck, L2Norm)
+    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+
+
+def test_the_fitted_weights_give_the_regressions_probabilities_for_every_concept():
+    """Written into a linear layer with one more output than the digits' ten classes (a concept without training
+    images): softmax of the layer is the regression's probabilities, and the unseen concept gets none."""
+    from types import SimpleNamespace
+
+    from sklearn.datasets import load_digits
+
+    from core.training import tuning
+    from core.training.losses import loss_fn
+
+    x, y = load_digits(return_X_y=True)
+    x = x[:400] / 16.0
+    multi = np.zeros((400, 11), dtype=np.float32)
+    multi[np.arange(400), y[:400]] = 1.0
+    multi[:20, 10 - y[:20] % 2] = 1.0  # twenty images with a second label (never concept 10 alone)
+    clf = tuning._logistic(x, multi, 1.0, None)
+    linear = torch.nn.Linear(64, 11)
+    tuning._set_classifier(SimpleNamespace(net=SimpleNamespace(classifier=linear)), clf)  # type: ignore[arg-type]
+    with torch.no_grad():
+        logits = linear(torch.from_numpy(x).float())
+        p = torch.softmax(logits, 1).numpy()
+    assert np.allclose(p, tuning._probabilities(clf, x, 11), atol=1e-5)
+    # the fit's held-out loss is the training loss ("ce": soft targets spread evenly over an image's labels)
+    loss, top1 = tuning._scores(clf, x, multi)
+    ce = float(loss_fn("ce", {})(logits, torch.from_numpy(multi), torch.zeros(400, dtype=torch.long)))
+    assert abs(loss - ce) < 1e-4 and 0.9 < top1 <= 1.0

@@ -79,5 +79,7 @@ def tiny_params(template, **overrides) -> dict:
         params["num_items_per_epoch"] = 4
     if "embeddings_size" in names:
         params["embeddings_size"] = 32
+    if "tune_head" in names:  # the head steps as set (a fitted head has no steps: tests/test_head_tuning.py)
+        params["tune_head"] = False
     params.update(overrides)
     return params

@@ -497,10 +497,11 @@ def train_time(user: User | str, model: str | int) -> TrainTime:
 
 
 def head_tuning(user: User | str, model: str | int) -> HeadTuning | None:
-    """How a model ``user`` sees chose its head's learning rate (``tune_head``): the choice, the grid, each candidate's
-    held-out loss and top-1, and ``text``, a sentence for its details; None when it did not tune."""
+    """How a model ``user`` sees chose its head's settings (``tune_head``): its C (a fitted head) or learning rate, the
+    grid, each candidate's held-out loss and top-1, and ``text``, a sentence for its details; None when it did not
+    tune."""
     from core.models.io import read_config
-    from core.training.tuning import describe
+    from core.training.tuning import LOGISTIC, describe
 
     row = get(user, model)
     try:
@@ -510,9 +511,14 @@ def head_tuning(user: User | str, model: str | int) -> HeadTuning | None:
     if not tuned:
         return None
     line = describe(tuned)
-    return {**tuned, "text": f"{line[0].upper()}{line[1:]}, the lowest loss on "
-                             f"{tuned['val_items']} training images held out (trained on {tuned['fit_items']}), "
-                             "then trained on the whole training split with it."}
+    line = f"{line[0].upper()}{line[1:]}"
+    if tuned.get("method") == LOGISTIC:
+        how = (f"the lowest held-out loss in {tuned['folds']}-fold cross-validation on {tuned['fit_items']} "
+               "training images" if tuned.get("folds") else "too few training images to cross-validate")
+        return {**tuned, "text": f"{line}, {how}, then fitted on all {tuned['fit_items']} (lrate and epochs not "
+                                 "used)."}
+    return {**tuned, "text": f"{line}, the lowest loss on {tuned['val_items']} training images held out (trained on "
+                             f"{tuned['fit_items']}), then trained on the whole training split with it."}
 
 
 def registry_rows(user: User | str) -> list[dict]:

@@ -147,10 +147,12 @@ def build_network(kind: str, name: str, params: dict, num_classes: int, load_wei
         return build_detector(kind, name, spec, params, num_classes, pretrained, load_weights)
     backbone, nf = build_backbone(spec, pretrained and load_weights)
     if spec.head == "linear" or ((kind, name) in LINEAR_BEFORE and "embeddings_size" not in params):
-        return StudioNet(kind, name, backbone, nf, nn.Identity(), nf, nn.Linear(nf, num_classes), num_classes)
+        # normalize_features "yes" (resolved by the plan from "auto"; a model stored before it existed has none: raw)
+        neck: nn.Module = L2Norm() if params.get("normalize_features") == "yes" else nn.Identity()
+        return StudioNet(kind, name, backbone, nf, neck, nf, nn.Linear(nf, num_classes), num_classes)
     if spec.head == "embed_norm":
         dim = TRANSFER_EMBED_DIM
-        neck: nn.Module = nn.Sequential(nn.Linear(nf, dim), L2Norm())
+        neck = nn.Sequential(nn.Linear(nf, dim), L2Norm())
         return StudioNet(kind, name, backbone, nf, neck, dim, nn.Linear(dim, num_classes), num_classes)
     if spec.head == "angular":
         dim = int(params.get("embeddings_size") or 512)

@@ -37,6 +37,7 @@ class Run:
     schedule: Schedule
     items_per_epoch: int
     steps_per_epoch: int
+    head_fitted: bool = False  # the head was fitted before the loop (core.training.tuning): its one epoch has no steps
 
     @property
     def ckpt_dir(self) -> Path:

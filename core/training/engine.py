@@ -69,6 +69,7 @@ def train(config: dict, run_dir: Path | str, callbacks: Callbacks | None = None,
             cb.log("resume: no checkpoint yet; starting from the beginning")
         state = _fresh(run)
     state.identity = plan.config_identity()
+    why_not_tuned = _head_plan(run, state)
     state.num_epochs = run.num_epochs
     state.model_name = plan.name
 
@@ -82,7 +83,7 @@ def train(config: dict, run_dir: Path | str, callbacks: Callbacks | None = None,
                  "batch_size": run.batch_size})
     try:
         run.mode.prepare()  # all cores: decoding, or the backbone's forward passes
-        _tune(run, state, cb)
+        _tune(run, state, cb, why_not_tuned)
         stopped = run_epochs(run, state)
     except StopRequested:
         stopped = True
@@ -101,20 +102,39 @@ def train(config: dict, run_dir: Path | str, callbacks: Callbacks | None = None,
     return register(run, state)
 
 
-def _tune(run: Run, state: TrainState, cb: Callbacks) -> None:
-    """The head's rate tuned on a held-out fold before the first step (``tune_head``), or the tuned rate again on a
-    resume; a run without ``tune_head`` is untouched."""
+def _head_plan(run: Run, state: TrainState) -> str | None:
+    """Before the run starts: why its head will not tune itself (None: it will). A head that will be fitted
+    (``core.training.tuning.fits_head``) makes the run one epoch without steps, so the job says 1 epoch from its start;
+    a resume gets its tuned rate or fitted head back."""
     from core.training import tuning
 
-    if state.tuned is None and state.global_step == 0:
-        why_not = tuning.tuning_applies(run)
-        if why_not is None:
-            with cpu_threads(run.mode.train_threads()):
-                state.tuned = tuning.tune_head(run)
-        elif why_not != "off":
-            cb.log(f"head tuning skipped: {why_not}")
     if state.tuned is not None:
         tuning.apply_tuning(run, state.tuned)
+        return "tuned before"
+    if state.global_step or state.epoch_done:
+        return "resumed without tuning"
+    why_not = tuning.tuning_applies(run)
+    if why_not is None and tuning.fits_head(run):
+        tuning.apply_tuning(run, {"method": tuning.LOGISTIC})
+    return why_not
+
+
+def _tune(run: Run, state: TrainState, cb: Callbacks, why_not: str | None) -> None:
+    """The head fitted, or its rate tuned on a held-out fold, before the first step (``tune_head``, when ``_head_plan``
+    said it applies)."""
+    from core.training import tuning
+
+    if why_not is None:
+        with cpu_threads(run.mode.train_threads()):
+            state.tuned = tuning.tune(run)
+        if state.tuned is not None:
+            tuning.apply_tuning(run, state.tuned)
+        if run.head_fitted and state.tuned is not None:  # the fit is the one epoch's training
+            state.loss_sum, state.loss_n = float(state.tuned["train_loss"]), 1
+            state.epoch_seconds = float(state.tuned["seconds"])
+            state.train_seconds += float(state.tuned["seconds"])
+    elif why_not not in ("off", "tuned before", "resumed without tuning"):
+        cb.log(f"head tuning skipped: {why_not}")
 
 
 def _fresh(run: Run) -> TrainState:

@@ -33,9 +33,14 @@ def run_epochs(run: Run, state: TrainState) -> bool:
             epoch = state.epoch_done + 1
             order = mode.train_rows[tdata.epoch_order(len(mode.train_rows), run.items_per_epoch, plan.seed, epoch)]
             t_epoch = time.perf_counter()
-            with closing(mode.batches(order, state.step_in_epoch)) as batches:
-                if _epoch_steps(run, state, epoch, batches, t_epoch):
-                    return True
+            if run.head_fitted:  # fitted before the loop (core.training.tuning): the epoch evaluates and saves
+                loss = state.loss_sum / max(state.loss_n, 1)
+                cb.on_step({"epoch": epoch, "step": 1, "steps_per_epoch": 1, "loss": loss, "lr": 0.0,
+                            "images_per_sec": 0.0, "eta_s": 0.0, "phase": "fitted"})
+            else:
+                with closing(mode.batches(order, state.step_in_epoch)) as batches:
+                    if _epoch_steps(run, state, epoch, batches, t_epoch):
+                        return True
             train_wall = state.epoch_seconds + (time.perf_counter() - t_epoch)  # this epoch's training, all sessions
             metrics = {"train_loss": state.loss_sum / max(state.loss_n, 1)}
             metrics.update(mode.evaluate(epoch))

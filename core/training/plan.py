@@ -87,6 +87,14 @@ def resolve_loss(declared: str, params: dict) -> str:
     return declared
 
 
+def resolve_normalize(params: dict, loss: str, on_base: bool) -> str:
+    """normalize_features "auto" for a run: "yes" when its head will be fitted as a logistic regression on cached
+    features (``core.training.tuning.fits_head``: tune_head on, the backbone frozen, softmax), else "no". A transfer
+    classifier on a base model normalises its base's embedding whatever this says, so it records "no"."""
+    frozen = float(params.get("base_gradient_multiplier", 1.0)) == 0.0
+    return "yes" if (params.get("tune_head") and frozen and loss == "ce" and not on_base) else "no"
+
+
 def make_plan(config: dict, run_dir: Path) -> Plan:
     """Validate the request and gather what the run needs; refusals are UserErrors naming the field."""
     from core.store import datasets as dstore
@@ -124,11 +132,14 @@ def make_plan(config: dict, run_dir: Path) -> Plan:
     base_model = None
     if config.get("base_model") not in (None, "", "none"):
         base_model = _resolve_base_model(owner, config["base_model"], kind, params)
+    loss = resolve_loss(recipe.loss, params)
+    if params.get("normalize_features") == "auto":
+        params["normalize_features"] = resolve_normalize(params, loss, base_model is not None)
     plan = Plan(
         owner=owner, kind=kind, template=template, params=params, dataset=dataset, concepts=concepts,
         train_records=train_records, eval_records=eval_records, eval_split=split, seed=seed, name=name,
         run=str(config.get("run") or Path(run_dir).name), options=training_options(config.get("options")),
-        base_model=base_model, loss=resolve_loss(recipe.loss, params), optimizer=recipe.optimizer,
+        base_model=base_model, loss=loss, optimizer=recipe.optimizer,
         flips=flip_setting(recipe.flips, params),
     )
     if name is not None and mstore.name_taken(owner, name):
