@@ -55,6 +55,8 @@ _ALL = (
             "inline (to the end inside the process that queued it, before the call returns, as huey's immediate "
             "mode: for tests and debugging; no live progress, no cancel)"),
     Setting("cancel_grace_s", 20.0, "float", "how long cancel waits for a worker to stop before killing it", 0.0),
+    Setting("curves_refresh_s", 10.0, "float", "seconds between redraws of a running job's curves on the Jobs page "
+            "(each redraw of its charts costs the browser about a tenth of a core; progress redraws every 2 s)", 1.0),
     # --- sign-in, roles and per-user limits
     Setting("auth_header", "", "str", "the header a trusted reverse proxy sets to the signed-in user's email or name; "
             "empty: not used"),

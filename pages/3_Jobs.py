@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core import jobs, ui
+from core import jobs, settings, ui
 from core.device import worker_priority_text
 from core.errors import UserError
 from core.jobs import view
 from core.users import can_change, has_role
 
 POLL_S = 2.0  # progress bar, images/s, ETA, log tail
-# The curves redraw less often: re-sending three plotly charts costs the browser ~0.1 of a core each time, CPU a
-# training worker on the same machine loses (bench/bench_jobs_polling.py); progress stays at POLL_S.
-CURVES_S = 10.0
+# The curves redraw less often (the setting curves_refresh_s, 10 s by default): re-sending three plotly charts costs the
+# browser ~0.1 of a core each time, CPU a training worker on the same machine loses (bench/bench_jobs_polling.py);
+# progress stays at POLL_S.
+CURVES_S = settings.get("curves_refresh_s")
 
 st.set_page_config(page_title="Jobs", layout="wide")
 st.title("Jobs")

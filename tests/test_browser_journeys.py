@@ -302,7 +302,8 @@ def test_watch_the_curves_advance_then_cancel_the_job(tmp_path, deeptrain_home):
     config = train_config(epochs=200, items=1000, dataset="caltech3")  # about 2 s an epoch here: minutes in all
     config["params"]["image_size"] = 96
     job_id = jobs.submit("local", "train", config)
-    with (streamlit_server(deeptrain_home) as url, browser_page(tmp_path) as page,
+    refresh = {"DEEPTRAIN_CURVES_REFRESH_S": "2"}  # the curves redraw every 2 s instead of 10: the watch is short
+    with (streamlit_server(deeptrain_home, refresh) as url, browser_page(tmp_path) as page,
           saved_on_failure(page, tmp_path, deeptrain_home)):
         start_at(page, url, "Jobs", "Show the team's jobs too")
         page.get_by_text(f"Job {job_id}: classifier").wait_for()
@@ -316,7 +317,7 @@ def test_watch_the_curves_advance_then_cancel_the_job(tmp_path, deeptrain_home):
         page.wait_for_function("() => document.querySelectorAll('[data-testid=stPlotlyChart] path.point').length > 0",
                                timeout=120_000)
         before = drawn()
-        for _ in range(40):  # the curves redraw every CURVES_S (10 s) while the job runs
+        for _ in range(40):  # the curves redraw every curves_refresh_s while the job runs
             page.wait_for_timeout(1000)
             if drawn() > before:
                 break

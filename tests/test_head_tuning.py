@@ -5,6 +5,7 @@ and a run without tuning untouched."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def test_tuning_does_not_apply_while_the_backbone_trains(tmp_path):
 
 def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice_, tmp_path):
     """The defaults (softmax, frozen backbone, tune_head on): the head is scikit-learn's logistic regression on the
-    L2-normalised features at the C with the lowest cross-validated loss; the stored model predicts what that
+    L2-normalised features at the C with the best cross-validated top-1; the stored model predicts what that
     regression, fitted here on the stored model's own embeddings, predicts."""
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
@@ -129,8 +130,9 @@ def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice
     assert config["params"]["normalize_features"] == "yes"  # "auto" resolved and recorded
     assert tuned["method"] == "logistic_regression" and tuned["param"] == "C" and tuned["grid"] == list(C_GRID)
     assert tuned["folds"] == 5 and tuned["fit_items"] == 60
-    losses = {c["C"]: c["val_loss"] for c in tuned["candidates"]}
-    assert list(losses) == list(C_GRID) and tuned["chosen"] == min(losses, key=losses.__getitem__)
+    top1 = {c["C"]: c["val_top1"] for c in tuned["candidates"]}
+    assert list(top1) == list(C_GRID) and all(math.isfinite(c["val_loss"]) for c in tuned["candidates"])
+    assert tuned["chosen"] == min(C_GRID, key=lambda c: (-top1[c], c))  # the best top-1, ties to the smaller C
     assert out["metrics"]["tuned_C"] == tuned["chosen"]
     for c in C_GRID:
         assert any(line.startswith(f"head fitting: C {c:g}: held-out loss") for line in log.lines), c

@@ -513,7 +513,7 @@ def head_tuning(user: User | str, model: str | int) -> HeadTuning | None:
     line = describe(tuned)
     line = f"{line[0].upper()}{line[1:]}"
     if tuned.get("method") == LOGISTIC:
-        how = (f"the lowest held-out loss in {tuned['folds']}-fold cross-validation on {tuned['fit_items']} "
+        how = (f"the best held-out top-1 in {tuned['folds']}-fold cross-validation on {tuned['fit_items']} "
                "training images" if tuned.get("folds") else "too few training images to cross-validate")
         return {**tuned, "text": f"{line}, {how}, then fitted on all {tuned['fit_items']} (lrate and epochs not "
                                  "used)."}

@@ -3,8 +3,9 @@ own settings before the real run.
 
 - A classifier whose head is one linear layer with softmax (``fits_head``) is fitted, not stepped: a multinomial
   logistic regression solved to convergence by scikit-learn (L-BFGS) on the features as the network's neck gives them
-  (L2-normalised with normalize_features), its L2 penalty C chosen from ``C_GRID`` by the lowest held-out loss in
-  k-fold cross-validation on the training split, then fitted on the whole split and written into the classifier. It
+  (L2-normalised with normalize_features), its L2 penalty C chosen from ``C_GRID`` by the best held-out top-1 in
+  k-fold cross-validation on the training split (ties to the stronger penalty, as scikit-learn's LogisticRegressionCV
+  chooses), then fitted on the whole split and written into the classifier. It
   is the plain probe a user would otherwise run beside the studio, and measured on Caltech-101 and Fashion-MNIST
   subsets no SGD schedule of the head reached it at small sizes (bench/README.md, "The defaults at every size").
 - Any other head (an embedder's projection, a sigmoid or two-layer head) tries each candidate learning rate from
@@ -168,16 +169,16 @@ def fit_head(run: Run) -> dict[str, Any]:
     "C", "chosen", "grid", "candidates": [{"C", "val_loss", "val_top1"}] (means over the folds), "folds",
     "fit_items", "val_items", "train_loss", "seconds"}``; the network's classifier holds the fitted weights.
     """
-    plan, mode, cb = run.plan, run.mode, run.cb
+    mode, cb = run.mode, run.cb
     t0 = time.perf_counter()
     rows = mode.train_rows
     x = _neck_features(run, rows)
     multi = mode.multi_train[rows]
-    folds = _folds(mode.single_train[rows], plan.seed)
+    folds = _folds(mode.single_train[rows])
     results: list[dict[str, Any]] = []
     if folds:
         cb.log(f"head fitting: logistic regression on {len(rows)} images' features, C from {_fmt_grid(list(C_GRID))} "
-               f"by {len(folds)}-fold cross-validation (lowest held-out loss); lrate, batch_size and num_epochs are "
+               f"by {len(folds)}-fold cross-validation (highest held-out top-1); lrate, batch_size and num_epochs are "
                "not used")
         sums = np.zeros((len(C_GRID), 2))
         for f, (fit, held) in enumerate(folds):
@@ -195,7 +196,8 @@ def fit_head(run: Run) -> dict[str, Any]:
             results.append({"C": c, "val_loss": float(loss) if math.isfinite(loss) else math.inf,
                             "val_top1": float(top1)})
             cb.log(f"head fitting: C {c:g}: held-out loss {loss:.4f}, top-1 {top1:.4f}")
-        chosen = min(results, key=lambda r: (r["val_loss"], r["C"]))["C"]
+        # the highest held-out top-1, ties to the stronger penalty, as scikit-learn's LogisticRegressionCV picks
+        chosen = min(results, key=lambda r: (-r["val_top1"], r["C"]))["C"]
     else:
         chosen = FALLBACK_C
         cb.log(f"head fitting: {len(rows)} training images are too few to cross-validate (at least {MIN_VAL_ITEMS} "
@@ -225,9 +227,10 @@ def _neck_features(run: Run, rows: np.ndarray) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def _folds(single: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k-fold (fit, held-out) positions: k = 5, or the smallest concept's image count when lower (at least
-    2); none when there are fewer than ``MIN_VAL_ITEMS`` images or a single concept."""
+def _folds(single: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (fit, held-out) positions in the training split's order: k = 5, or the smallest concept's
+    image count when lower (at least 2); none when there are fewer than ``MIN_VAL_ITEMS`` images or a single
+    concept."""
     from sklearn.model_selection import StratifiedKFold
 
     counts = np.bincount(single)
@@ -237,7 +240,8 @@ def _folds(single: np.ndarray, seed: int) -> list[tuple[np.ndarray, np.ndarray]]
     k = int(min(MAX_FOLDS, max(2, counts.min())))
     with warnings.catch_warnings():  # a concept with fewer than k images is held out in fewer folds; that is fine
         warnings.simplefilter("ignore", UserWarning)
-        splits = StratifiedKFold(n_splits=k, shuffle=True, random_state=int(seed) % 2**32).split(single, single)
+        # unshuffled, as LogisticRegressionCV's folds: consecutive images (a video's frames, a burst) stay together
+        splits = StratifiedKFold(n_splits=k).split(single, single)
         return [(fit, held) for fit, held in splits]
 
 
