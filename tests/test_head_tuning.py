@@ -175,27 +175,28 @@ def test_a_model_stored_before_normalize_features_existed_keeps_its_raw_features
 
 def test_the_fitted_weights_give_the_regressions_probabilities_for_every_concept():
     """Written into a linear layer with one more output than the digits' ten classes (a concept without training
-    images): softmax of the layer is the regression's probabilities, and the unseen concept gets none."""
+    images): softmax of the layer is the regression's probabilities, and the unseen concept gets none; the fit's
+    held-out loss is the engine's "ce" loss of those logits, soft targets included."""
     from types import SimpleNamespace
 
     from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
 
     from core.training import tuning
     from core.training.losses import loss_fn
 
     x, y = load_digits(return_X_y=True)
-    x = x[:400] / 16.0
-    multi = np.zeros((400, 11), dtype=np.float32)
-    multi[np.arange(400), y[:400]] = 1.0
-    multi[:20, 10 - y[:20] % 2] = 1.0  # twenty images with a second label (never concept 10 alone)
-    clf = tuning._logistic(x, multi, 1.0, None)
+    x, y = x[:400] / 16.0, y[:400]
+    clf = LogisticRegression(C=1.0, max_iter=2000).fit(x, y)
     linear = torch.nn.Linear(64, 11)
     tuning._set_classifier(SimpleNamespace(net=SimpleNamespace(classifier=linear)), clf)  # type: ignore[arg-type]
     with torch.no_grad():
         logits = linear(torch.from_numpy(x).float())
         p = torch.softmax(logits, 1).numpy()
-    assert np.allclose(p, tuning._probabilities(clf, x, 11), atol=1e-5)
-    # the fit's held-out loss is the training loss ("ce": soft targets spread evenly over an image's labels)
-    loss, top1 = tuning._scores(clf, x, multi)
+    assert np.allclose(p, tuning._probabilities(clf, x, 11), atol=1e-5) and p[:, 10].max() < 1e-9
+    multi = np.zeros((400, 11), dtype=np.float32)
+    multi[np.arange(400), y] = 1.0
+    multi[np.arange(20), (y[:20] + 1) % 10] = 1.0  # twenty images with a second label
+    loss, top1 = tuning._scores(tuning._probabilities(clf, x, 11), multi)
     ce = float(loss_fn("ce", {})(logits, torch.from_numpy(multi), torch.zeros(400, dtype=torch.long)))
     assert abs(loss - ce) < 1e-4 and 0.9 < top1 <= 1.0

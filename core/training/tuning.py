@@ -163,50 +163,53 @@ def describe(tuned: dict[str, Any] | None) -> str:
 
 
 def fit_head(run: Run) -> dict[str, Any]:
-    """Fit the classifier as a logistic regression on the cached features, its C chosen by k-fold cross-validation.
+    """Fit the classifier as a logistic regression on the cached features, its C chosen by k-fold cross-validation
+    (scikit-learn's LogisticRegressionCV: each fold's path of fits from the strongest penalty to the weakest, the C
+    with the best mean held-out top-1, ties to the smaller C, then refitted on every image).
 
-    An image with k labels counts 1/k for each (the soft targets of the "ce" loss). Returns ``{"method", "param":
-    "C", "chosen", "grid", "candidates": [{"C", "val_loss", "val_top1"}] (means over the folds), "folds",
-    "fit_items", "val_items", "train_loss", "seconds"}``; the network's classifier holds the fitted weights.
+    An image with k labels counts 1/k for each (the soft targets of the "ce" loss), all its rows in one fold. Returns
+    ``{"method", "param": "C", "chosen", "grid", "candidates": [{"C", "val_loss", "val_top1"}] (over the folds'
+    held-out images), "folds", "fit_items", "val_items", "train_loss", "seconds"}``; the network's classifier holds
+    the fitted weights.
     """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
     mode, cb = run.mode, run.cb
     t0 = time.perf_counter()
     rows = mode.train_rows
     x = _neck_features(run, rows)
     multi = mode.multi_train[rows]
+    img, label = np.nonzero(multi)  # one row per (image, label), weighted 1/labels
+    weight = 1.0 / multi.sum(1)[img]
     folds = _folds(mode.single_train[rows])
     results: list[dict[str, Any]] = []
-    if folds:
-        cb.log(f"head fitting: logistic regression on {len(rows)} images' features, C from {_fmt_grid(list(C_GRID))} "
-               f"by {len(folds)}-fold cross-validation (highest held-out top-1); lrate, batch_size and num_epochs are "
-               "not used")
-        sums = np.zeros((len(C_GRID), 2))
-        for f, (fit, held) in enumerate(folds):
-            clf = None
-            for i, c in enumerate(C_GRID):  # weakest penalty last, each fit starting from the one before
-                if cb.should_stop():
-                    raise StopRequested()
-                clf = _logistic(x[fit], multi[fit], c, clf)
-                loss, top1 = _scores(clf, x[held], multi[held])
-                sums[i] += (loss * len(held), top1 * len(held))
-                cb.on_step({"epoch": 0, "step": f * len(C_GRID) + i + 1, "steps_per_epoch": len(folds) * len(C_GRID),
-                            "loss": float("nan"), "lr": 0.0, "images_per_sec": 0.0, "eta_s": 0.0, "phase": "tuning"})
-        for i, c in enumerate(C_GRID):
-            loss, top1 = sums[i] / len(rows)
-            results.append({"C": c, "val_loss": float(loss) if math.isfinite(loss) else math.inf,
-                            "val_top1": float(top1)})
-            cb.log(f"head fitting: C {c:g}: held-out loss {loss:.4f}, top-1 {top1:.4f}")
-        # the highest held-out top-1, ties to the stronger penalty, as scikit-learn's LogisticRegressionCV picks
-        chosen = min(results, key=lambda r: (-r["val_top1"], r["C"]))["C"]
-    else:
-        chosen = FALLBACK_C
-        cb.log(f"head fitting: {len(rows)} training images are too few to cross-validate (at least {MIN_VAL_ITEMS} "
-               f"needed); C {chosen:g}, scikit-learn's default")
+    cb.on_step({"epoch": 0, "step": 0, "steps_per_epoch": 1, "loss": float("nan"), "lr": 0.0, "images_per_sec": 0.0,
+                "eta_s": 0.0, "phase": "tuning"})
+    with warnings.catch_warnings():  # at the weakest penalties on separable data the optimum runs off; keep its best
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if folds:
+            cb.log(f"head fitting: logistic regression on {len(rows)} images' features, C from "
+                   f"{_fmt_grid(list(C_GRID))} by {len(folds)}-fold cross-validation (best held-out top-1); lrate, "
+                   "batch_size and num_epochs are not used")
+            row_folds = [(np.flatnonzero(np.isin(img, fit)), np.flatnonzero(np.isin(img, held))) for fit, held in folds]
+            clf: Any = LogisticRegressionCV(Cs=list(C_GRID), cv=row_folds, scoring="accuracy", l1_ratios=(0.0,),
+                                            max_iter=FIT_MAX_ITER, use_legacy_attributes=False)
+            clf.fit(x[img], label, sample_weight=weight)
+            for i, c in enumerate(C_GRID):
+                loss, top1 = _path_scores(clf, i, x, multi, folds)
+                results.append({"C": c, "val_loss": loss, "val_top1": top1})
+                cb.log(f"head fitting: C {c:g}: held-out loss {loss:.4f}, top-1 {top1:.4f}")
+            chosen = float(clf.C_)
+        else:
+            chosen = FALLBACK_C
+            cb.log(f"head fitting: {len(rows)} training images are too few to cross-validate (at least "
+                   f"{MIN_VAL_ITEMS} needed); C {chosen:g}, scikit-learn's default")
+            clf = LogisticRegression(C=chosen, max_iter=FIT_MAX_ITER).fit(x[img], label, sample_weight=weight)
     if cb.should_stop():
         raise StopRequested()
-    final = _logistic(x, multi, chosen, None)
-    train_loss, _ = _scores(final, x, multi)
-    _set_classifier(run, final)
+    train_loss, _ = _scores(_probabilities(clf, x, multi.shape[1]), multi)
+    _set_classifier(run, clf)
     seconds = time.perf_counter() - t0
     cb.log(f"head fitted: logistic regression, C {chosen:g} of {_fmt_grid(list(C_GRID))}, training loss "
            f"{train_loss:.4f} ({seconds:.1f} s)")
@@ -216,7 +219,7 @@ def fit_head(run: Run) -> dict[str, Any]:
 
 
 def _neck_features(run: Run, rows: np.ndarray) -> np.ndarray:
-    """The classifier's inputs for these training rows: the cached features through the network's neck, float64."""
+    """The classifier's inputs for these training rows: the cached features through the network's neck (float32)."""
     mode = run.mode
     assert isinstance(mode, FeaturesMode)  # fits_head runs only on a frozen backbone's cached features
     out = []
@@ -224,7 +227,7 @@ def _neck_features(run: Run, rows: np.ndarray) -> np.ndarray:
         for i in range(0, len(rows), 4096):
             f = run.rt.tensor(np.ascontiguousarray(mode.features["orig"][rows[i:i + 4096]]))
             out.append(mode.net.embed_from_features(f.float()).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+    return np.concatenate(out)
 
 
 def _folds(single: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -245,21 +248,26 @@ def _folds(single: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         return [(fit, held) for fit, held in splits]
 
 
-def _logistic(x: np.ndarray, multi: np.ndarray, c: float, start: Any) -> Any:
-    """scikit-learn's LogisticRegression at ``c`` on one row per (image, label), weighted 1/labels (from ``start``'s
-    weights when given and its classes match)."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    img, label = np.nonzero(multi)
-    weight = 1.0 / multi.sum(1)[img]
-    warm = start is not None and np.array_equal(start.classes_, np.unique(label))
-    clf = start if warm else LogisticRegression(max_iter=FIT_MAX_ITER, warm_start=True)
-    clf.set_params(C=c)
-    with warnings.catch_warnings():  # at the weakest penalties on separable data the optimum runs off; keep its best
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(x[img], label, sample_weight=weight)
-    return clf
+def _path_scores(clf: Any, index: int, x: np.ndarray, multi: np.ndarray,
+                 folds: list[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
+    """The "ce" loss and top-1 of the ``index``-th C over every fold's held-out images, from the coefficients each
+    fold's fit reached (``coefs_paths_``: (folds, l1 ratios, Cs, classes or 1, features + intercept))."""
+    losses, hits = [], []
+    for f, (_, held) in enumerate(folds):
+        w = clf.coefs_paths_[f, 0, index]
+        z = x[held] @ w[:, :-1].T + w[:, -1]
+        if z.shape[1] == 1:  # two concepts: one logit for the second
+            z = np.hstack([np.zeros_like(z), z])
+        z = z - z.max(1, keepdims=True)
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        full = np.zeros((len(held), multi.shape[1]))
+        full[:, clf.classes_] = p
+        loss, top1 = _scores(full, multi[held])
+        losses.append(loss * len(held))
+        hits.append(top1 * len(held))
+    n = sum(len(h) for _, h in folds)
+    loss = sum(losses) / n
+    return (float(loss) if math.isfinite(loss) else math.inf), float(sum(hits) / n)
 
 
 def _probabilities(clf: Any, x: np.ndarray, classes: int) -> np.ndarray:
@@ -269,13 +277,12 @@ def _probabilities(clf: Any, x: np.ndarray, classes: int) -> np.ndarray:
     return p
 
 
-def _scores(clf: Any, x: np.ndarray, multi: np.ndarray) -> tuple[float, float]:
+def _scores(p: np.ndarray, multi: np.ndarray) -> tuple[float, float]:
     """The "ce" loss (soft targets spread evenly over an image's labels) and top-1 (the top concept is one of the
-    image's labels) of ``clf`` on these images."""
-    p = _probabilities(clf, x, multi.shape[1])
+    image's labels) of probabilities ``p`` for these images."""
     target = multi / multi.sum(1, keepdims=True)
     loss = float(-(target * np.log(np.clip(p, 1e-15, 1.0))).sum(1).mean())
-    top1 = float((multi[np.arange(len(x)), p.argmax(1)] > 0).mean())
+    top1 = float((multi[np.arange(len(p)), p.argmax(1)] > 0).mean())
     return loss, top1
 
 
