@@ -1,13 +1,13 @@
 """The head tunes itself (``tune_head``): with a frozen backbone the features are cached, so the head can choose its
 own settings before the real run.
 
-- A classifier whose head is one linear layer with softmax (``fits_head``) is fitted, not stepped: a multinomial
-  logistic regression solved to convergence by scikit-learn (L-BFGS) on the features as the network's neck gives them
-  (L2-normalised with normalize_features), its L2 penalty C chosen from ``C_GRID`` by the best held-out top-1 in
-  k-fold cross-validation on the training split (ties to the stronger penalty, as scikit-learn's LogisticRegressionCV
-  chooses), then fitted on the whole split and written into the classifier. It
-  is the plain probe a user would otherwise run beside the studio, and measured on Caltech-101 and Fashion-MNIST
-  subsets no SGD schedule of the head reached it at small sizes (bench/README.md, "The defaults at every size").
+- A classifier whose head is one linear layer with softmax (``fits_head``) is fitted, not stepped: scikit-learn's
+  LogisticRegressionCV (multinomial, L-BFGS) on the features as the network's neck gives them (L2-normalised with
+  normalize_features), its L2 penalty C chosen from ``C_GRID`` by the best held-out top-1 in k-fold cross-validation
+  on the training split (ties to the stronger penalty), then refitted on the whole split and written into the
+  classifier. It is the plain probe a user would otherwise run beside the studio; measured on Caltech-101 and
+  Fashion-MNIST subsets, no SGD schedule of the head reached it at small sizes (bench/README.md, "The defaults at
+  every size"). The fit cannot be stopped halfway: a cancel during it waits for it or ends the worker.
 - Any other head (an embedder's projection, a sigmoid or two-layer head) tries each candidate learning rate from
   ``LRATE_GRID``, from the run's own initial weights and for the run's own epochs, on a fold of the training split;
   the rate with the lowest loss on the held-out rest wins, and the run then trains on the whole split with it, exactly
