@@ -14,9 +14,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from sklearn import metrics as skm
 
 from core.records import ClassifierFigures, ConceptFigures, DetectorFigures, EmbedderFigures, Misclassification
+
+
+def _skm() -> Any:
+    """scikit-learn's metrics, imported on first use: importing them takes about a second (scipy), which every page
+    that merely imports the evaluation service would otherwise pay on a server's first visit."""
+    from sklearn import metrics
+
+    return metrics
+
 
 MAX_CURVE_POINTS = 200  # points kept per PR/ROC curve in the cached JSON; the curves' shapes survive
 MAP_POINTS = 2000  # most items drawn on the 2-D embedding map
@@ -50,8 +58,8 @@ def per_concept_table(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[
     A concept counts as predicted for an item when its probability is at least ``threshold``.
     """
     y_pred = (np.asarray(probs, dtype=np.float64) >= float(threshold)).astype(np.int8)
-    mcm = skm.multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(concepts))))
-    precision, recall, f1, support = skm.precision_recall_fscore_support(
+    mcm = _skm().multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(concepts))))
+    precision, recall, f1, support = _skm().precision_recall_fscore_support(
         y_true, y_pred, average=None, labels=list(range(len(concepts))), zero_division=0
     )
     rows: list[ConceptFigures] = []
@@ -72,7 +80,7 @@ def best_f1_thresholds(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence
         if y_true[:, i].sum() == 0:
             out[name] = None
             continue
-        precision, recall, thresholds = skm.precision_recall_curve(y_true[:, i], probs[:, i])
+        precision, recall, thresholds = _skm().precision_recall_curve(y_true[:, i], probs[:, i])
         p, r = precision[:-1], recall[:-1]  # the last point has no threshold
         f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
         best = int(np.argmax(f1))
@@ -97,8 +105,8 @@ def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
         return 1.0
     truth = _top1_truth(y_true, probs)
     if n_classes == 2:
-        return float(skm.top_k_accuracy_score(truth, probs[:, 1], k=k, labels=[0, 1]))
-    return float(skm.top_k_accuracy_score(truth, probs, k=k, labels=list(range(n_classes))))
+        return float(_skm().top_k_accuracy_score(truth, probs[:, 1], k=k, labels=[0, 1]))
+    return float(_skm().top_k_accuracy_score(truth, probs, k=k, labels=list(range(n_classes))))
 
 
 def macro_roc_auc(y_true: np.ndarray, probs: np.ndarray) -> tuple[float | None, list[int]]:
@@ -110,7 +118,7 @@ def macro_roc_auc(y_true: np.ndarray, probs: np.ndarray) -> tuple[float | None, 
     used = [i for i in range(y_true.shape[1]) if 0 < positives[i] < len(y_true)]
     if not used:
         return None, []
-    return float(skm.roc_auc_score(y_true[:, used], probs[:, used], average="macro")), used
+    return float(_skm().roc_auc_score(y_true[:, used], probs[:, used], average="macro")), used
 
 
 def confusion(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -121,10 +129,10 @@ def confusion(y_true: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     n_classes = probs.shape[1]
     item_rows, true_cols = np.nonzero(y_true)
     pred = probs.argmax(axis=1)[item_rows]
-    counts = skm.confusion_matrix(true_cols, pred, labels=list(range(n_classes)))
+    counts = _skm().confusion_matrix(true_cols, pred, labels=list(range(n_classes)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        normalised = skm.confusion_matrix(true_cols, pred, labels=list(range(n_classes)), normalize="true")
+        normalised = _skm().confusion_matrix(true_cols, pred, labels=list(range(n_classes)), normalize="true")
     return {"counts": counts.tolist(), "normalised": np.nan_to_num(normalised).round(6).tolist()}
 
 
@@ -136,14 +144,14 @@ def curves(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence[str]) -> di
     for name, truth, score in columns:
         if truth.sum() == 0 or truth.sum() == len(truth):
             continue
-        precision, recall, _ = skm.precision_recall_curve(truth, score)
-        fpr, tpr, _ = skm.roc_curve(truth, score)
+        precision, recall, _ = _skm().precision_recall_curve(truth, score)
+        fpr, tpr, _ = _skm().roc_curve(truth, score)
         recall_t, precision_t = _thin(recall, precision)
         fpr_t, tpr_t = _thin(fpr, tpr)
         out[name] = {
             "pr": {"recall": recall_t, "precision": precision_t,
-                   "ap": float(skm.average_precision_score(truth, score))},
-            "roc": {"fpr": fpr_t, "tpr": tpr_t, "auc": float(skm.roc_auc_score(truth, score))},
+                   "ap": float(_skm().average_precision_score(truth, score))},
+            "roc": {"fpr": fpr_t, "tpr": tpr_t, "auc": float(_skm().roc_auc_score(truth, score))},
         }
     return out
 
@@ -201,7 +209,7 @@ def classifier_metrics(y_true: np.ndarray, probs: np.ndarray, concepts: Sequence
     auc, auc_used = macro_roc_auc(y_true, probs)
     return {
         "items": int(len(y_true)),
-        "accuracy": float(skm.accuracy_score(truth, probs.argmax(axis=1))),
+        "accuracy": float(_skm().accuracy_score(truth, probs.argmax(axis=1))),
         "top5": top_k_accuracy(y_true, probs, 5),
         "macro_roc_auc": auc,
         "roc_auc_concepts": [concepts[i] for i in auc_used],
