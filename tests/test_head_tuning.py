@@ -200,3 +200,39 @@ def test_the_fitted_weights_give_the_regressions_probabilities_for_every_concept
     loss, top1 = tuning._scores(tuning._probabilities(clf, x, 11), multi)
     ce = float(loss_fn("ce", {})(logits, torch.from_numpy(multi), torch.zeros(400, dtype=torch.long)))
     assert abs(loss - ce) < 1e-4 and 0.9 < top1 <= 1.0
+
+
+def test_images_with_two_labels_count_half_for_each_in_the_fitted_head(tmp_path):
+    """Softmax with soft targets: an image labelled with both concepts is two rows of weight 1/2 in the fit; the stored
+    model predicts what a regression fitted on those weighted rows of its own embeddings predicts."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from core.data import service as data_service
+    from core.data.importer import import_dataset
+    from core.models.io import load_model_dir
+    from tests.training_support import _photos, split_of
+
+    src = tmp_path / "src"
+    lines, seen = ["path,labels,split"], {}
+    for rel, cls in _photos(src, 35):
+        i = seen[cls] = seen.get(cls, -1) + 1
+        labels = "accordion;anchor" if cls == "accordion" and i < 6 else cls  # six images of both
+        lines.append(f"{rel},{labels},{split_of(i, 30)}")
+    (src / "manifest.csv").write_text("\n".join(lines) + "\n")
+    import_dataset("local", src / "manifest.csv", "slice", fmt="csv")
+    out, _, _ = _train(tmp_path / "run", num_epochs=30)
+    tuned = out["config"]["head_tuning"]
+    assert tuned["method"] == "logistic_regression" and tuned["fit_items"] == 60
+
+    model = load_model_dir(out["path"])
+    train = data_service.dataset_records("local", "slice", "train")
+    x = model.embed([Image.open(r["path"]).convert("RGB") for r in train]).astype(np.float64)
+    rows = [(n, model.concepts.index(c), 1.0 / len(r["labels"])) for n, r in enumerate(train) for c in r["labels"]]
+    assert sum(1 for _, _, w in rows if w == 0.5) == 12  # six images, two rows each
+    img, label, weight = (np.array(v) for v in zip(*rows))
+    reference = LogisticRegression(C=tuned["chosen"], max_iter=2000).fit(x[img], label, sample_weight=weight)
+    held = [r for r in data_service.dataset_records("local", "slice") if r["split"] != "train"]
+    images = [Image.open(r["path"]).convert("RGB") for r in held]
+    assert np.allclose(model.predict(images), reference.predict_proba(model.embed(images).astype(np.float64)),
+                       atol=2e-3)
