@@ -87,12 +87,16 @@ def resolve_loss(declared: str, params: dict) -> str:
     return declared
 
 
+def backbone_frozen(params: dict) -> bool:
+    """The template's backbone does not train (base_gradient_multiplier 0): its features or maps are cached."""
+    return float(params.get("base_gradient_multiplier", 1.0)) == 0.0
+
+
 def resolve_normalize(params: dict, loss: str, on_base: bool) -> str:
     """normalize_features "auto" for a run: "yes" when its head will be fitted as a logistic regression on cached
     features (``core.training.tuning.fits_head``: tune_head on, the backbone frozen, softmax), else "no". A transfer
     classifier on a base model normalises its base's embedding whatever this says, so it records "no"."""
-    frozen = float(params.get("base_gradient_multiplier", 1.0)) == 0.0
-    return "yes" if (params.get("tune_head") and frozen and loss == "ce" and not on_base) else "no"
+    return "yes" if (params.get("tune_head") and backbone_frozen(params) and loss == "ce" and not on_base) else "no"
 
 
 def make_plan(config: dict, run_dir: Path) -> Plan:

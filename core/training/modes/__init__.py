@@ -9,14 +9,14 @@ from core.training.modes.base import Batch, Mode
 from core.training.modes.detector import DetectorFeaturesMode, DetectorMode
 from core.training.modes.features import FeaturesMode
 from core.training.modes.images import ImagesMode
-from core.training.plan import Plan
+from core.training.plan import Plan, backbone_frozen
 
 
 def mode_for(plan: Plan) -> type[Mode]:
     """Detectors train as detectors, on their body's cached maps when it is frozen (base_gradient_multiplier 0); a
     transfer classifier on a base model, or any template with its backbone frozen, on cached features; everything
     else on images."""
-    frozen = float(plan.params.get("base_gradient_multiplier", 1.0)) == 0.0
+    frozen = backbone_frozen(plan.params)
     if plan.kind == "detector":
         return DetectorFeaturesMode if frozen else DetectorMode
     if plan.base_model is not None or frozen:
