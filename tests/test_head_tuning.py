@@ -116,18 +116,19 @@ def test_tuning_does_not_apply_while_the_backbone_trains(tmp_path):
 
 def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice_, tmp_path):
     """The defaults (softmax, frozen backbone, tune_head on): the head is scikit-learn's logistic regression on the
-    L2-normalised features at the C with the best cross-validated top-1; the stored model predicts what that
+    power-normalised features at the C with the best cross-validated top-1; the stored model predicts what that
     regression, fitted here on the stored model's own embeddings, predicts."""
     from PIL import Image
     from sklearn.linear_model import LogisticRegression
 
     from core.data import service as data_service
-    from core.models.heads import L2Norm
+    from core.evaluation import service
+    from core.models.heads import SqrtL2Norm
     from core.models.io import load_model_dir
 
     out, _, log = _train(tmp_path / "run", num_epochs=30)
     config, tuned = out["config"], out["config"]["head_tuning"]
-    assert config["params"]["normalize_features"] == "yes"  # "auto" resolved and recorded
+    assert config["params"]["normalize_features"] == "sqrt"  # "auto" resolved and recorded
     assert tuned["method"] == "logistic_regression" and tuned["param"] == "C" and tuned["grid"] == list(C_GRID)
     assert tuned["folds"] == 5 and tuned["fit_items"] == 60
     top1 = {c["C"]: c["val_top1"] for c in tuned["candidates"]}
@@ -137,11 +138,18 @@ def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice
     for c in C_GRID:
         assert any(line.startswith(f"head fitting: C {c:g}: held-out loss") for line in log.lines), c
     assert any(line.startswith(f"head fitted: logistic regression, C {tuned['chosen']:g} of") for line in log.lines)
+    assert tuned["features"] == "sqrt"
+    assert any(line.startswith("head fitting: logistic regression on 60 images' power-normalised features (signed "
+                               "square roots at unit length), C from") for line in log.lines)
+    text = service.head_tuning("local", out["id"])["text"]
+    assert text.startswith("Head fitted: logistic regression on power-normalised features (signed square roots at "
+                           f"unit length), C {tuned['chosen']:g} of {{0.01, 0.1, 1, 10, 100}}, the best "
+                           "held-out top-1 in 5-fold cross-validation on 60 training images"), text
     assert "tuning" in log.phases and not any(p == "train" for p in log.phases)  # no SGD step
     assert out["metrics"]["epochs"] == 1  # the fit is the run's one epoch
 
     model = load_model_dir(out["path"])
-    assert isinstance(model.net.neck, L2Norm)
+    assert isinstance(model.net.neck, SqrtL2Norm)
     records = data_service.dataset_records("local", "slice")
     train = [r for r in records if r["split"] == "train"]
     held = [r for r in records if r["split"] != "train"]
@@ -162,15 +170,30 @@ def test_tuning_off_keeps_the_raw_features_and_sgd(slice_, tmp_path):
 
 
 def test_a_model_stored_before_normalize_features_existed_keeps_its_raw_features():
-    from core.models.heads import L2Norm
+    """No key: raw (stored before the parameter); "yes": unit length (stored before "sqrt"); the same weights."""
+    from core.models.heads import L2Norm, SqrtL2Norm
     from core.models.networks import build_network
 
     params = {"image_size": 64, "pretrained_weights": "None", "tune_head": True}
     with torch.device("meta"):
         old = build_network(*LITE0, params, 3, load_weights=False)
-        new = build_network(*LITE0, {**params, "normalize_features": "yes"}, 3, load_weights=False)
-    assert isinstance(old.neck, torch.nn.Identity) and isinstance(new.neck, L2Norm)
-    assert {k: v.shape for k, v in old.state_dict().items()} == {k: v.shape for k, v in new.state_dict().items()}
+        l2 = build_network(*LITE0, {**params, "normalize_features": "yes"}, 3, load_weights=False)
+        new = build_network(*LITE0, {**params, "normalize_features": "sqrt"}, 3, load_weights=False)
+    assert isinstance(old.neck, torch.nn.Identity) and type(l2.neck) is L2Norm and isinstance(new.neck, SqrtL2Norm)
+    shapes = [{k: v.shape for k, v in n.state_dict().items()} for n in (old, l2, new)]
+    assert shapes[0] == shapes[1] == shapes[2]
+
+
+def test_the_sqrt_neck_is_the_unit_length_signed_square_root_with_a_finite_slope_at_zero():
+    from core.models.heads import SqrtL2Norm
+
+    x = torch.tensor([[4.0, 0.0, 1.0, 0.0], [0.0, -9.0, 16.0, 0.0]], requires_grad=True)
+    y = SqrtL2Norm()(x)
+    want = torch.tensor([[2.0, 0.0, 1.0, 0.0], [0.0, -3.0, 4.0, 0.0]])
+    assert torch.allclose(y, want / want.norm(dim=1, keepdim=True), atol=1e-4)
+    assert torch.allclose(y.norm(dim=1), torch.ones(2))
+    y[:, :2].sum().backward()  # a channel that pooled to exactly 0 (as after ReLU6) must not poison a training backbone
+    assert torch.isfinite(x.grad).all()
 
 
 def test_the_fitted_weights_give_the_regressions_probabilities_for_every_concept():

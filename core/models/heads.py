@@ -17,6 +17,24 @@ class L2Norm(nn.Module):
         return F.normalize(x, dim=1)
 
 
+class SqrtL2Norm(nn.Module):
+    """Each feature's signed square root, then each row scaled to unit length: power normalisation (Perronnin et al.,
+    "Improving the Fisher kernel", 2010). On pooled activations, which are non-negative and dominated by a few large
+    channels, it evens out their weight; a linear classifier on the result is one on the Hellinger kernel.
+
+    ``eps`` keeps the slope finite at zero (1 / (2 sqrt(eps)) there, not infinite), so a backbone that trains behind
+    it gets no NaN gradient from a channel that pooled to exactly zero; values move by at most sqrt(eps) = 1e-6.
+    """
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        root = torch.sqrt(x.abs() + self.eps) - math.sqrt(self.eps)
+        return F.normalize(torch.sign(x) * root, dim=1)
+
+
 class CosineClassifier(nn.Module):
     """Logits are cosines between the L2-normalised embedding and L2-normalised class weights, in [-1, 1].
 

@@ -16,7 +16,7 @@ from torch import nn
 from core.errors import UserError, ValidationError
 from core.models import GENERAL
 from core.models import weights as W
-from core.models.heads import CosineClassifier, L2Norm
+from core.models.heads import CosineClassifier, L2Norm, SqrtL2Norm
 from core.templates.recipe import NetSpec
 
 TRANSFER_EMBED_DIM = 1024  # Clarifai_InceptionTransferEmbedNorm's embedding width (the spec's general model is 1024-d)
@@ -124,6 +124,14 @@ def image_size_of(params: dict, default: int = 224) -> int:
     return int(params.get("image_size") or default)
 
 
+def feature_neck(normalize: object) -> nn.Module:
+    """What a linear classifier's pooled features go through, by normalize_features as the plan resolved it ("sqrt",
+    "yes" or "no"); a model stored before the parameter existed has none and keeps its raw features."""
+    if normalize == "sqrt":
+        return SqrtL2Norm()
+    return L2Norm() if normalize == "yes" else nn.Identity()
+
+
 def build_network(kind: str, name: str, params: dict, num_classes: int, load_weights: bool = True) -> nn.Module:
     """Build the network of template (kind, name) for ``num_classes`` concepts.
 
@@ -147,8 +155,7 @@ def build_network(kind: str, name: str, params: dict, num_classes: int, load_wei
         return build_detector(kind, name, spec, params, num_classes, pretrained, load_weights)
     backbone, nf = build_backbone(spec, pretrained and load_weights)
     if spec.head == "linear" or ((kind, name) in LINEAR_BEFORE and "embeddings_size" not in params):
-        # normalize_features "yes" (resolved by the plan from "auto"; a model stored before it existed has none: raw)
-        neck: nn.Module = L2Norm() if params.get("normalize_features") == "yes" else nn.Identity()
+        neck = feature_neck(params.get("normalize_features"))
         return StudioNet(kind, name, backbone, nf, neck, nf, nn.Linear(nf, num_classes), num_classes)
     if spec.head == "embed_norm":
         dim = TRANSFER_EMBED_DIM

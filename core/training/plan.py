@@ -93,10 +93,10 @@ def backbone_frozen(params: dict) -> bool:
 
 
 def resolve_normalize(params: dict, loss: str, on_base: bool) -> str:
-    """normalize_features "auto" for a run: "yes" when its head will be fitted as a logistic regression on cached
+    """normalize_features "auto" for a run: "sqrt" when its head will be fitted as a logistic regression on cached
     features (``core.training.tuning.fits_head``: tune_head on, the backbone frozen, softmax), else "no". A transfer
     classifier on a base model normalises its base's embedding whatever this says, so it records "no"."""
-    return "yes" if (params.get("tune_head") and backbone_frozen(params) and loss == "ce" and not on_base) else "no"
+    return "sqrt" if (params.get("tune_head") and backbone_frozen(params) and loss == "ce" and not on_base) else "no"
 
 
 def make_plan(config: dict, run_dir: Path) -> Plan:
