@@ -218,8 +218,8 @@ def fit_head(run: Run) -> dict[str, Any]:
                    f"{MIN_VAL_ITEMS} needed); C {chosen:g}, scikit-learn's default")
         if cb.should_stop():
             raise StopRequested()
-        # refitted from zero, not from the folds' mean as LogisticRegressionCV's refit starts: the same images in
-        # another order give the same head
+        # fitted from zero, not from the folds' mean as LogisticRegressionCV's refit starts: the head is the
+        # regression at C, not wherever the folds' fits happened to stop (see C_GRID)
         clf = LogisticRegression(C=chosen, max_iter=FIT_MAX_ITER).fit(x[img], label, sample_weight=weight)
     if cb.should_stop():
         raise StopRequested()
