@@ -8,12 +8,16 @@ way (the template's network, resize and runtime: ``core.training``) and kept in 
   training images per concept and on the whole train list, test-list top-1; what ``tune_head`` picks on a held-out
   fold (``core.training.tuning``: the same fold and rule); beside the plain reference, scikit-learn's
   ``LogisticRegressionCV`` on the L2-normalised features (C by cross-validation on the training images).
+- ``spread``: the default head's fit (``core.training.tuning.fit_logistic`` on the power-normalised features) and the
+  plain probe on the whole train list, the training features first as cached, then times (1 + 1e-6 x a seeded normal
+  draw) per draw: how much of a difference between the two the benchmark can resolve.
 - ``embedder``: the Lite0 embedder's head (linear projection to D, cosine classifier, additive angular margin loss:
   ``core.models.heads``) for each (D, scale, margin, rate) given; recall@1, recall@5 and mAP@R of the test list
   against the train list (``core.evaluation.metrics.embedder_metrics``), beside the untrained general embedder (the
   same features, L2-normalised).
 
     python bench/bench_heads.py classifier
+    python bench/bench_heads.py spread --draws 4   # the fitted head and the probe under float-level noise
     python bench/bench_heads.py embedder 256,16,0.2,0.03 256,16,0.0,0.1 256,64,0.2,0.1   # D,scale,margin,lrate
 """
 
@@ -158,6 +162,49 @@ def classifier(data: dict[str, np.ndarray]) -> None:
               + " | ".join(f"{acc[r]:.4f}" for r in LRATES) + f" | {pick:g} | {picked:.4f} |", flush=True)
 
 
+def spread(data: dict[str, np.ndarray], draws: int) -> None:
+    """How far float-level differences in the features move the whole-list test top-1 of the default head's fit and
+    of the plain probe: the training features times (1 + 1e-6 x a seeded normal draw), about eight float32 rounding
+    steps, draw 0 without."""
+    import warnings
+
+    import torch
+    from sklearn.linear_model import LogisticRegressionCV
+
+    from core.models.heads import SqrtL2Norm
+    from core.training.tuning import fit_logistic
+
+    classes = sorted(set(data["train_y"]))
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[c] for c in data["train_y"]])
+    yte = np.array([index[c] for c in data["test_y"]])
+    onehot = np.eye(len(classes))[y]
+
+    def sqrt_l2(a: np.ndarray) -> np.ndarray:  # the default neck (normalize_features sqrt), as the engine runs it
+        with torch.no_grad():
+            return SqrtL2Norm()(torch.from_numpy(a)).numpy()
+
+    def l2(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    print("| draw | defaults' fit top-1 (C) | probe top-1 (C) |\n|---|---|---|", flush=True)
+    tops: dict[str, list[float]] = {"fit": [], "probe": []}
+    for draw in range(draws + 1):
+        x = data["train_x"]
+        if draw:
+            x = x * (1 + 1e-6 * np.random.default_rng(draw).standard_normal(x.shape)).astype(np.float32)
+        clf, chosen, _, _ = fit_logistic(sqrt_l2(x), onehot, y)
+        fit_top1 = float((clf.predict(sqrt_l2(data["test_x"])) == yte).mean())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            probe = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=5, max_iter=2000).fit(l2(x), y)
+        probe_top1 = float((probe.predict(l2(data["test_x"])) == yte).mean())
+        tops["fit"].append(fit_top1)
+        tops["probe"].append(probe_top1)
+        print(f"| {draw or 'none'} | {fit_top1:.4f} ({chosen:g}) | {probe_top1:.4f} ({probe.C_[0]:g}) |", flush=True)
+    print(f"| mean of the {draws} draws | {np.mean(tops['fit'][1:]):.4f} | {np.mean(tops['probe'][1:]):.4f} |")
+
+
 def embedder(data: dict[str, np.ndarray], settings: list[str]) -> None:
     from core.evaluation.metrics import embedder_metrics
 
@@ -187,14 +234,18 @@ def embedder(data: dict[str, np.ndarray], settings: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("classifier", "embedder"))
+    ap.add_argument("what", choices=("classifier", "embedder", "spread"))
     ap.add_argument("settings", nargs="*", default=["256,16,0.2,0.03"], help="embedder: D,scale,margin,lrate ...")
+    ap.add_argument("--draws", type=int, default=4, help="spread: noisy draws of the features")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)  # as the engine trains a head on cached features (CPU_HEAD_THREADS)
     data = features()
-    classifier(data) if args.what == "classifier" else embedder(data, args.settings)
+    if args.what == "spread":
+        spread(data, args.draws)
+    else:
+        classifier(data) if args.what == "classifier" else embedder(data, args.settings)
 
 
 if __name__ == "__main__":

@@ -259,3 +259,22 @@ def test_images_with_two_labels_count_half_for_each_in_the_fitted_head(tmp_path)
     images = [Image.open(r["path"]).convert("RGB") for r in held]
     assert np.allclose(model.predict(images), reference.predict_proba(model.embed(images).astype(np.float64)),
                        atol=2e-3)
+
+
+def test_too_few_images_to_cross_validate_fit_at_scikit_learns_default_c():
+    """Nine of the digits (fewer than MIN_VAL_ITEMS): no folds, C 1, the log says why, and the head is scikit-learn's
+    plain regression at C 1 on those rows."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from core.training.tuning import FALLBACK_C, fit_logistic
+
+    x, y = load_digits(return_X_y=True)
+    keep = np.concatenate([np.flatnonzero(y == c)[:3] for c in (0, 1, 2)])
+    x, y = (x[keep] / 16.0).astype(np.float32), y[keep]
+    lines: list[str] = []
+    clf, chosen, candidates, folds = fit_logistic(x, np.eye(3)[y], y, lines.append)
+    assert (chosen, candidates, folds) == (FALLBACK_C, [], 0)
+    assert any("9 training images are too few to cross-validate" in line for line in lines), lines
+    reference = LogisticRegression(C=FALLBACK_C, max_iter=2000).fit(x, y)
+    assert np.allclose(clf.coef_, reference.coef_, atol=1e-6)

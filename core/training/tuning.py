@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -174,53 +174,22 @@ def describe(tuned: dict[str, Any] | None) -> str:
 
 
 def fit_head(run: Run) -> dict[str, Any]:
-    """Fit the classifier as a logistic regression on the cached features, its C chosen by k-fold cross-validation
-    (scikit-learn's LogisticRegressionCV: each fold's path of fits from the strongest penalty to the weakest; the C
-    with the best held-out top-1 over all folds' images, ties to the smaller C), then fitted from zero on every image.
+    """Fit the classifier as a logistic regression on the cached features (``fit_logistic``) and write it into the
+    network's linear classifier.
 
-    An image with k labels counts 1/k for each (the soft targets of the "ce" loss), all its rows in one fold. Returns
-    ``{"method", "param": "C", "chosen", "grid", "candidates": [{"C", "val_loss", "val_top1"}] (over the folds'
+    Returns ``{"method", "param": "C", "chosen", "grid", "candidates": [{"C", "val_loss", "val_top1"}] (over the folds'
     held-out images), "folds", "fit_items", "val_items", "train_loss", "seconds", "features"}`` (features: the
-    resolved normalize_features); the network's classifier holds the fitted weights.
+    resolved normalize_features).
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-
     mode, cb = run.mode, run.cb
     t0 = time.perf_counter()
     rows = mode.train_rows
     x = _neck_features(run, rows)
     multi = mode.multi_train[rows]
-    img, label = np.nonzero(multi)  # one row per (image, label), weighted 1/labels
-    weight = 1.0 / multi.sum(1)[img]
-    folds = _folds(mode.single_train[rows])
-    results: list[dict[str, Any]] = []
     cb.on_step({"epoch": 0, "step": 0, "steps_per_epoch": 1, "loss": float("nan"), "lr": 0.0, "images_per_sec": 0.0,
                 "eta_s": 0.0, "phase": "tuning"})
-    with warnings.catch_warnings():  # at the weakest penalties on separable data the optimum runs off; keep its best
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        if folds:
-            cb.log(f"head fitting: logistic regression on {len(rows)} images' {_features_text(run)}, C from "
-                   f"{_fmt_grid(list(C_GRID))} by {len(folds)}-fold cross-validation (best held-out top-1); lrate, "
-                   "batch_size and num_epochs are not used")
-            row_folds = [(np.flatnonzero(np.isin(img, fit)), np.flatnonzero(np.isin(img, held))) for fit, held in folds]
-            path: Any = LogisticRegressionCV(Cs=list(C_GRID), cv=row_folds, scoring="accuracy", l1_ratios=(0.0,),
-                                             max_iter=FIT_MAX_ITER, refit=False, use_legacy_attributes=False)
-            path.fit(x[img], label, sample_weight=weight)
-            for i, c in enumerate(C_GRID):
-                loss, top1 = _path_scores(path, i, x, multi, folds)
-                results.append({"C": c, "val_loss": loss, "val_top1": top1})
-                cb.log(f"head fitting: C {c:g}: held-out loss {loss:.4f}, top-1 {top1:.4f}")
-            chosen = min(results, key=lambda r: (-r["val_top1"], r["C"]))["C"]  # ties to the stronger penalty
-        else:
-            chosen = FALLBACK_C
-            cb.log(f"head fitting: {len(rows)} training images are too few to cross-validate (at least "
-                   f"{MIN_VAL_ITEMS} needed); C {chosen:g}, scikit-learn's default")
-        if cb.should_stop():
-            raise StopRequested()
-        # fitted from zero, not from the folds' mean as LogisticRegressionCV's refit starts: the head is the
-        # regression at C, not wherever the folds' fits happened to stop (see C_GRID)
-        clf = LogisticRegression(C=chosen, max_iter=FIT_MAX_ITER).fit(x[img], label, sample_weight=weight)
+    clf, chosen, results, folds = fit_logistic(x, multi, mode.single_train[rows], cb.log, cb.should_stop,
+                                               f"{len(rows)} images' {_features_text(run)}")
     if cb.should_stop():
         raise StopRequested()
     train_loss, _ = _scores(_probabilities(clf, x, multi.shape[1]), multi)
@@ -229,9 +198,55 @@ def fit_head(run: Run) -> dict[str, Any]:
     cb.log(f"head fitted: logistic regression, C {chosen:g} of {_fmt_grid(list(C_GRID))}, training loss "
            f"{train_loss:.4f} ({seconds:.1f} s)")
     return {"method": LOGISTIC, "param": "C", "chosen": chosen, "grid": list(C_GRID), "candidates": results,
-            "folds": len(folds), "fit_items": int(len(rows)), "val_items": int(len(rows)) if folds else 0,
+            "folds": folds, "fit_items": int(len(rows)), "val_items": int(len(rows)) if folds else 0,
             "train_loss": round(float(train_loss), 6), "seconds": round(seconds, 3),
             "features": str(run.plan.params.get("normalize_features", "no"))}
+
+
+def fit_logistic(x: np.ndarray, multi: np.ndarray, single: np.ndarray, log: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None,
+                 what: str = "features") -> tuple[Any, float, list[dict[str, Any]], int]:
+    """A multinomial logistic regression on rows ``x`` (n, d) with labels ``multi`` (n, concepts; 0/1) and one label
+    per image ``single`` (n,) to stratify the folds by; C chosen by k-fold cross-validation (scikit-learn's
+    LogisticRegressionCV: each fold's path of fits from the strongest penalty to the weakest; the C with the best
+    held-out top-1 over all folds' images, ties to the smaller C), then fitted from zero on every image.
+
+    An image with k labels counts 1/k for each (the soft targets of the "ce" loss), all its rows in one fold. Returns
+    (the fitted ``LogisticRegression``, C, each candidate's {"C", "val_loss", "val_top1"}, the number of folds: 0
+    when there are too few images to cross-validate and C is scikit-learn's default).
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    log = log or (lambda line: None)
+    img, label = np.nonzero(multi)  # one row per (image, label), weighted 1/labels
+    weight = 1.0 / multi.sum(1)[img]
+    folds = _folds(single)
+    results: list[dict[str, Any]] = []
+    with warnings.catch_warnings():  # at the weakest penalties on separable data the optimum runs off; keep its best
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if folds:
+            log(f"head fitting: logistic regression on {what}, C from {_fmt_grid(list(C_GRID))} by {len(folds)}-fold "
+                "cross-validation (best held-out top-1); lrate, batch_size and num_epochs are not used")
+            row_folds = [(np.flatnonzero(np.isin(img, fit)), np.flatnonzero(np.isin(img, held))) for fit, held in folds]
+            path: Any = LogisticRegressionCV(Cs=list(C_GRID), cv=row_folds, scoring="accuracy", l1_ratios=(0.0,),
+                                             max_iter=FIT_MAX_ITER, refit=False, use_legacy_attributes=False)
+            path.fit(x[img], label, sample_weight=weight)
+            for i, c in enumerate(C_GRID):
+                loss, top1 = _path_scores(path, i, x, multi, folds)
+                results.append({"C": c, "val_loss": loss, "val_top1": top1})
+                log(f"head fitting: C {c:g}: held-out loss {loss:.4f}, top-1 {top1:.4f}")
+            chosen = min(results, key=lambda r: (-r["val_top1"], r["C"]))["C"]  # ties to the stronger penalty
+        else:
+            chosen = FALLBACK_C
+            log(f"head fitting: {len(x)} training images are too few to cross-validate (at least {MIN_VAL_ITEMS} "
+                f"needed); C {chosen:g}, scikit-learn's default")
+        if should_stop is not None and should_stop():
+            raise StopRequested()
+        # fitted from zero, not from the folds' mean as LogisticRegressionCV's refit starts: the head is the
+        # regression at C, not wherever the folds' fits happened to stop (see C_GRID)
+        clf = LogisticRegression(C=chosen, max_iter=FIT_MAX_ITER).fit(x[img], label, sample_weight=weight)
+    return clf, float(chosen), results, len(folds)
 
 
 def _features_text(run: Run) -> str:
