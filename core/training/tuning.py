@@ -4,8 +4,8 @@ own settings before the real run.
 - A classifier whose head is one linear layer with softmax (``fits_head``) is fitted, not stepped: scikit-learn's
   LogisticRegressionCV (multinomial, L-BFGS) on the features as the network's neck gives them (normalize_features:
   power-normalised by default), its L2 penalty C chosen from ``C_GRID`` by the best held-out top-1 in k-fold
-  cross-validation on the training split (ties to the stronger penalty), then refitted on the whole split and written
-  into the classifier. It is the plain probe a user would otherwise run beside the studio, on better-conditioned
+  cross-validation on the training split (ties to the stronger penalty), then fitted from zero on the whole split and
+  written into the classifier. It is the plain probe a user would otherwise run beside the studio, on better-conditioned
   features; measured on Caltech-101 and Fashion-MNIST subsets, no SGD schedule of the head reached it at small sizes
   (bench/README.md, "The defaults at every size"). The fit cannot be stopped halfway: a cancel during it waits for it
   or ends the worker.
