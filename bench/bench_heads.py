@@ -76,6 +76,24 @@ def features(image_size: int = 224) -> dict[str, np.ndarray]:
     return data
 
 
+def unit(a: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (L2-normalised)."""
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray):
+    """The plain reference: scikit-learn's LogisticRegressionCV on the L2-normalised features, C from 1e-2 to 1e3 by
+    k-fold cross-validation (k = 5, or the smallest class's count); it predicts from L2-normalised features too."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegressionCV
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=int(min(5, np.bincount(y).min())),
+                                    max_iter=2000).fit(unit(x), y)
+
+
 def train_head(x: np.ndarray, y: np.ndarray, lrate: float, n_classes: int, epochs: int = 30, batch: int = 64,
                seed: int = 0, projection: tuple[int, float, float] | None = None):
     """The engine's head on fixed features: linear (classifier), or projection + cosine classifier with an angular
@@ -117,9 +135,7 @@ def train_head(x: np.ndarray, y: np.ndarray, lrate: float, n_classes: int, epoch
 
 
 def classifier(data: dict[str, np.ndarray]) -> None:
-    import warnings
 
-    from sklearn.linear_model import LogisticRegressionCV
 
     from core.training.tuning import LRATE_GRID, validation_fold
 
@@ -150,14 +166,10 @@ def classifier(data: dict[str, np.ndarray]) -> None:
         if picked is None:
             logits, _ = train_head(x, y, pick, len(classes))(xte)
             picked = float((logits.argmax(1) == yte).mean())
-        norm = x / np.linalg.norm(x, axis=1, keepdims=True)
         t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            probe = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=int(min(5, np.bincount(y).min())),
-                                         max_iter=2000).fit(norm, y)
+        probe = fit_probe(x, y)
         fit_s = time.perf_counter() - t0
-        probe_acc = float((probe.predict(xte / np.linalg.norm(xte, axis=1, keepdims=True)) == yte).mean())
+        probe_acc = float((probe.predict(unit(xte)) == yte).mean())
         print(f"| {len(y)} | {probe_acc:.4f} ({probe.C_[0]:g}) | {fit_s:.0f} | "
               + " | ".join(f"{acc[r]:.4f}" for r in LRATES) + f" | {pick:g} | {picked:.4f} |", flush=True)
 
@@ -166,10 +178,7 @@ def spread(data: dict[str, np.ndarray], draws: int) -> None:
     """How far float-level differences in the features move the whole-list test top-1 of the default head's fit and
     of the plain probe: the training features times (1 + 1e-6 x a seeded normal draw), about eight float32 rounding
     steps, draw 0 without."""
-    import warnings
-
     import torch
-    from sklearn.linear_model import LogisticRegressionCV
 
     from core.models.heads import SqrtL2Norm
     from core.training.tuning import fit_logistic
@@ -184,9 +193,7 @@ def spread(data: dict[str, np.ndarray], draws: int) -> None:
         with torch.no_grad():
             return SqrtL2Norm()(torch.from_numpy(a)).numpy()
 
-    def l2(a: np.ndarray) -> np.ndarray:
-        return a / np.linalg.norm(a, axis=1, keepdims=True)
-
+    test_sqrt, test_unit = sqrt_l2(data["test_x"]), unit(data["test_x"])  # the test features get no noise
     print("| draw | defaults' fit top-1 (C) | probe top-1 (C) |\n|---|---|---|", flush=True)
     tops: dict[str, list[float]] = {"fit": [], "probe": []}
     for draw in range(draws + 1):
@@ -194,11 +201,9 @@ def spread(data: dict[str, np.ndarray], draws: int) -> None:
         if draw:
             x = x * (1 + 1e-6 * np.random.default_rng(draw).standard_normal(x.shape)).astype(np.float32)
         clf, chosen, _, _ = fit_logistic(sqrt_l2(x), onehot, y)
-        fit_top1 = float((clf.predict(sqrt_l2(data["test_x"])) == yte).mean())
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            probe = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=5, max_iter=2000).fit(l2(x), y)
-        probe_top1 = float((probe.predict(l2(data["test_x"])) == yte).mean())
+        fit_top1 = float((clf.predict(test_sqrt) == yte).mean())
+        probe = fit_probe(x, y)
+        probe_top1 = float((probe.predict(test_unit) == yte).mean())
         tops["fit"].append(fit_top1)
         tops["probe"].append(probe_top1)
         print(f"| {draw or 'none'} | {fit_top1:.4f} ({chosen:g}) | {probe_top1:.4f} ({probe.C_[0]:g}) |", flush=True)
@@ -217,11 +222,8 @@ def embedder(data: dict[str, np.ndarray], settings: list[str]) -> None:
         m = embedder_metrics(q, q_labels, g, g_labels)
         return f"{m['recall_at_1']:.4f} | {m['recall_at_5']:.4f} | {m['map_at_r']:.4f}"
 
-    def norm(a: np.ndarray) -> np.ndarray:
-        return a / np.linalg.norm(a, axis=1, keepdims=True)
-
     print("| embedding | recall@1 | recall@5 | mAP@R | train s |\n|---|---|---|---|---|")
-    print(f"| general (untrained, 1280-d) | {figures(norm(data['test_x']), norm(data['train_x']))} | - |", flush=True)
+    print(f"| general (untrained, 1280-d) | {figures(unit(data['test_x']), unit(data['train_x']))} | - |", flush=True)
     for s in settings:
         dim, scale, margin, lrate = s.split(",")
         t0 = time.perf_counter()

@@ -186,10 +186,11 @@ def fit_head(run: Run) -> dict[str, Any]:
     rows = mode.train_rows
     x = _neck_features(run, rows)
     multi = mode.multi_train[rows]
+    features = str(run.plan.params.get("normalize_features", "no"))
     cb.on_step({"epoch": 0, "step": 0, "steps_per_epoch": 1, "loss": float("nan"), "lr": 0.0, "images_per_sec": 0.0,
                 "eta_s": 0.0, "phase": "tuning"})
     clf, chosen, results, folds = fit_logistic(x, multi, mode.single_train[rows], cb.log, cb.should_stop,
-                                               f"{len(rows)} images' {_features_text(run)}")
+                                               f"{len(rows)} images' {FEATURES_TEXT.get(features, 'features')}")
     if cb.should_stop():
         raise StopRequested()
     train_loss, _ = _scores(_probabilities(clf, x, multi.shape[1]), multi)
@@ -200,7 +201,7 @@ def fit_head(run: Run) -> dict[str, Any]:
     return {"method": LOGISTIC, "param": "C", "chosen": chosen, "grid": list(C_GRID), "candidates": results,
             "folds": folds, "fit_items": int(len(rows)), "val_items": int(len(rows)) if folds else 0,
             "train_loss": round(float(train_loss), 6), "seconds": round(seconds, 3),
-            "features": str(run.plan.params.get("normalize_features", "no"))}
+            "features": features}
 
 
 def fit_logistic(x: np.ndarray, multi: np.ndarray, single: np.ndarray, log: Callable[[str], None] | None = None,
@@ -247,10 +248,6 @@ def fit_logistic(x: np.ndarray, multi: np.ndarray, single: np.ndarray, log: Call
         # regression at C, not wherever the folds' fits happened to stop (see C_GRID)
         clf = LogisticRegression(C=chosen, max_iter=FIT_MAX_ITER).fit(x[img], label, sample_weight=weight)
     return clf, float(chosen), results, len(folds)
-
-
-def _features_text(run: Run) -> str:
-    return FEATURES_TEXT.get(str(run.plan.params.get("normalize_features", "no")), "features")
 
 
 def _neck_features(run: Run, rows: np.ndarray) -> np.ndarray:
