@@ -200,8 +200,8 @@ def spread(data: dict[str, np.ndarray], draws: int) -> None:
         x = data["train_x"]
         if draw:
             x = x * (1 + 1e-6 * np.random.default_rng(draw).standard_normal(x.shape)).astype(np.float32)
-        clf, chosen, _, _ = fit_logistic(sqrt_l2(x), onehot, y)
-        fit_top1 = float((clf.predict(test_sqrt) == yte).mean())
+        fit = fit_logistic(sqrt_l2(x), onehot, y)
+        chosen, fit_top1 = fit.C, float((fit.probabilities(test_sqrt, len(classes)).argmax(1) == yte).mean())
         probe = fit_probe(x, y)
         probe_top1 = float((probe.predict(test_unit) == yte).mean())
         tops["fit"].append(fit_top1)

@@ -223,6 +223,7 @@ class HeadTuning(TypedDict, total=False):
     chosen: float
     grid: list[float]
     candidates: list[TuningCandidate]
+    criterion: str  # how a fitted head's C was chosen: "val_loss" (absent: before 2026-12-02, the best top-1)
     folds: int  # a fitted head's cross-validation folds (0: too few images, fitted at scikit-learn's default C)
     fit_items: int
     val_items: int

@@ -513,8 +513,9 @@ def head_tuning(user: User | str, model: str | int) -> HeadTuning | None:
     line = describe(tuned)
     line = f"{line[0].upper()}{line[1:]}"
     if tuned.get("method") == LOGISTIC:
-        how = (f"the best held-out top-1 in {tuned['folds']}-fold cross-validation on {tuned['fit_items']} "
-               "training images" if tuned.get("folds") else "too few training images to cross-validate")
+        best = "the lowest held-out loss" if tuned.get("criterion") == "val_loss" else "the best held-out top-1"
+        how = (f"{best} in {tuned['folds']}-fold cross-validation on {tuned['fit_items']} training images"
+               if tuned.get("folds") else "too few training images to cross-validate")
         return {**tuned, "text": f"{line}, {how}, then fitted on all {tuned['fit_items']} (lrate and epochs not "
                                  "used)."}
     return {**tuned, "text": f"{line}, the lowest loss on {tuned['val_items']} training images held out (trained on "

@@ -224,19 +224,19 @@ def _logreg(default: int = 1, *, default_chosen: str = "") -> ParamSpec:
 def _tune_head() -> ParamSpec:
     return ParamSpec(
         "tune_head", "bool", True,
-        "Chosen (a studio parameter, not in the specification): with the backbone frozen "
-        "(base_gradient_multiplier 0, or a transfer classifier on a base model) the features are cached and the "
-        "head can choose its own settings. A classifier whose head is one linear layer with softmax (logreg 0) is"
-        " fitted as a multinomial logistic regression solved to convergence (scikit-learn, L-BFGS) on the "
-        "features (power-normalised by default, see normalize_features); its L2 penalty C is the one of 0.01, 0.1, "
-        "1, 10 and 100 with the best held-out top-1 in k-fold cross-validation on the training split (k = 5, or "
-        "fewer when a concept has fewer images; ties to the smaller C), then fitted on the whole split; lrate, "
-        "batch_size and num_epochs are then not used. Other heads (an embedder's projection, a sigmoid head, a "
-        "two-layer head) try lrate 0.003, 0.01, 0.03 and 0.1 (those within the bounds), each for num_epochs on 80% "
-        "of every concept's training images, keep the one with the lowest loss on the other 20%, and then train "
-        "on the whole training split with it. The job's log, the model's metrics (tuned_C or tuned_lrate) and the "
-        "Models page show the choice and every candidate's figure. Off: the head trains by SGD with lrate exactly "
-        "as set. No effect while the backbone trains.", chosen=frozenset({"default"}))
+        "Chosen (a studio parameter, not in the specification): with the backbone frozen (base_gradient_multiplier 0, "
+        "or a transfer classifier on a base model) the features are cached and the head can choose its own settings. A"
+        " classifier whose head is one linear layer with softmax (logreg 0) is fitted as a multinomial logistic "
+        "regression solved to convergence (L-BFGS, on the training device) on the features (power-normalised by "
+        "default, see normalize_features); its L2 penalty C (scikit-learn's) is the one of 0.1, 1, 10, 100, 1000 and "
+        "10000 with the lowest held-out loss in k-fold cross-validation on the training split (k = 5, or fewer when a "
+        "concept has fewer images; ties to the smaller C), then fitted on the whole split; lrate, batch_size and "
+        "num_epochs are then not used. Other heads (an embedder's projection, a sigmoid head, a two-layer head) try "
+        "lrate 0.003, 0.01, 0.03 and 0.1 (those within the bounds), each for num_epochs on 80% of every concept's "
+        "training images, keep the one with the lowest loss on the other 20%, and then train on the whole training "
+        "split with it. The job's log, the model's metrics (tuned_C or tuned_lrate) and the Models page show the "
+        "choice and every candidate's figure. Off: the head trains by SGD with lrate exactly as set. No effect while "
+        "the backbone trains.", chosen=frozenset({"default"}))
 
 
 NORMALIZE_AUTO = "auto"
