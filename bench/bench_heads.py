@@ -18,6 +18,7 @@ way (the template's network, resize and runtime: ``core.training``) and kept in 
 
     python bench/bench_heads.py classifier
     python bench/bench_heads.py spread --draws 4   # the fitted head and the probe under float-level noise
+    python bench/bench_heads.py spread --draws 8 --per-class 10   # the same at 10 training images per concept
     python bench/bench_heads.py embedder 256,16,0.2,0.03 256,16,0.0,0.1 256,64,0.2,0.1   # D,scale,margin,lrate
 """
 
@@ -174,15 +175,31 @@ def classifier(data: dict[str, np.ndarray]) -> None:
               + " | ".join(f"{acc[r]:.4f}" for r in LRATES) + f" | {pick:g} | {picked:.4f} |", flush=True)
 
 
-def spread(data: dict[str, np.ndarray], draws: int) -> None:
+def first(labels: np.ndarray, n: int) -> np.ndarray:
+    """Positions of the first ``n`` items of each label, in list order."""
+    seen: dict[str, int] = {}
+    keep = []
+    for i, label in enumerate(labels):
+        seen[label] = seen.get(label, 0) + 1
+        if seen[label] <= n:
+            keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
+def spread(data: dict[str, np.ndarray], draws: int, per_class: int = 0, probe: bool = True) -> None:
     """How far float-level differences in the features move the whole-list test top-1 of the default head's fit and
     of the plain probe: the training features times (1 + 1e-6 x a seeded normal draw), about eight float32 rounding
-    steps, draw 0 without."""
+    steps, draw 0 without. ``per_class``: the first N training images of each concept in the train list and the first
+    10 of each in the test list, as ``bench_train.py --sizes`` takes them (0: the whole lists). ``probe`` False: the
+    fit only (the probe's figures for the same draws are those of an earlier run: it is seeded and unchanged)."""
     import torch
 
     from core.models.heads import SqrtL2Norm
     from core.training.tuning import fit_logistic
 
+    if per_class:
+        data = {**{f"train_{k}": data[f"train_{k}"][first(data["train_y"], per_class)] for k in "xy"},
+                **{f"test_{k}": data[f"test_{k}"][first(data["test_y"], 10)] for k in "xy"}}
     classes = sorted(set(data["train_y"]))
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[c] for c in data["train_y"]])
@@ -202,12 +219,15 @@ def spread(data: dict[str, np.ndarray], draws: int) -> None:
             x = x * (1 + 1e-6 * np.random.default_rng(draw).standard_normal(x.shape)).astype(np.float32)
         fit = fit_logistic(sqrt_l2(x), onehot, y)
         chosen, fit_top1 = fit.C, float((fit.probabilities(test_sqrt, len(classes)).argmax(1) == yte).mean())
-        probe = fit_probe(x, y)
-        probe_top1 = float((probe.predict(test_unit) == yte).mean())
         tops["fit"].append(fit_top1)
-        tops["probe"].append(probe_top1)
-        print(f"| {draw or 'none'} | {fit_top1:.4f} ({chosen:g}) | {probe_top1:.4f} ({probe.C_[0]:g}) |", flush=True)
-    print(f"| mean of the {draws} draws | {np.mean(tops['fit'][1:]):.4f} | {np.mean(tops['probe'][1:]):.4f} |")
+        shown = "-"
+        if probe:
+            reference = fit_probe(x, y)
+            tops["probe"].append(float((reference.predict(test_unit) == yte).mean()))
+            shown = f"{tops['probe'][-1]:.4f} ({reference.C_[0]:g})"
+        print(f"| {draw or 'none'} | {fit_top1:.4f} ({chosen:g}) | {shown} |", flush=True)
+    means = [f"{np.mean(t[1:]):.4f}" if len(t) > 1 else "-" for t in (tops["fit"], tops["probe"])]
+    print(f"| mean of the {draws} draws | {means[0]} | {means[1]} |")
 
 
 def embedder(data: dict[str, np.ndarray], settings: list[str]) -> None:
@@ -239,13 +259,15 @@ def main() -> None:
     ap.add_argument("what", choices=("classifier", "embedder", "spread"))
     ap.add_argument("settings", nargs="*", default=["256,16,0.2,0.03"], help="embedder: D,scale,margin,lrate ...")
     ap.add_argument("--draws", type=int, default=4, help="spread: noisy draws of the features")
+    ap.add_argument("--per-class", type=int, default=0, help="spread: the first N training images per concept")
+    ap.add_argument("--no-probe", action="store_true", help="spread: the fit only")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)  # as the engine trains a head on cached features (CPU_HEAD_THREADS)
     data = features()
     if args.what == "spread":
-        spread(data, args.draws)
+        spread(data, args.draws, args.per_class, not args.no_probe)
     else:
         classifier(data) if args.what == "classifier" else embedder(data, args.settings)
 

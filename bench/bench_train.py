@@ -32,6 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -182,7 +183,9 @@ def probe(train: list[tuple[str, str]], test: list[tuple[str, str]], image_size:
     xtr, ytr = features(train), np.array([index[c] for _, c in train])
     xte, yte = features(test), np.array([index[c] for _, c in test])
     folds = int(min(5, np.bincount(ytr).min()))
-    clf = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=folds, max_iter=2000).fit(xtr, ytr)
+    with warnings.catch_warnings():  # scikit-learn's notices of its coming defaults; the probe keeps today's
+        warnings.simplefilter("ignore", FutureWarning)
+        clf = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6).tolist(), cv=folds, max_iter=2000).fit(xtr, ytr)
     pred = clf.predict(xte)
     return {"seconds": time.perf_counter() - t0, "top1": float(np.mean(pred == yte)), "C": float(clf.C_[0]),
             "folds": folds}

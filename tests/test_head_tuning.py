@@ -165,6 +165,14 @@ def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice
     theirs = reference.predict_proba(model.embed(images(held)).astype(np.float64))
     assert np.allclose(mine, theirs, atol=2e-3), (mine[:3], theirs[:3])
 
+    # a model fitted before the choice was by the held-out loss records no criterion: its sentence stays as it was
+    config_path = Path(out["path"]) / "config.json"
+    stored = json.loads(config_path.read_text())
+    del stored["head_tuning"]["criterion"]
+    config_path.write_text(json.dumps(stored))
+    assert ", the best held-out top-1 in 5-fold cross-validation on 60 training images" in service.head_tuning(
+        "local", out["id"])["text"]
+
 
 def test_tuning_off_keeps_the_raw_features_and_sgd(slice_, tmp_path):
     out, _, log = _train(tmp_path / "run", tune_head=False, num_epochs=2)
@@ -327,3 +335,20 @@ def test_too_few_images_to_cross_validate_fit_at_scikit_learns_default_c():
     assert any("9 training images are too few to cross-validate" in line for line in lines), lines
     reference = LogisticRegression(C=FALLBACK_C, tol=1e-10, max_iter=10000).fit(x.astype(np.float64), y)
     assert np.abs(fit.probabilities(x, 3) - reference.predict_proba(x)).max() < 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_on_the_gpu_the_fit_is_the_cpus_within_rounding_with_tf32_allowed_around_it():
+    """The run allows TF32 matmuls on CUDA (``training_device``); the fit turns them off while it solves, so it reaches
+    the CPU's optimum, and leaves the run's setting as it found it."""
+    from core.training.runtime import training_device
+    from core.training.tuning import fit_logistic
+
+    device = training_device()
+    assert torch.backends.cuda.matmul.allow_tf32
+    x, y = _digits(400)
+    on_gpu = fit_logistic(x, np.eye(10)[y], y, device=device)
+    on_cpu = fit_logistic(x, np.eye(10)[y], y)
+    assert torch.backends.cuda.matmul.allow_tf32
+    assert on_gpu.C == on_cpu.C
+    assert np.abs(on_gpu.probabilities(x, 10) - on_cpu.probabilities(x, 10)).max() < 2e-3
