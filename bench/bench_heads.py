@@ -9,8 +9,9 @@ way (the template's network, resize and runtime: ``core.training``) and kept in 
   fold (``core.training.tuning``: the same fold and rule); beside the plain reference, scikit-learn's
   ``LogisticRegressionCV`` on the L2-normalised features (C by cross-validation on the training images).
 - ``spread``: the default head's fit (``core.training.tuning.fit_logistic`` on the power-normalised features) and the
-  plain probe on the whole train list, the training features first as cached, then times (1 + 1e-6 x a seeded normal
-  draw) per draw: how much of a difference between the two the benchmark can resolve.
+  plain probe on the whole train list (or its first N images per concept), the training features first as cached,
+  then times (1 + 1e-6 x a seeded normal draw) per draw: how much of a difference between the two the benchmark can
+  resolve.
 - ``embedder``: the Lite0 embedder's head (linear projection to D, cosine classifier, additive angular margin loss:
   ``core.models.heads``) for each (D, scale, margin, rate) given; recall@1, recall@5 and mAP@R of the test list
   against the train list (``core.evaluation.metrics.embedder_metrics``), beside the untrained general embedder (the
@@ -18,7 +19,7 @@ way (the template's network, resize and runtime: ``core.training``) and kept in 
 
     python bench/bench_heads.py classifier
     python bench/bench_heads.py spread --draws 4   # the fitted head and the probe under float-level noise
-    python bench/bench_heads.py spread --draws 8 --per-class 10   # the same at 10 training images per concept
+    python bench/bench_heads.py spread --draws 6 --per-class 10   # the same at 10 training images per concept
     python bench/bench_heads.py embedder 256,16,0.2,0.03 256,16,0.0,0.1 256,64,0.2,0.1   # D,scale,margin,lrate
 """
 
@@ -187,7 +188,7 @@ def first(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def spread(data: dict[str, np.ndarray], draws: int, per_class: int = 0, probe: bool = True) -> None:
-    """How far float-level differences in the features move the whole-list test top-1 of the default head's fit and
+    """How far float-level differences in the features move the test top-1 of the default head's fit and
     of the plain probe: the training features times (1 + 1e-6 x a seeded normal draw), about eight float32 rounding
     steps, draw 0 without. ``per_class``: the first N training images of each concept in the train list and the first
     10 of each in the test list, as ``bench_train.py --sizes`` takes them (0: the whole lists). ``probe`` False: the
