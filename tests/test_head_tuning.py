@@ -150,6 +150,19 @@ def test_a_softmax_head_is_fitted_as_a_cross_validated_logistic_regression(slice
     assert "tuning" in log.phases and not any(p == "train" for p in log.phases)  # no SGD step
     assert out["metrics"]["epochs"] == 1  # the fit is the run's one epoch
 
+    # the Models page: the sentence, and every C with its held-out figures
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import ROOT
+
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Models.py"), default_timeout=120).run()
+    assert not at.exception, at.exception
+    [details] = [e for e in at.expander if e.label.startswith("Head fitted")]
+    assert details.label == text
+    shown = details.dataframe[0].value
+    assert shown["C"].tolist() == list(C_GRID) and shown["chosen"].tolist() == [c == tuned["chosen"] for c in C_GRID]
+    assert shown["held-out loss"].tolist() == [round(loss[c], 4) for c in C_GRID]
+
     model = load_model_dir(out["path"])
     assert isinstance(model.net.neck, SqrtL2Norm)
     records = data_service.dataset_records("local", "slice")
