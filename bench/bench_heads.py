@@ -137,8 +137,6 @@ def train_head(x: np.ndarray, y: np.ndarray, lrate: float, n_classes: int, epoch
 
 
 def classifier(data: dict[str, np.ndarray]) -> None:
-
-
     from core.training.tuning import LRATE_GRID, validation_fold
 
     classes = sorted(set(data["train_y"]))
